@@ -1,0 +1,187 @@
+"""The idle rule, as a pure function: what the system looks like right now (an Observation) -> what to do (a Decision).
+
+Shared by the `shutdown-gpu-lambda` (fleet-wide backstop, run by the alarm and by a 5-minute schedule) and by the
+adapter's on-node autostop (adapter/autostop.py), so both judge "idle" the same way. No I/O, no clock: `now` is an
+input, which is what lets the test table replay each known failure of the seed's metric alarm.
+
+The rule (all times epoch seconds):
+- Work is *waiting* when the queue holds a visible or delayed message, or a QUEUED item is young enough that its
+  message may still be on the way (written before the send, or SQS's approximate counts lagging).
+  A QUEUED item with an empty queue stops counting once it is older than the idle window (or
+  QUEUED_TASK_MAX_AGE_SECONDS, if lower): the adapter can only ever get work through the queue, so a row whose
+  message is gone (lost send, or past the queue's 1-day retention) would otherwise hold the GPU on for nothing.
+- The system is *busy* when a message is in flight (a worker holds it) or a RUNNING item has a fresh heartbeat.
+  Either one alone blocks a stop: the in-flight count is approximate, the heartbeat can lag. A RUNNING item whose
+  heartbeat is older than `heartbeat_stale_s` AND whose message is not in flight belongs to a dead worker.
+- STOP the running instances only when nothing waits, nothing is busy, each has been up `min_uptime_s`, and the
+  system has been idle `idle_window_s`: idle since max(instance LaunchTime, newest finished_at of an ended task,
+  last heartbeat of a dead RUNNING item). LaunchTime is reset by every start, so a fresh start always gets a window.
+- START stopped instances when work waits and none is pending/running: one per waiting message, at least one.
+  A `stopping` instance cannot be started (EC2 answers IncorrectInstanceState): the decision says so, and the
+  handler either waits for `stopped` within its time budget or leaves it to the next scheduled run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Action(str, Enum):
+    STOP = "STOP"
+    START = "START"
+    NONE = "NONE"
+
+
+class InstanceState(str, Enum):
+    """EC2's state names, plus MISSING for an id DescribeInstances does not know."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    SHUTTING_DOWN = "shutting-down"
+    TERMINATED = "terminated"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Policy:
+    idle_window_s: float = 1800.0
+    min_uptime_s: float = 600.0
+    queued_max_age_s: float = 86400.0
+    heartbeat_stale_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    state: InstanceState
+    launch_time: float | None = None  # EC2 LaunchTime: the last start, not the first launch
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Direct reads of the queue, the task table and EC2, taken at `now` (never CloudWatch metrics)."""
+
+    now: float
+    visible: int = 0  # ApproximateNumberOfMessages
+    in_flight: int = 0  # ApproximateNumberOfMessagesNotVisible
+    delayed: int = 0  # ApproximateNumberOfMessagesDelayed
+    newest_queued_at: float | None = None  # created_at of the newest QUEUED item (None: none)
+    running_heartbeat_at: float | None = None  # freshest liveness seen on a RUNNING item (None: none)
+    running_scan_complete: bool = True  # False: more RUNNING items exist than observe looked at
+    last_finished_at: float | None = None  # newest finished_at of an ended task (None: none seen)
+    instances: tuple[Instance, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    instance_ids: tuple[str, ...] = ()  # what the action applies to
+    stopping_ids: tuple[str, ...] = ()  # work waits on these: start them once they reach `stopped`
+
+    def to_log(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["action"] = self.action.value
+        return out
+
+
+def waiting_reason(obs: Observation, policy: Policy) -> str | None:
+    """Why work is waiting for a GPU, or None."""
+    if obs.visible or obs.delayed:
+        return f"queue holds {obs.visible} visible and {obs.delayed} delayed message(s)"
+    if obs.newest_queued_at is not None:
+        age = obs.now - obs.newest_queued_at
+        if age < min(policy.idle_window_s, policy.queued_max_age_s):
+            return f"a QUEUED task is {age:.0f}s old and its message may still be on the way"
+    return None
+
+
+def busy_reason(obs: Observation, policy: Policy) -> str | None:
+    """Why a GPU is working right now, or None."""
+    if obs.in_flight:
+        return f"{obs.in_flight} message(s) in flight: a worker holds a task"
+    if obs.running_heartbeat_at is not None:
+        if not obs.running_scan_complete:
+            return "RUNNING tasks exist beyond the ones checked: assume one is live"
+        age = obs.now - obs.running_heartbeat_at
+        if age < policy.heartbeat_stale_s:
+            return f"a RUNNING task heartbeat {age:.0f}s ago"
+    return None
+
+
+def idle_blocker(obs: Observation, policy: Policy) -> str | None:
+    """The checks both the Lambda and the on-node autostop run before any stop: None means nothing waits or runs."""
+    return waiting_reason(obs, policy) or busy_reason(obs, policy)
+
+
+def _idle_since(obs: Observation, inst: Instance) -> float:
+    marks = [t for t in (inst.launch_time, obs.last_finished_at) if t is not None]
+    if obs.running_heartbeat_at is not None:  # a dead worker's last sign of life still counts as activity
+        marks.append(obs.running_heartbeat_at)
+    # No LaunchTime and no history: treat as just started, so the instance gets a full window.
+    return max(marks) if marks else obs.now
+
+
+def _wanted_starts(obs: Observation) -> int:
+    return max(1, obs.visible + obs.delayed)
+
+
+def decide(obs: Observation, policy: Policy) -> Decision:
+    present = [i for i in obs.instances if i.state not in (InstanceState.MISSING, InstanceState.TERMINATED,
+                                                           InstanceState.SHUTTING_DOWN)]
+    if not present:
+        return Decision(Action.NONE, "no managed instance exists (missing or terminated)")
+    up = [i for i in present if i.state in (InstanceState.PENDING, InstanceState.RUNNING)]
+    stopped = [i for i in present if i.state == InstanceState.STOPPED]
+    stopping = tuple(i.instance_id for i in present if i.state == InstanceState.STOPPING)
+
+    waiting = waiting_reason(obs, policy)
+    if waiting:
+        if up:
+            return Decision(Action.NONE, f"{waiting}; {len(up)} instance(s) up to take it")
+        if stopped:
+            ids = tuple(i.instance_id for i in stopped[: _wanted_starts(obs)])
+            return Decision(Action.START, f"{waiting}; no instance up", ids)
+        return Decision(Action.NONE, f"{waiting}; instance(s) still stopping, start once stopped "
+                                     "(this run if it can wait, else the next scheduled run)", stopping_ids=stopping)
+
+    busy = busy_reason(obs, policy)
+    if busy:
+        return Decision(Action.NONE, busy)
+    if not up:
+        return Decision(Action.NONE, "idle and already stopped or stopping")
+
+    eligible: list[str] = []
+    notes: list[str] = []
+    for inst in up:
+        uptime = obs.now - inst.launch_time if inst.launch_time is not None else 0.0
+        idle_for = obs.now - _idle_since(obs, inst)
+        if inst.state != InstanceState.RUNNING:
+            notes.append(f"{inst.instance_id} is {inst.state.value}")
+        elif uptime < policy.min_uptime_s:
+            notes.append(f"{inst.instance_id} up {uptime:.0f}s < min uptime {policy.min_uptime_s:.0f}s")
+        elif idle_for < policy.idle_window_s:
+            notes.append(f"{inst.instance_id} idle {idle_for:.0f}s < window {policy.idle_window_s:.0f}s")
+        else:
+            eligible.append(inst.instance_id)
+    if not eligible:
+        return Decision(Action.NONE, "idle but not long enough: " + "; ".join(notes))
+    return Decision(Action.STOP, f"no work waiting or running; idle at least {policy.idle_window_s:.0f}s",
+                    tuple(eligible))
+
+
+def confirm_stop(first: Decision, second: Decision) -> Decision:
+    """The re-check right before StopInstances: stop only what both looks agreed on."""
+    if first.action != Action.STOP:
+        return first
+    if second.action != Action.STOP:
+        return Decision(second.action, f"re-check changed the decision: {second.reason}",
+                        second.instance_ids, second.stopping_ids)
+    both = tuple(i for i in first.instance_ids if i in second.instance_ids)
+    if not both:
+        return Decision(Action.NONE, "re-check: no instance is still eligible to stop")
+    return Decision(Action.STOP, second.reason, both)
