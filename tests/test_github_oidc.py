@@ -1,0 +1,189 @@
+"""The deploy-access construct, synthesized for real: exact trust conditions, one role pair per environment, no
+wildcard principal, and the action lists exactly as the module's constants say."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import cdktf
+from cdktf import App, TerraformStack
+
+import modules  # noqa: F401  (registers the provider package without its 12 s __init__)
+from cdktf_cdktf_provider_aws.provider import AwsProvider
+from modules import github_oidc as gh
+
+REPO = "example-org/gpu-orchestrator"
+STATE = "arn:aws:s3:::gpu-orchestrator-tfstate-111122223333-us-east-1"
+ENVS = ["dev", "staging", "prod"]
+
+
+def synth(**overrides: Any) -> dict[str, Any]:
+    app = cdktf.Testing.app()
+    stack = TerraformStack(app, "bootstrap")
+    AwsProvider(stack, "aws", region="us-east-1")
+    kwargs: dict[str, Any] = {"repository": REPO, "environments": ENVS, "state_bucket_arn": STATE, **overrides}
+    access = gh.GithubDeployAccess(stack, "github", **kwargs)
+    synthesized: dict[str, Any] = json.loads(cdktf.Testing.synth(stack))
+    synthesized["_access"] = access
+    return synthesized
+
+
+@pytest.fixture(scope="module")
+def out() -> dict[str, Any]:
+    return synth()
+
+
+def resources(out: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return dict(out["resource"].get(kind, {}))
+
+
+def roles_by_name(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in resources(out, "aws_iam_role").values()}
+
+
+def policy_of(out: dict[str, Any], role_name: str) -> dict[str, Any]:
+    roles = resources(out, "aws_iam_role")
+    role_key = next(k for k, r in roles.items() if r["name"] == role_name)
+    (policy,) = [p for p in resources(out, "aws_iam_role_policy").values() if role_key in p["role"]]
+    document: dict[str, Any] = json.loads(policy["policy"])
+    return document
+
+
+def statement(document: dict[str, Any], sid: str) -> dict[str, Any]:
+    (found,) = [s for s in document["Statement"] if s["Sid"] == sid]
+    return dict(found)
+
+
+def test_one_openid_provider_for_github_with_the_sts_audience(out: dict[str, Any]) -> None:
+    (provider,) = resources(out, "aws_iam_openid_connect_provider").values()
+    assert provider["url"] == "https://token.actions.githubusercontent.com"
+    assert provider["client_id_list"] == ["sts.amazonaws.com"]
+
+
+def test_a_deploy_role_and_a_plan_role_per_environment_and_nothing_else(out: dict[str, Any]) -> None:
+    expected = {f"gpu-orchestrator-{kind}-{env}" for env in ENVS for kind in ("deploy", "plan")}
+    assert set(roles_by_name(out)) == expected
+    assert len(resources(out, "aws_iam_role_policy")) == len(expected)
+    access = out["_access"]
+    assert set(access.role_arns) == set(ENVS) == set(access.plan_role_arns)
+    assert access.provider_arn.startswith("${TfToken[")  # a reference to the created provider, not a literal
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_trust_is_exactly_this_repository_and_github_environment(out: dict[str, Any], env: str) -> None:
+    roles = roles_by_name(out)
+    for role_name, github_env in ((f"gpu-orchestrator-deploy-{env}", env),
+                                  (f"gpu-orchestrator-plan-{env}", f"{env}-plan")):
+        trust = json.loads(roles[role_name]["assume_role_policy"])
+        (only,) = trust["Statement"]
+        assert only["Effect"] == "Allow"
+        assert only["Action"] == "sts:AssumeRoleWithWebIdentity"
+        (provider_key,) = resources(out, "aws_iam_openid_connect_provider")
+        assert only["Principal"] == {"Federated": f"${{aws_iam_openid_connect_provider.{provider_key}.arn}}"}
+        assert only["Condition"] == {"StringEquals": {
+            "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+            "token.actions.githubusercontent.com:sub": f"repo:{REPO}:environment:{github_env}",
+        }}
+
+
+def test_no_policy_anywhere_has_a_wildcard_principal_or_a_like_condition(out: dict[str, Any]) -> None:
+    text = json.dumps(out["resource"])
+    for role in resources(out, "aws_iam_role").values():
+        for st in json.loads(role["assume_role_policy"])["Statement"]:
+            assert st["Principal"] != "*" and "*" not in json.dumps(st["Principal"])
+            assert set(st["Condition"]) == {"StringEquals"}
+    assert "StringLike" not in text
+    assert "NotPrincipal" not in text and "NotAction" not in text
+
+
+def test_deploy_policy_actions_are_the_module_constants(out: dict[str, Any]) -> None:
+    doc = policy_of(out, "gpu-orchestrator-deploy-dev")
+    expected = {
+        "Queues": gh.SQS_READ + gh.SQS_WRITE,
+        "TaskStore": gh.DYNAMODB_READ + gh.DYNAMODB_WRITE,
+        "Iam": gh.IAM_READ + gh.IAM_WRITE,
+        "PassOwnRoles": gh.PASS_ROLE,
+        "Lambda": gh.LAMBDA_READ + gh.LAMBDA_WRITE,
+        "Logs": gh.LOGS_READ + gh.LOGS_WRITE,
+        "Alarms": gh.ALARM_READ + gh.ALARM_WRITE,
+        "Schedules": gh.EVENTS_READ + gh.EVENTS_WRITE,
+        "Parameters": gh.SSM_READ + gh.SSM_WRITE,
+        "ArtifactsBucket": gh.BUCKET_READ + gh.BUCKET_WRITE,
+        "ArtifactsObjects": gh.OBJECT_READ + gh.OBJECT_WRITE,
+        "DescribeOnly": gh.UNSCOPED_READ,
+        "StateBucket": gh.STATE_BUCKET_READ,
+        "StateObjects": gh.STATE_OBJECT_READ + gh.STATE_OBJECT_WRITE,
+    }
+    allows = {s["Sid"]: s for s in doc["Statement"] if s["Effect"] == "Allow"}
+    assert {sid: sorted(s["Action"]) for sid, s in allows.items()} == {k: sorted(v) for k, v in expected.items()}
+    # "*" as a resource only where AWS supports nothing narrower, and those are read-only.
+    for sid, st in allows.items():
+        if "*" in st["Resource"]:
+            assert sid == "DescribeOnly"
+    assert all(a.split(":")[1].startswith(("Describe", "List", "Get")) for a in gh.UNSCOPED_READ)
+    assert "dynamodb:DeleteTable" not in json.dumps(doc)
+
+
+def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: dict[str, Any]) -> None:
+    doc = policy_of(out, "gpu-orchestrator-deploy-staging")
+    (identity_key,) = out["data"]["aws_caller_identity"]
+    account = f"${{data.aws_caller_identity.{identity_key}.account_id}}"
+    assert statement(doc, "Queues")["Resource"] == [f"arn:aws:sqs:*:{account}:gpu_tasks*"]
+    assert statement(doc, "TaskStore")["Resource"] == [f"arn:aws:dynamodb:*:{account}:table/task_store*"]
+    assert statement(doc, "Parameters")["Resource"] == [f"arn:aws:ssm:*:{account}:parameter/gpu-orchestrator/staging/*"]
+    assert statement(doc, "StateBucket")["Resource"] == [STATE]
+    assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/staging/*"]
+    assert statement(doc, "PassOwnRoles")["Condition"] == {
+        "StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com", "lambda.amazonaws.com"]}}
+    assert statement(doc, "OtherEnvironmentsState") == {
+        "Sid": "OtherEnvironmentsState", "Effect": "Deny", "Action": "s3:*",
+        "Resource": [f"{STATE}/dev/*", f"{STATE}/prod/*"]}
+    no_escalation = statement(doc, "NoSelfEscalation")
+    assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
+    assert f"arn:aws:iam::{account}:role/gpu-orchestrator-deploy-*" in no_escalation["Resource"]
+    assert f"arn:aws:iam::{account}:oidc-provider/token.actions.githubusercontent.com" in no_escalation["Resource"]
+    state_deny = statement(doc, "StateBucketIsBootstrapOnly")
+    assert state_deny["Effect"] == "Deny" and state_deny["Resource"] == [STATE, f"{STATE}/*"]
+
+
+def test_plan_policy_is_read_only(out: dict[str, Any]) -> None:
+    doc = policy_of(out, "gpu-orchestrator-plan-prod")
+    actions = [a for st in doc["Statement"] for a in st["Action"]]
+    assert {st["Effect"] for st in doc["Statement"]} == {"Allow"}
+    verbs = {a.split(":")[1] for a in actions}
+    assert all(v.startswith(("Get", "List", "Describe")) for v in verbs), verbs
+    assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/prod/*"]
+    assert statement(doc, "AdapterBundles")["Resource"] == ["arn:aws:s3:::gpu-orchestrator*/adapter/*"]
+
+
+def test_inline_policies_fit_iams_size_limit(out: dict[str, Any]) -> None:
+    # 10,240 characters for all inline policies of one role; tokens resolve to a 12-digit account (shorter).
+    for policy in resources(out, "aws_iam_role_policy").values():
+        assert len(policy["policy"]) < 10_240
+
+
+def test_existing_provider_is_reused_instead_of_created() -> None:
+    arn = "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
+    out = synth(environments=["prod"], existing_provider_arn=arn)
+    assert "aws_iam_openid_connect_provider" not in out["resource"]
+    (trust,) = [json.loads(r["assume_role_policy"]) for r in resources(out, "aws_iam_role").values()
+                if r["name"] == "gpu-orchestrator-deploy-prod"]
+    assert trust["Statement"][0]["Principal"] == {"Federated": arn}
+    assert "OtherEnvironmentsState" not in json.dumps(policy_of(out, "gpu-orchestrator-deploy-prod"))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"repository": "not-a-repo"},
+    {"repository": "org/repo:environment:*"},
+    {"environments": []},
+    {"environments": ["dev", "dev"]},
+    {"environments": ["Prod"]},
+    {"environments": ["dev-plan"]},
+])
+def test_bad_arguments_are_refused_before_anything_is_built(kwargs: dict[str, Any]) -> None:
+    stack = TerraformStack(App(), "bad")
+    args: dict[str, Any] = {"repository": REPO, "environments": ENVS, "state_bucket_arn": STATE, **kwargs}
+    with pytest.raises(ValueError):
+        gh.GithubDeployAccess(stack, "github", **args)
