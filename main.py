@@ -1,0 +1,47 @@
+"""The CDKTF app: pick an environment, compose its stacks, synthesize. Everything else lives in modules/."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from cdktf import App
+
+from modules.config import ConfigError, EnvironmentConfig, load_config
+from modules.stacks import AlarmStack, ArtifactsStack, DynamoDbStack, IamStack, LambdaStack, SqsStack
+
+
+def main() -> int:
+    # The cdktf CLI hands cdktf.json's context over as CDKTF_CONTEXT_JSON; `make` sets ENV (which wins).
+    context = json.loads(os.environ.get("CDKTF_CONTEXT_JSON") or "{}")
+    overrides = dict(os.environ)
+    if not overrides.get("CDK_CONTEXT_GPU_INSTANCE_ID") and context.get("gpu_instance_id"):
+        overrides["CDK_CONTEXT_GPU_INSTANCE_ID"] = str(context["gpu_instance_id"])
+    try:
+        config = load_config(os.environ.get("ENV") or context.get("environment"), env=overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    outdir = Path(os.environ.get("CDKTF_OUTDIR") or f"cdktf.out/{config.name}")
+    outdir.mkdir(parents=True, exist_ok=True)  # cdktf creates only the last level
+    app = App(outdir=str(outdir))
+    compose(app, config)
+    app.synth()
+    return 0
+
+
+def compose(app: App, config: EnvironmentConfig) -> None:
+    """The stacks of one environment and how they depend on each other (the seed's diagram)."""
+    sqs = SqsStack(app, config=config)
+    dynamodb = DynamoDbStack(app, config=config)
+    artifacts = ArtifactsStack(app, config=config, queue=sqs.queue, table=dynamodb.table)
+    iam = IamStack(app, config=config, queue=sqs.queue, table=dynamodb.table, artifacts=artifacts)
+    function = LambdaStack(app, config=config, iam=iam, queue=sqs.queue, table=dynamodb.table)
+    AlarmStack(app, config=config, function=function.function, queue=sqs.queue)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Deterministic zip bundles for Terraform assets.
+
+cdktf 0.21's ARCHIVE assets stamp each entry with the file's mtime, so a fresh checkout changes the zip, its hash
+and the plan although no source changed. We build the zip ourselves: sorted entries, a fixed timestamp, fixed
+permissions and no compression (zlib's output may differ between versions), then hand cdktf a FILE asset. The same
+sources give the same bytes, the same hash and the same plan on any machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdktf import AssetType, TerraformAsset
+from constructs import Construct
+
+from modules.config import ROOT
+
+BUILD_DIR = ROOT / "build" / "assets"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", "tests"}
+_SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+def _files(root: Path, package: str) -> Iterable[tuple[Path, str]]:
+    base = root / package
+    if not base.is_dir():
+        raise FileNotFoundError(f"asset source {base} is not a directory")
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.suffix in _SKIP_SUFFIXES or name.startswith("."):
+                continue
+            yield path, path.relative_to(root).as_posix()
+
+
+def build_zip(out: Path, sources: Iterable[tuple[Path, str]]) -> bytes:
+    """Zip `(root, package)` pairs: each package folder is stored under its own name at the zip's root."""
+    entries = sorted(entry for root, package in sources for entry in _files(root, package))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # concurrent synths never share a temp file
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path, arcname in sorted(entries, key=lambda e: e[1]):
+            info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
+            mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            info.external_attr = (0o100000 | mode) << 16
+            info.create_system = 3  # unix, whatever the building OS, so the attributes above are read back
+            archive.writestr(info, path.read_bytes())
+    tmp.replace(out)
+    return out.read_bytes()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A built zip and the hashes Terraform needs."""
+
+    path: Path
+    sha256_hex: str
+    base64_sha256: str  # what aws_lambda_function.source_code_hash compares
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256_hex[:16]
+
+
+def bundle(name: str, sources: Iterable[tuple[Path, str]], *, out_dir: Path = BUILD_DIR) -> Bundle:
+    data = build_zip(out_dir / f"{name}.zip", sources)
+    digest = hashlib.sha256(data).digest()
+    return Bundle(out_dir / f"{name}.zip", digest.hex(), base64.b64encode(digest).decode())
+
+
+class ZipAsset(Construct):
+    """A deterministic zip of some of the repo's packages, copied into the stack's output as a Terraform asset."""
+
+    def __init__(self, scope: Construct, id: str, *, name: str, sources: Iterable[tuple[Path, str]]) -> None:
+        super().__init__(scope, id)
+        self.bundle = bundle(name, sources)
+        self.asset = TerraformAsset(self, "asset", path=str(self.bundle.path), type=AssetType.FILE)
+
+    @property
+    def path(self) -> str:
+        """The asset's path as Terraform sees it (relative to the stack's working directory)."""
+        return self.asset.path

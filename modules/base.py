@@ -1,0 +1,63 @@
+"""What every stack of an environment shares: the AWS provider (region, account guard, default tags) and its state
+backend (local files for `local`, otherwise one S3 key per stack and environment with S3-native locking)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cdktf import App, LocalBackend, S3Backend, TerraformOutput, TerraformStack
+from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
+from constructs import Construct
+
+from modules.config import ROOT, EnvironmentConfig
+
+PROJECT = "gpu-orchestrator"
+
+
+def local_state_path(outdir: str, stack_name: str, environment: str) -> str:
+    """state/<env>/<stack>.tfstate in the repo, relative to the stack's working directory (<outdir>/stacks/<stack>).
+
+    Relative, so the JSON is the same on every checkout; outside the outdir, so a re-synth never touches state.
+    cdktf copies this path into the `terraform_remote_state` reads of other stacks, which run in sibling
+    directories at the same depth, so one relative path serves both.
+    """
+    stack_dir = Path(outdir).resolve() / "stacks" / stack_name
+    return os.path.relpath(ROOT / "state" / environment / f"{stack_name}.tfstate", stack_dir)
+
+
+def default_tags(config: EnvironmentConfig) -> dict[str, str]:
+    return {"project": PROJECT, "environment": config.name, "managed-by": "cdktf"}
+
+
+class EnvironmentStack(TerraformStack):
+    """A stack bound to one environment. `stack_name` is the seed's name (gpu-orchestrator-sqs, ...)."""
+
+    def __init__(self, scope: Construct, stack_name: str, *, config: EnvironmentConfig) -> None:
+        super().__init__(scope, stack_name)
+        self.config = config
+        AwsProvider(
+            self, "aws",
+            region=config.region,
+            # Terraform stops before touching any other account: credentials for the wrong account fail fast.
+            allowed_account_ids=[config.account],
+            default_tags=[AwsProviderDefaultTags(tags=default_tags(config))],
+        )
+        if config.remote_state:
+            S3Backend(
+                self,
+                bucket=config.resolved_state_bucket,
+                key=config.state_key(stack_name),
+                region=config.region,
+                encrypt=True,
+            )
+            # S3-native locking (Terraform >= 1.10). cdktf 0.21's S3Backend has no such field, hence the override.
+            self.add_override("terraform.backend.s3.use_lockfile", True)
+        else:
+            LocalBackend(self, path=local_state_path(App.of(self).outdir, stack_name, config.name))
+
+    def output(self, name: str, value: str, description: str) -> TerraformOutput:
+        return TerraformOutput(self, name, value=value, description=description)
+
+    def name_of(self, base: str) -> str:
+        return self.config.name_of(base)

@@ -1,0 +1,166 @@
+"""Per-environment settings: one typed, validated record per environment, read from environments.toml.
+
+Everything is checked before any construct exists, so a bad setting stops synth before anything is written, with
+one line naming the setting and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVIRONMENTS_FILE = ROOT / "environments.toml"
+DEFAULT_ENVIRONMENT = "local"
+
+_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_REGION = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SUFFIX = re.compile(r"^[A-Za-z0-9_-]{0,16}$")
+_REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid. str() is one line naming the environment and the setting."""
+
+    def __init__(self, environment: str, setting: str, problem: str) -> None:
+        self.environment, self.setting = environment, setting
+        super().__init__(f"environment '{environment}': {setting}: {problem}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentConfig:
+    name: str
+    """Environment name (local, dev, staging, prod); also the default resource-name suffix."""
+    region: str = "us-east-1"
+    account: str = ""
+    """12-digit AWS account id. Terraform refuses to run against any other account (allowed_account_ids)."""
+    gpu_instance_ids: tuple[str, ...] = ()
+    """The GPU EC2 instance(s) the system starts and stops. Start/Stop permissions are scoped to exactly these."""
+    remote_state: bool = True
+    """S3 state (one key per stack) with S3-native locking. False: local state files (the `local` env only)."""
+    state_bucket: str = ""
+    """Defaults to gpu-orchestrator-tfstate-<account>-<region>; `make bootstrap` creates it."""
+    name_suffix: str | None = None
+    """Appended to every resource name so environments can share an account; defaults to "-<name>"."""
+    idle_window_minutes: int = 30
+    """How long the system must be idle before the GPU is stopped (the seed's 30 minutes)."""
+    min_uptime_minutes: int = 10
+    """Never stop an instance that has run for less than this (it may still be booting into its first task)."""
+    results_expire_days: int = 30
+    """Task outputs under results/ expire after this many days (S3 lifecycle rule)."""
+    artifacts_force_destroy: bool = False
+    """Let `make destroy` delete the artifacts bucket with its objects (task results). Off where results matter."""
+    github_repository: str = ""
+    """owner/name of the repository whose workflows may deploy this environment (bootstrap's OIDC trust)."""
+
+    @property
+    def suffix(self) -> str:
+        return f"-{self.name}" if self.name_suffix is None else self.name_suffix
+
+    @property
+    def idle_window_seconds(self) -> int:
+        return self.idle_window_minutes * 60
+
+    @property
+    def resolved_state_bucket(self) -> str:
+        return self.state_bucket or f"gpu-orchestrator-tfstate-{self.account}-{self.region}"
+
+    def name_of(self, base: str) -> str:
+        """A resource name unique to this environment (two environments can share one account and region)."""
+        return f"{base}{self.suffix}"
+
+    def state_key(self, stack_name: str) -> str:
+        return f"{self.name}/{stack_name}.tfstate"
+
+    def instance_arns(self) -> list[str]:
+        return [f"arn:aws:ec2:{self.region}:{self.account}:instance/{i}" for i in self.gpu_instance_ids]
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("*", str(path.name), "file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("*", str(path.name), f"not valid TOML ({err})") from None
+    return data
+
+
+def load_config(
+    name: str | None = None, *, env: Mapping[str, str] | None = None, path: Path = ENVIRONMENTS_FILE
+) -> EnvironmentConfig:
+    """The validated settings of one environment: the file's table, then the seed's CDK_* overrides."""
+    env = os.environ if env is None else env
+    name = name or DEFAULT_ENVIRONMENT
+    tables = _read_file(path)
+    if name not in tables:
+        known = ", ".join(sorted(tables))
+        raise ConfigError(name, "environment", f"unknown (known: {known}; set ENV= or the `environment` context)")
+    raw = dict(tables[name])
+    allowed = {f.name for f in fields(EnvironmentConfig)} - {"name"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(name, unknown[0], f"unknown setting (allowed: {', '.join(sorted(allowed))})")
+    if env.get("CDK_DEFAULT_ACCOUNT"):
+        raw["account"] = env["CDK_DEFAULT_ACCOUNT"]
+    if env.get("CDK_DEFAULT_REGION"):
+        raw["region"] = env["CDK_DEFAULT_REGION"]
+    if env.get("CDK_CONTEXT_GPU_INSTANCE_ID"):
+        raw["gpu_instance_ids"] = [i.strip() for i in env["CDK_CONTEXT_GPU_INSTANCE_ID"].split(",") if i.strip()]
+    if "gpu_instance_ids" in raw:
+        if not isinstance(raw["gpu_instance_ids"], list):
+            raise ConfigError(name, "gpu_instance_ids", "must be a list of instance ids")
+        raw["gpu_instance_ids"] = tuple(raw["gpu_instance_ids"])
+    _check_types(name, raw)
+    config = EnvironmentConfig(name=name, **raw)
+    validate(config)
+    return config
+
+
+def _check_types(name: str, raw: Mapping[str, Any]) -> None:
+    defaults = EnvironmentConfig(name=name)
+    for key, value in raw.items():
+        expected = type(getattr(defaults, key))
+        if key == "name_suffix":
+            expected = str
+        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(name, key, f"must be {expected.__name__}, got {value!r}")
+
+
+def validate(c: EnvironmentConfig) -> None:
+    if not _REGION.match(c.region):
+        raise ConfigError(c.name, "region", f"{c.region!r} is not an AWS region (like us-east-1)")
+    if not c.account:
+        raise ConfigError(c.name, "account", "not set (set it in environments.toml or export CDK_DEFAULT_ACCOUNT)")
+    if not _ACCOUNT.match(c.account):
+        raise ConfigError(c.name, "account", f"{c.account!r} is not a 12-digit AWS account id")
+    if not c.gpu_instance_ids:
+        raise ConfigError(c.name, "gpu_instance_ids",
+                          "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)")
+    for instance in c.gpu_instance_ids:
+        if not _INSTANCE_ID.match(instance):
+            raise ConfigError(c.name, "gpu_instance_ids", f"{instance!r} is not an EC2 instance id (i-0123456789abcdef0)")
+    if len(set(c.gpu_instance_ids)) != len(c.gpu_instance_ids):
+        raise ConfigError(c.name, "gpu_instance_ids", "lists an instance twice")
+    if c.remote_state and not _BUCKET.match(c.resolved_state_bucket):
+        raise ConfigError(c.name, "state_bucket", f"{c.resolved_state_bucket!r} is not a valid S3 bucket name")
+    if not _SUFFIX.match(c.suffix):
+        raise ConfigError(c.name, "name_suffix", f"{c.suffix!r}: up to 16 letters, digits, '-' or '_'")
+    for key, low, high in (("idle_window_minutes", 5, 24 * 60), ("min_uptime_minutes", 0, 24 * 60),
+                           ("results_expire_days", 1, 3650)):
+        value = getattr(c, key)
+        if not low <= value <= high:
+            raise ConfigError(c.name, key, f"{value} is outside {low}..{high}")
+    if c.idle_window_minutes % 5:
+        # The alarm evaluates 5-minute periods; a window between them would silently round.
+        raise ConfigError(c.name, "idle_window_minutes", f"{c.idle_window_minutes} is not a multiple of 5")
+    if c.github_repository and not _REPOSITORY.match(c.github_repository):
+        raise ConfigError(c.name, "github_repository", f"{c.github_repository!r} is not owner/name")

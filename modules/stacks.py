@@ -1,0 +1,165 @@
+"""The six stacks of one environment, one per layer, named as the seed's `cdk list` (plus artifacts).
+
+Each takes the constructs it builds on; cdktf turns those references into outputs of the producing stack and
+`terraform_remote_state` reads in the consuming one, so each stack has its own state and plan.
+"""
+
+from __future__ import annotations
+
+from constructs import Construct
+
+from modules.alarm import QueueIdleAlarm, Schedule
+from modules.base import EnvironmentStack
+from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
+from modules.config import EnvironmentConfig
+from modules.function import PythonFunction, grant_logs
+from modules.gpu import GpuInstances
+from modules.iam import Role
+from modules.queue import DAY, TaskQueue
+from modules.rollout import AdapterRelease
+from modules.table import TaskTable
+
+SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM = (
+    "gpu-orchestrator-sqs", "gpu-orchestrator-dynamodb", "gpu-orchestrator-artifacts",
+    "gpu-orchestrator-iam", "gpu-orchestrator-lambda", "gpu-orchestrator-alarm",
+)
+STACK_ORDER = (SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM)  # a valid apply order; destroy runs it backwards
+SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
+
+
+class SqsStack(EnvironmentStack):
+    def __init__(self, scope: Construct, *, config: EnvironmentConfig) -> None:
+        super().__init__(scope, SQS, config=config)
+        self.queue = TaskQueue(self, "tasks", name=self.name_of("gpu_tasks_queue"),
+                               dlq_name=self.name_of("gpu_tasks_queue_dlq"))
+        self.output("QueueUrl", self.queue.url, "URL of the task queue")
+        self.output("QueueArn", self.queue.arn, "ARN of the task queue")
+        self.output("DLQUrl", self.queue.dlq_url, "URL of the dead-letter queue (retained on destroy)")
+
+
+class DynamoDbStack(EnvironmentStack):
+    def __init__(self, scope: Construct, *, config: EnvironmentConfig) -> None:
+        super().__init__(scope, DYNAMODB, config=config)
+        self.table = TaskTable(self, "tasks", name=self.name_of("task_store"))
+        self.output("TableName", self.table.name, "Name of the task table (retained on destroy)")
+        self.output("TableArn", self.table.arn, "ARN of the task table")
+
+
+class ArtifactsStack(EnvironmentStack):
+    def __init__(self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable) -> None:
+        super().__init__(scope, ARTIFACTS, config=config)
+        self.bucket = PrivateBucket(
+            self, "artifacts", name=f"gpu-orchestrator-artifacts-{config.name}-{config.account}",
+            force_destroy=config.artifacts_force_destroy,
+            expire_prefix=RESULTS_PREFIX, expire_days=config.results_expire_days,
+        )
+        self.release = AdapterRelease(
+            self, "adapter", bucket=self.bucket, parameter_prefix=f"/gpu-orchestrator/{config.name}",
+            region=config.region, account=config.account,
+            config=runtime_environment(config, queue=queue, table=table, bucket=self.bucket),
+        )
+        self.output("BucketName", self.bucket.name, "Bucket for adapter bundles, task inputs and results")
+        self.output("AdapterBundleUri", self.release.uri, "The adapter bundle this apply released")
+
+
+class IamStack(EnvironmentStack):
+    def __init__(
+        self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable,
+        artifacts: ArtifactsStack,
+    ) -> None:
+        super().__init__(scope, IAM, config=config)
+        gpu = GpuInstances(instance_ids=config.gpu_instance_ids, region=config.region, account=config.account)
+        bucket = artifacts.bucket
+
+        self.orchestrator = Role(self, "orchestrator", name=self.name_of("orchestrator-task-role"),
+                                 assumed_by="ecs-tasks.amazonaws.com",
+                                 description="The orchestrator service: accepts tasks and starts the GPU.")
+        queue.grant_send_messages(self.orchestrator)
+        queue.grant_read_depth(self.orchestrator, include_dlq=True)  # /healthz reports both depths
+        table.grant_submit(self.orchestrator)
+        gpu.grant_describe(self.orchestrator)
+        gpu.grant_start(self.orchestrator)
+
+        self.gpu_instance = Role(self, "gpu-instance", name=self.name_of("gpu-instance-role"),
+                                 assumed_by="ec2.amazonaws.com",
+                                 description="The adapter on the GPU instance: runs tasks, writes results.",
+                                 instance_profile_name=self.name_of("gpu-instance-profile"))
+        queue.grant_consume_messages(self.gpu_instance)
+        table.grant_worker(self.gpu_instance)
+        table.grant_index_read(self.gpu_instance)  # its own idle check: any task RUNNING or QUEUED?
+        bucket.grant_read(self.gpu_instance, INPUTS_PREFIX)
+        bucket.grant_write(self.gpu_instance, RESULTS_PREFIX)
+        artifacts.release.grant_install(self.gpu_instance, bucket)
+
+        self.shutdown = Role(self, "shutdown", name=self.name_of("lambda-gpu-shutdown-role"),
+                             assumed_by="lambda.amazonaws.com",
+                             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.")
+        gpu.grant_describe(self.shutdown)
+        gpu.grant_stop(self.shutdown)
+        gpu.grant_start(self.shutdown)
+        queue.grant_read_depth(self.shutdown)
+        table.grant_index_read(self.shutdown)
+        grant_logs(self.shutdown, region=config.region, account=config.account,
+                   function_name=self.name_of(SHUTDOWN_FUNCTION))
+
+        assert self.gpu_instance.profile is not None
+        self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
+        self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
+        self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
+        self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
+
+
+class LambdaStack(EnvironmentStack):
+    def __init__(
+        self, scope: Construct, *, config: EnvironmentConfig, iam: IamStack, queue: TaskQueue, table: TaskTable,
+    ) -> None:
+        super().__init__(scope, LAMBDA, config=config)
+        self.function = PythonFunction(
+            self, "shutdown", name=self.name_of(SHUTDOWN_FUNCTION), package="shutdown",
+            handler="shutdown.handler.handler", role=iam.shutdown, region=config.region, account=config.account,
+            memory_mb=128, timeout_seconds=60,
+            reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
+            environment={
+                "GPU_INSTANCE_ID": ",".join(config.gpu_instance_ids),
+                "TASK_QUEUE_URL": queue.url,
+                "TASK_TABLE_NAME": table.name,
+                "TASK_STATUS_INDEX": table.index_name,
+                "IDLE_WINDOW_SECONDS": str(config.idle_window_seconds),
+                "MIN_UPTIME_SECONDS": str(config.min_uptime_minutes * 60),
+                "QUEUED_TASK_MAX_AGE_SECONDS": str(DAY),  # the queue's retention: older QUEUED items lost their message
+            },
+        )
+        Schedule(self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=5,
+                 target=self.function)
+        self.output("FunctionArn", self.function.arn, "ARN of the shutdown Lambda")
+        self.output("FunctionName", self.function.name, "Name of the shutdown Lambda")
+
+
+class AlarmStack(EnvironmentStack):
+    def __init__(
+        self, scope: Construct, *, config: EnvironmentConfig, function: PythonFunction, queue: TaskQueue,
+    ) -> None:
+        super().__init__(scope, ALARM, config=config)
+        self.alarm = QueueIdleAlarm(
+            self, "idle", name=self.name_of(f"QueueEmptyFor{config.idle_window_minutes}Min"),
+            queue_name=queue.name, window_minutes=config.idle_window_minutes, target=function,
+        )
+        self.output("AlarmName", self.alarm.name, "Name of the idle alarm")
+        self.output("AlarmArn", self.alarm.arn, "ARN of the idle alarm")
+
+
+def runtime_environment(
+    config: EnvironmentConfig, *, queue: TaskQueue, table: TaskTable, bucket: PrivateBucket,
+) -> dict[str, str]:
+    """The environment the adapter runs with (published as an SSM parameter; names as the runtime code reads)."""
+    return {
+        "AWS_DEFAULT_REGION": config.region,
+        "TASK_QUEUE_URL": queue.url,
+        "TASK_DLQ_URL": queue.dlq_url,
+        "TASK_TABLE_NAME": table.name,
+        "TASK_STATUS_INDEX": table.index_name,
+        "ARTIFACTS_BUCKET": bucket.name,
+        "GPU_INSTANCE_IDS": ",".join(config.gpu_instance_ids),
+        "IDLE_WINDOW_SECONDS": str(config.idle_window_seconds),
+        "MIN_UPTIME_SECONDS": str(config.min_uptime_minutes * 60),
+    }
