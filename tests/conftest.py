@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,33 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """environment name -> output dir of that environment synthesized in this process (once per session)."""
+    from scripts.synth import GOLDEN_INPUTS, synthesize
+
+    cache: dict[str, Path] = {}
+
+    def get(environment: str) -> Path:
+        if environment not in cache:
+            out = tmp_path_factory.mktemp(f"synth-{environment}")
+            cache[environment] = synthesize(environment, out, GOLDEN_INPUTS.get(environment))
+        return cache[environment]
+
+    return get
+
+
+@pytest.fixture
+def local_aws(moto_endpoint: str, synthesized):  # type: ignore[no-untyped-def]
+    """A fresh local AWS (moto, 127.0.0.1) holding every resource of the synthesized `local` environment.
+
+    The moto server is reset first, so each test starts from exactly what the stacks declare.
+    """
+    import urllib.request
+
+    import localaws
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
+    return localaws.build(synthesized("local"), moto_endpoint)

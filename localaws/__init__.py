@@ -1,0 +1,152 @@
+"""A local AWS built from the synthesized stacks: a test harness, not a replacement for Terraform.
+
+`build()` reads every `cdk.tf.json` of one synthesized environment and creates each resource it declares in a moto
+server (queues with their redrive policy, the table with its attributes and index, roles with their trust and
+policy documents, the instance profile, the Lambda from its zipped asset, the alarm, the bucket...), resolving the
+references between resources and between stacks the way Terraform would. An argument it does not model is an
+error, so the harness cannot drift from the stacks. It does not plan, diff, or destroy, and it knows only the
+resource types our stacks use.
+
+The GPU instances are inputs to the stacks, not resources of them: the harness launches a moto instance for each
+configured id and substitutes the new ids throughout before creating anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from localaws.resources import create
+from localaws.tfjson import Resolver, load_stacks, resource_order, stack_order
+
+DEFAULT_REGION = "us-east-1"
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@dataclass
+class LocalAws:
+    endpoint_url: str
+    region: str
+    outputs: dict[str, dict[str, Any]]
+    attributes: dict[str, dict[str, Any]]
+    instance_ids: list[str]
+    instance_id_map: dict[str, str]
+    queue_url: str = ""
+    queue_arn: str = ""
+    dlq_url: str = ""
+    dlq_arn: str = ""
+    table_name: str = ""
+    status_index: str = ""
+    bucket: str = ""
+    visibility_timeout: int = 0
+    max_receive_count: int = 0
+    lambda_env: dict[str, str] = field(default_factory=dict)
+    idle_window_seconds: int = 0
+    credentials: dict[str, str] = field(default_factory=lambda: dict(FAKE_CREDENTIALS))
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"], **kwargs)
+
+    def resource(self, service: str) -> Any:
+        return boto3.resource(service, endpoint_url=self.endpoint_url, region_name=self.region,
+                              aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"])
+
+    def env(self) -> dict[str, str]:
+        """The runtime environment variables (contract names) pointing at this local AWS."""
+        return {
+            **self.credentials,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "TASK_QUEUE_URL": self.queue_url,
+            "TASK_DLQ_URL": self.dlq_url,
+            "TASK_TABLE_NAME": self.table_name,
+            "TASK_STATUS_INDEX": self.status_index,
+            "ARTIFACTS_BUCKET": self.bucket,
+            "GPU_INSTANCE_IDS": ",".join(self.instance_ids),
+        }
+
+    def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
+        """Created resources of one Terraform type: '<stack>/<type>.<name>' -> attributes."""
+        return {k: v for k, v in self.attributes.items() if k.split("/", 1)[1].startswith(rtype + ".")}
+
+
+def _substitute(value: Any, mapping: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        for old, new in mapping.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, mapping) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, mapping) for v in value]
+    return value
+
+
+def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
+    for stack in stacks.values():
+        for res in stack.resources():
+            if res.type == "aws_lambda_function":
+                ids = res.body["environment"]["variables"]["GPU_INSTANCE_ID"]
+                return [i for i in ids.split(",") if i]
+    raise ValueError("no shutdown function in the synthesized stacks: cannot tell the GPU instance ids")
+
+
+def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
+          instance_state: str = "stopped") -> LocalAws:
+    """Create every resource of the environment synthesized under `outdir` in the moto server at `endpoint_url`."""
+    stacks = load_stacks(outdir)
+    session = boto3.session.Session(region_name=region, **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()})
+    clients: dict[str, Any] = {}
+
+    def client(service: str) -> Any:
+        if service not in clients:
+            clients[service] = session.client(service, endpoint_url=endpoint_url)
+        return clients[service]
+
+    configured = _configured_instances(stacks)
+    launched = client("ec2").run_instances(ImageId="ami-12c6146b", MinCount=len(configured),
+                                           MaxCount=len(configured), InstanceType="g5.xlarge")["Instances"]
+    mapping = {old: inst["InstanceId"] for old, inst in zip(configured, launched, strict=True)}
+    if instance_state == "stopped":
+        client("ec2").stop_instances(InstanceIds=list(mapping.values()))
+
+    resolver = Resolver()
+    for name in stack_order(stacks):
+        stack = stacks[name]
+        resolver.bind(stack)
+        for res in resource_order(stack):
+            args = resolver.resolve(name, _substitute(res.body, mapping))
+            resolver.attributes[res.key] = create(res.type, client, args, stack.directory, res.key)
+        resolver.record_outputs(stack)
+
+    local = LocalAws(endpoint_url=endpoint_url, region=region, outputs=resolver.outputs,
+                     attributes=resolver.attributes, instance_ids=list(mapping.values()), instance_id_map=mapping)
+    _describe(local, client)
+    return local
+
+
+def _describe(local: LocalAws, client: Any) -> None:
+    """Fill the convenience attributes from what was created (not from a second copy of the settings)."""
+    sqs_out = local.outputs["gpu-orchestrator-sqs"]
+    local.queue_url, local.queue_arn, local.dlq_url = sqs_out["QueueUrl"], sqs_out["QueueArn"], sqs_out["DLQUrl"]
+    attrs = client("sqs").get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["All"])["Attributes"]
+    local.visibility_timeout = int(attrs["VisibilityTimeout"])
+    redrive = json.loads(attrs["RedrivePolicy"])
+    local.max_receive_count = int(redrive["maxReceiveCount"])
+    local.dlq_arn = redrive["deadLetterTargetArn"]
+    local.table_name = local.outputs["gpu-orchestrator-dynamodb"]["TableName"]
+    table = client("dynamodb").describe_table(TableName=local.table_name)["Table"]
+    local.status_index = table["GlobalSecondaryIndexes"][0]["IndexName"]
+    local.bucket = local.outputs["gpu-orchestrator-artifacts"]["BucketName"]
+    (function,) = local.of_type("aws_lambda_function").values()
+    local.lambda_env = dict(function["environment"])
+    local.idle_window_seconds = int(local.lambda_env["IDLE_WINDOW_SECONDS"])
