@@ -28,68 +28,131 @@ GITHUB_OIDC_URL = f"https://{GITHUB_OIDC_HOST}"
 STS_AUDIENCE = "sts.amazonaws.com"
 PLAN_ENVIRONMENT_SUFFIX = "-plan"
 
-# Our resources are named from these prefixes (queues gpu_tasks*, table task_store*, everything else <prefix>*).
-QUEUE_PREFIX = "gpu_tasks"
-TABLE_PREFIX = "task_store"
+# What modules/stacks.py names our resources, before the environment suffix ("-dev"...). A deploy role reaches
+# `<name>*-<env>` for these and nothing else; tests/test_github_oidc.py synthesizes the real stacks of an
+# environment and fails when a resource's name falls outside them (rename both together).
+QUEUE_NAMES = ("gpu_tasks_queue",)  # and gpu_tasks_queue_dlq
+TABLE_NAMES = ("task_store",)
+ROLE_NAMES = ("gpu-instance-role", "lambda-gpu-shutdown-role", "orchestrator-task-role")
+INSTANCE_PROFILE_NAMES = ("gpu-instance-profile",)
+FUNCTION_NAMES = ("shutdown-gpu-lambda",)
+ALARM_NAMES = ("QueueEmptyFor",)  # QueueEmptyFor<minutes>Min
+RULE_NAMES = ("gpu-orchestrator-idle-check",)
 
 # Read actions: the plan role gets these, the deploy role gets them and the matching writes.
 SQS_READ = ("sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListDeadLetterSourceQueues", "sqs:ListQueueTags")
 SQS_WRITE = ("sqs:CreateQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:TagQueue", "sqs:UntagQueue")
 DYNAMODB_READ = (
-    "dynamodb:DescribeContinuousBackups", "dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive",
+    "dynamodb:DescribeContinuousBackups",
+    "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive",
     "dynamodb:ListTagsOfResource",
 )
 # No dynamodb:DeleteTable: CI can never delete the task store, whatever a change to prevent_destroy says.
 DYNAMODB_WRITE = (
-    "dynamodb:CreateTable", "dynamodb:TagResource", "dynamodb:UntagResource", "dynamodb:UpdateContinuousBackups",
-    "dynamodb:UpdateTable", "dynamodb:UpdateTimeToLive",
+    "dynamodb:CreateTable",
+    "dynamodb:TagResource",
+    "dynamodb:UntagResource",
+    "dynamodb:UpdateContinuousBackups",
+    "dynamodb:UpdateTable",
+    "dynamodb:UpdateTimeToLive",
 )
 IAM_READ = (
-    "iam:GetInstanceProfile", "iam:GetPolicy", "iam:GetPolicyVersion", "iam:GetRole", "iam:GetRolePolicy",
-    "iam:ListAttachedRolePolicies", "iam:ListInstanceProfilesForRole", "iam:ListPolicyVersions",
-    "iam:ListRolePolicies", "iam:ListRoleTags",
+    "iam:GetInstanceProfile",
+    "iam:GetRole",
+    "iam:GetRolePolicy",
+    "iam:ListAttachedRolePolicies",
+    "iam:ListInstanceProfilesForRole",
+    "iam:ListRolePolicies",
+    "iam:ListRoleTags",
 )
+# Inline role policies only (that is all our stacks use): no CreatePolicy, and no AttachRolePolicy, which would let a
+# change attach AdministratorAccess to one of our roles. DetachRolePolicy stays: it only takes permissions away.
 IAM_WRITE = (
-    "iam:AddRoleToInstanceProfile", "iam:AttachRolePolicy", "iam:CreateInstanceProfile", "iam:CreatePolicy",
-    "iam:CreatePolicyVersion", "iam:CreateRole", "iam:DeleteInstanceProfile", "iam:DeletePolicy",
-    "iam:DeletePolicyVersion", "iam:DeleteRole", "iam:DeleteRolePolicy", "iam:DetachRolePolicy",
-    "iam:PutRolePolicy", "iam:RemoveRoleFromInstanceProfile", "iam:TagInstanceProfile", "iam:TagPolicy",
-    "iam:TagRole", "iam:UntagInstanceProfile", "iam:UntagPolicy", "iam:UntagRole", "iam:UpdateAssumeRolePolicy",
+    "iam:AddRoleToInstanceProfile",
+    "iam:CreateInstanceProfile",
+    "iam:CreateRole",
+    "iam:DeleteInstanceProfile",
+    "iam:DeleteRole",
+    "iam:DeleteRolePolicy",
+    "iam:DetachRolePolicy",
+    "iam:PutRolePolicy",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+    "iam:TagRole",
+    "iam:UntagInstanceProfile",
+    "iam:UntagRole",
+    "iam:UpdateAssumeRolePolicy",
     "iam:UpdateRole",
 )
+# Passing our own roles only (to Lambda and to the instance profile). No iam:PassedToService condition: AWS sets no
+# such key for AddRoleToInstanceProfile, and each of these roles trusts exactly one service anyway.
 PASS_ROLE = ("iam:PassRole",)
-PASS_ROLE_SERVICES = ("ec2.amazonaws.com", "lambda.amazonaws.com")
 LAMBDA_READ = ("lambda:Get*", "lambda:List*")
 LAMBDA_WRITE = (
-    "lambda:AddPermission", "lambda:CreateFunction", "lambda:DeleteFunction", "lambda:DeleteFunctionConcurrency",
-    "lambda:PublishVersion", "lambda:PutFunctionConcurrency", "lambda:RemovePermission", "lambda:TagResource",
-    "lambda:UntagResource", "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+    "lambda:AddPermission",
+    "lambda:CreateFunction",
+    "lambda:DeleteFunction",
+    "lambda:DeleteFunctionConcurrency",
+    "lambda:PublishVersion",
+    "lambda:PutFunctionConcurrency",
+    "lambda:RemovePermission",
+    "lambda:TagResource",
+    "lambda:UntagResource",
+    "lambda:UpdateFunctionCode",
+    "lambda:UpdateFunctionConfiguration",
 )
 LOGS_READ = ("logs:ListTagsForResource", "logs:ListTagsLogGroup")
 LOGS_WRITE = (
-    "logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:DeleteRetentionPolicy", "logs:PutRetentionPolicy",
-    "logs:TagResource", "logs:UntagResource",
+    "logs:CreateLogGroup",
+    "logs:DeleteLogGroup",
+    "logs:DeleteRetentionPolicy",
+    "logs:PutRetentionPolicy",
+    "logs:TagResource",
+    "logs:UntagResource",
 )
 ALARM_READ = ("cloudwatch:ListTagsForResource",)
 ALARM_WRITE = (
-    "cloudwatch:DeleteAlarms", "cloudwatch:DisableAlarmActions", "cloudwatch:EnableAlarmActions",
-    "cloudwatch:PutMetricAlarm", "cloudwatch:TagResource", "cloudwatch:UntagResource",
+    "cloudwatch:DeleteAlarms",
+    "cloudwatch:DisableAlarmActions",
+    "cloudwatch:EnableAlarmActions",
+    "cloudwatch:PutMetricAlarm",
+    "cloudwatch:TagResource",
+    "cloudwatch:UntagResource",
 )
 EVENTS_READ = ("events:DescribeRule", "events:ListTagsForResource", "events:ListTargetsByRule")
 EVENTS_WRITE = (
-    "events:DeleteRule", "events:DisableRule", "events:EnableRule", "events:PutRule", "events:PutTargets",
-    "events:RemoveTargets", "events:TagResource", "events:UntagResource",
+    "events:DeleteRule",
+    "events:DisableRule",
+    "events:EnableRule",
+    "events:PutRule",
+    "events:PutTargets",
+    "events:RemoveTargets",
+    "events:TagResource",
+    "events:UntagResource",
 )
 SSM_READ = ("ssm:GetParameter", "ssm:GetParameters", "ssm:ListTagsForResource")
 SSM_WRITE = ("ssm:AddTagsToResource", "ssm:DeleteParameter", "ssm:PutParameter", "ssm:RemoveTagsFromResource")
 BUCKET_READ = (
-    "s3:GetAccelerateConfiguration", "s3:GetBucket*", "s3:GetEncryptionConfiguration",
-    "s3:GetLifecycleConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
+    "s3:GetAccelerateConfiguration",
+    "s3:GetBucket*",
+    "s3:GetEncryptionConfiguration",
+    "s3:GetLifecycleConfiguration",
+    "s3:GetReplicationConfiguration",
+    "s3:ListBucket",
 )
 BUCKET_WRITE = (
-    "s3:CreateBucket", "s3:DeleteBucket", "s3:DeleteBucketPolicy", "s3:ListBucketVersions", "s3:PutBucketPolicy",
-    "s3:PutBucketOwnershipControls", "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging",
-    "s3:PutBucketVersioning", "s3:PutEncryptionConfiguration", "s3:PutLifecycleConfiguration",
+    "s3:CreateBucket",
+    "s3:DeleteBucket",
+    "s3:DeleteBucketPolicy",
+    "s3:ListBucketVersions",
+    "s3:PutBucketPolicy",
+    "s3:PutBucketOwnershipControls",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:PutBucketTagging",
+    "s3:PutBucketVersioning",
+    "s3:PutEncryptionConfiguration",
+    "s3:PutLifecycleConfiguration",
 )
 OBJECT_READ = ("s3:GetObject", "s3:GetObjectTagging")
 OBJECT_WRITE = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObject", "s3:PutObjectTagging")
@@ -98,18 +161,12 @@ UNSCOPED_READ = ("cloudwatch:DescribeAlarms", "ec2:Describe*", "logs:DescribeLog
 STATE_BUCKET_READ = ("s3:ListBucket",)
 STATE_OBJECT_READ = ("s3:GetObject",)
 STATE_OBJECT_WRITE = ("s3:DeleteObject", "s3:PutObject")
-# The state bucket is named <prefix>-tfstate-..., so the artifacts grants above would match it: these are denied.
-STATE_BUCKET_DENY = (
-    "s3:DeleteBucket", "s3:DeleteBucketPolicy", "s3:DeleteObjectVersion", "s3:PutBucket*",
-    "s3:PutEncryptionConfiguration", "s3:PutLifecycleConfiguration",
-)
-
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
-def _statement(sid: str, actions: Sequence[str], resources: Sequence[str], **extra: Any) -> dict[str, Any]:
-    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": sorted(resources), **extra}
+def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": sorted(resources)}
 
 
 def render(document: dict[str, Any]) -> str:
@@ -122,94 +179,121 @@ def subject(repository: str, github_environment: str) -> str:
 
 
 def trust_policy(provider_arn: str, repository: str, github_environment: str) -> dict[str, Any]:
-    return {"Version": "2012-10-17", "Statement": [{
-        "Sid": "GithubEnvironmentOnly",
-        "Effect": "Allow",
-        "Principal": {"Federated": provider_arn},
-        "Action": "sts:AssumeRoleWithWebIdentity",
-        "Condition": {"StringEquals": {
-            f"{GITHUB_OIDC_HOST}:aud": STS_AUDIENCE,
-            f"{GITHUB_OIDC_HOST}:sub": subject(repository, github_environment),
-        }},
-    }]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "GithubEnvironmentOnly",
+                "Effect": "Allow",
+                "Principal": {"Federated": provider_arn},
+                "Action": "sts:AssumeRoleWithWebIdentity",
+                "Condition": {
+                    "StringEquals": {
+                        f"{GITHUB_OIDC_HOST}:aud": STS_AUDIENCE,
+                        f"{GITHUB_OIDC_HOST}:sub": subject(repository, github_environment),
+                    }
+                },
+            }
+        ],
+    }
+
+
+def _names(account: str, service: str, kind: str, bases: Sequence[str], suffix: str, sep: str = "/") -> list[str]:
+    region = "" if service == "iam" else "*"
+    return [f"arn:aws:{service}:{region}:{account}:{kind}{sep}{base}*{suffix}" for base in bases]
 
 
 def _service_resources(account: str, environment: str, prefix: str) -> dict[str, list[str]]:
+    """ARN patterns for one environment's resources (the region is free: an environment picks its own)."""
+    end = f"-{environment}"
+    bucket = f"arn:aws:s3:::{prefix}-artifacts-{environment}-*"  # <prefix>-artifacts-<env>-<account>
     return {
-        "sqs": [f"arn:aws:sqs:*:{account}:{QUEUE_PREFIX}*"],
-        "dynamodb": [f"arn:aws:dynamodb:*:{account}:table/{TABLE_PREFIX}*"],
-        "iam": [f"arn:aws:iam::{account}:{kind}/{prefix}*" for kind in ("instance-profile", "policy", "role")],
-        "lambda": [f"arn:aws:lambda:*:{account}:function:{prefix}*"],
-        "logs": [f"arn:aws:logs:*:{account}:log-group:/aws/lambda/{prefix}*"],
-        "cloudwatch": [f"arn:aws:cloudwatch:*:{account}:alarm:{prefix}*"],
-        "events": [f"arn:aws:events:*:{account}:rule/{prefix}*"],
+        "sqs": [f"arn:aws:sqs:*:{account}:{base}*{end}" for base in QUEUE_NAMES],
+        "dynamodb": _names(account, "dynamodb", "table", TABLE_NAMES, end),
+        "iam": _names(account, "iam", "role", ROLE_NAMES, end)
+        + _names(account, "iam", "instance-profile", INSTANCE_PROFILE_NAMES, end),
+        "role": _names(account, "iam", "role", ROLE_NAMES, end),
+        "lambda": _names(account, "lambda", "function", FUNCTION_NAMES, end, sep=":"),
+        # Log-group actions are authorized on the group's ARN with or without the trailing ":*".
+        "logs": [
+            arn + tail
+            for arn in _names(account, "logs", "log-group", [f"/aws/lambda/{b}" for b in FUNCTION_NAMES], end, sep=":")
+            for tail in ("", ":*")
+        ],
+        "cloudwatch": _names(account, "cloudwatch", "alarm", ALARM_NAMES, end, sep=":"),
+        "events": _names(account, "events", "rule", RULE_NAMES, end),
         "ssm": [f"arn:aws:ssm:*:{account}:parameter/{prefix}/{environment}/*"],
-        "bucket": [f"arn:aws:s3:::{prefix}*"],
-        "object": [f"arn:aws:s3:::{prefix}*/*"],
+        "bucket": [bucket],
+        "object": [f"{bucket}/*"],
+        "adapter": [f"{bucket}/adapter/*"],
     }
 
 
 def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
     """Read-only: refresh every resource of the environment and read its state (plans run with -lock=false)."""
     res = _service_resources(account, environment, prefix)
-    return {"Version": "2012-10-17", "Statement": [
-        _statement("Queues", SQS_READ, res["sqs"]),
-        _statement("TaskStore", DYNAMODB_READ, res["dynamodb"]),
-        _statement("Iam", IAM_READ, res["iam"]),
-        _statement("Lambda", LAMBDA_READ, res["lambda"]),
-        _statement("Logs", LOGS_READ, res["logs"]),
-        _statement("Alarms", ALARM_READ, res["cloudwatch"]),
-        _statement("Schedules", EVENTS_READ, res["events"]),
-        _statement("Parameters", SSM_READ, res["ssm"]),
-        _statement("ArtifactsBucket", BUCKET_READ, res["bucket"]),
-        # Only the adapter bundles Terraform manages: task inputs and results stay unreadable from a pull request.
-        _statement("AdapterBundles", OBJECT_READ, [f"arn:aws:s3:::{prefix}*/adapter/*"]),
-        _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
-        _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
-        _statement("StateObjects", STATE_OBJECT_READ, [f"{state_bucket_arn}/{environment}/*"]),
-    ]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("Queues", SQS_READ, res["sqs"]),
+            _statement("TaskStore", DYNAMODB_READ, res["dynamodb"]),
+            _statement("Iam", IAM_READ, res["iam"]),
+            _statement("Lambda", LAMBDA_READ, res["lambda"]),
+            _statement("Logs", LOGS_READ, res["logs"]),
+            _statement("Alarms", ALARM_READ, res["cloudwatch"]),
+            _statement("Schedules", EVENTS_READ, res["events"]),
+            _statement("Parameters", SSM_READ, res["ssm"]),
+            _statement("ArtifactsBucket", BUCKET_READ, res["bucket"]),
+            # Only the adapter bundles Terraform manages: task inputs and results stay unreadable from a pull request.
+            _statement("AdapterBundles", OBJECT_READ, res["adapter"]),
+            _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
+            _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
+            _statement("StateObjects", STATE_OBJECT_READ, [f"{state_bucket_arn}/{environment}/*"]),
+        ],
+    }
 
 
-def deploy_policy(
-    *, account: str, environment: str, state_bucket_arn: str, prefix: str, other_environments: Sequence[str],
-) -> dict[str, Any]:
+def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
+    """Plan and apply of one environment's stacks; its state keys only (<env>/*), with S3-native locking."""
     res = _service_resources(account, environment, prefix)
     protected = [f"arn:aws:iam::{account}:role/{prefix}-{kind}-*" for kind in ("deploy", "plan")]
     protected.append(f"arn:aws:iam::{account}:oidc-provider/{GITHUB_OIDC_HOST}")
-    statements = [
-        _statement("Queues", SQS_READ + SQS_WRITE, res["sqs"]),
-        _statement("TaskStore", DYNAMODB_READ + DYNAMODB_WRITE, res["dynamodb"]),
-        _statement("Iam", IAM_READ + IAM_WRITE, res["iam"]),
-        _statement("PassOwnRoles", PASS_ROLE, [f"arn:aws:iam::{account}:role/{prefix}*"],
-                   Condition={"StringEquals": {"iam:PassedToService": sorted(PASS_ROLE_SERVICES)}}),
-        _statement("Lambda", LAMBDA_READ + LAMBDA_WRITE, res["lambda"]),
-        _statement("Logs", LOGS_READ + LOGS_WRITE, res["logs"]),
-        _statement("Alarms", ALARM_READ + ALARM_WRITE, res["cloudwatch"]),
-        _statement("Schedules", EVENTS_READ + EVENTS_WRITE, res["events"]),
-        _statement("Parameters", SSM_READ + SSM_WRITE, res["ssm"]),
-        _statement("ArtifactsBucket", BUCKET_READ + BUCKET_WRITE, res["bucket"]),
-        _statement("ArtifactsObjects", OBJECT_READ + OBJECT_WRITE, res["object"]),
-        _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
-        _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
-        _statement("StateObjects", STATE_OBJECT_READ + STATE_OBJECT_WRITE, [f"{state_bucket_arn}/{environment}/*"]),
-        # A deploy role must not widen its own trust or permissions, nor any other CI role's.
-        {"Sid": "NoSelfEscalation", "Effect": "Deny", "Action": "iam:*", "Resource": sorted(protected)},
-        {"Sid": "StateBucketIsBootstrapOnly", "Effect": "Deny", "Action": sorted(STATE_BUCKET_DENY),
-         "Resource": [state_bucket_arn, f"{state_bucket_arn}/*"]},
-    ]
-    others = sorted(f"{state_bucket_arn}/{e}/*" for e in other_environments if e != environment)
-    if others:
-        # The artifacts grants match <prefix>*/*, which includes the state bucket: keep each env to its own keys.
-        statements.append({"Sid": "OtherEnvironmentsState", "Effect": "Deny", "Action": "s3:*", "Resource": others})
-    return {"Version": "2012-10-17", "Statement": statements}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("Queues", SQS_READ + SQS_WRITE, res["sqs"]),
+            _statement("TaskStore", DYNAMODB_READ + DYNAMODB_WRITE, res["dynamodb"]),
+            _statement("Iam", IAM_READ + IAM_WRITE, res["iam"]),
+            _statement("PassOwnRoles", PASS_ROLE, res["role"]),
+            _statement("Lambda", LAMBDA_READ + LAMBDA_WRITE, res["lambda"]),
+            _statement("Logs", LOGS_READ + LOGS_WRITE, res["logs"]),
+            _statement("Alarms", ALARM_READ + ALARM_WRITE, res["cloudwatch"]),
+            _statement("Schedules", EVENTS_READ + EVENTS_WRITE, res["events"]),
+            _statement("Parameters", SSM_READ + SSM_WRITE, res["ssm"]),
+            _statement("ArtifactsBucket", BUCKET_READ + BUCKET_WRITE, res["bucket"]),
+            _statement("ArtifactsObjects", OBJECT_READ + OBJECT_WRITE, res["object"]),
+            _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
+            _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
+            _statement("StateObjects", STATE_OBJECT_READ + STATE_OBJECT_WRITE, [f"{state_bucket_arn}/{environment}/*"]),
+            # Belt and braces: no widening of the CI roles' own trust or permissions, whatever the patterns above.
+            {"Sid": "NoSelfEscalation", "Effect": "Deny", "Action": "iam:*", "Resource": sorted(protected)},
+        ],
+    }
 
 
 class GithubDeployAccess(Construct):
     """The OIDC provider (or an existing one) and, per environment, a deploy role and a read-only plan role."""
 
     def __init__(
-        self, scope: Construct, id: str, *, repository: str, environments: list[str], state_bucket_arn: str,
-        name_prefix: str = "gpu-orchestrator", existing_provider_arn: str | None = None,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        repository: str,
+        environments: list[str],
+        state_bucket_arn: str,
+        name_prefix: str = "gpu-orchestrator",
+        existing_provider_arn: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         if not _REPOSITORY.match(repository):
@@ -224,7 +308,10 @@ class GithubDeployAccess(Construct):
             # One provider per account and URL: a second environment in the same account passes its ARN instead.
             # No thumbprint_list: AWS verifies GitHub's certificate against its own trusted CAs (provider >= 5.81).
             provider = IamOpenidConnectProvider(
-                self, "github", url=GITHUB_OIDC_URL, client_id_list=[STS_AUDIENCE],
+                self,
+                "github",
+                url=GITHUB_OIDC_URL,
+                client_id_list=[STS_AUDIENCE],
             )
             self.provider_arn: str = provider.arn
         else:
@@ -232,25 +319,46 @@ class GithubDeployAccess(Construct):
         self.role_arns: dict[str, str] = {}
         self.plan_role_arns: dict[str, str] = {}
         for env in environments:
-            deploy = IamRole(
-                self, f"deploy-{env}", name=f"{name_prefix}-deploy-{env}",
-                description=f"GitHub Actions plan+apply of {env} ({repository}, environment {env})",
-                assume_role_policy=render(trust_policy(self.provider_arn, repository, env)),
-                max_session_duration=3600,
+            policy_args: dict[str, Any] = {
+                "account": account,
+                "environment": env,
+                "state_bucket_arn": state_bucket_arn,
+                "prefix": name_prefix,
+            }
+            self.role_arns[env] = self._role(
+                f"{name_prefix}-deploy-{env}",
+                repository,
+                env,
+                "deploy",
+                deploy_policy(**policy_args),
+                f"GitHub Actions plan+apply of {env}",
             )
-            IamRolePolicy(self, f"deploy-{env}-policy", name="deploy", role=deploy.id, policy=render(deploy_policy(
-                account=account, environment=env, state_bucket_arn=state_bucket_arn, prefix=name_prefix,
-                other_environments=environments,
-            )))
-            plan_env = f"{env}{PLAN_ENVIRONMENT_SUFFIX}"
-            plan = IamRole(
-                self, f"plan-{env}", name=f"{name_prefix}-plan-{env}",
-                description=f"GitHub Actions read-only plan of {env} ({repository}, environment {plan_env})",
-                assume_role_policy=render(trust_policy(self.provider_arn, repository, plan_env)),
-                max_session_duration=3600,
+            self.plan_role_arns[env] = self._role(
+                f"{name_prefix}-plan-{env}",
+                repository,
+                f"{env}{PLAN_ENVIRONMENT_SUFFIX}",
+                "plan-read-only",
+                plan_policy(**policy_args),
+                f"GitHub Actions read-only plan of {env}",
             )
-            IamRolePolicy(self, f"plan-{env}-policy", name="plan-read-only", role=plan.id, policy=render(plan_policy(
-                account=account, environment=env, state_bucket_arn=state_bucket_arn, prefix=name_prefix,
-            )))
-            self.role_arns[env] = deploy.arn
-            self.plan_role_arns[env] = plan.arn
+
+    def _role(
+        self,
+        name: str,
+        repository: str,
+        github_env: str,
+        policy_name: str,
+        policy: dict[str, Any],
+        purpose: str,
+    ) -> str:
+        role = IamRole(
+            self,
+            name,
+            name=name,
+            description=f"{purpose} ({repository}, GitHub environment {github_env})",
+            assume_role_policy=render(trust_policy(self.provider_arn, repository, github_env)),
+            max_session_duration=3600,
+        )
+        IamRolePolicy(self, f"{name}-policy", name=policy_name, role=role.id, policy=render(policy))
+        arn: str = role.arn
+        return arn

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import cdktf
+import pytest
 from cdktf import App, TerraformStack
 
-import modules  # noqa: F401  (registers the provider package without its 12 s __init__)
-from cdktf_cdktf_provider_aws.provider import AwsProvider
+# First: importing `modules` registers the provider package without running its 12 s __init__.
 from modules import github_oidc as gh
 
 REPO = "example-org/gpu-orchestrator"
@@ -20,6 +19,9 @@ ENVS = ["dev", "staging", "prod"]
 
 
 def synth(**overrides: Any) -> dict[str, Any]:
+    # Imported here, after `modules`, so that import sorting can never move it ahead of the registration.
+    from cdktf_cdktf_provider_aws.provider import AwsProvider
+
     app = cdktf.Testing.app()
     stack = TerraformStack(app, "bootstrap")
     AwsProvider(stack, "aws", region="us-east-1")
@@ -74,18 +76,22 @@ def test_a_deploy_role_and_a_plan_role_per_environment_and_nothing_else(out: dic
 @pytest.mark.parametrize("env", ENVS)
 def test_trust_is_exactly_this_repository_and_github_environment(out: dict[str, Any], env: str) -> None:
     roles = roles_by_name(out)
-    for role_name, github_env in ((f"gpu-orchestrator-deploy-{env}", env),
-                                  (f"gpu-orchestrator-plan-{env}", f"{env}-plan")):
+    for role_name, github_env in (
+        (f"gpu-orchestrator-deploy-{env}", env),
+        (f"gpu-orchestrator-plan-{env}", f"{env}-plan"),
+    ):
         trust = json.loads(roles[role_name]["assume_role_policy"])
         (only,) = trust["Statement"]
         assert only["Effect"] == "Allow"
         assert only["Action"] == "sts:AssumeRoleWithWebIdentity"
         (provider_key,) = resources(out, "aws_iam_openid_connect_provider")
         assert only["Principal"] == {"Federated": f"${{aws_iam_openid_connect_provider.{provider_key}.arn}}"}
-        assert only["Condition"] == {"StringEquals": {
-            "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
-            "token.actions.githubusercontent.com:sub": f"repo:{REPO}:environment:{github_env}",
-        }}
+        assert only["Condition"] == {
+            "StringEquals": {
+                "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+                "token.actions.githubusercontent.com:sub": f"repo:{REPO}:environment:{github_env}",
+            }
+        }
 
 
 def test_no_policy_anywhere_has_a_wildcard_principal_or_a_like_condition(out: dict[str, Any]) -> None:
@@ -130,22 +136,24 @@ def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: d
     doc = policy_of(out, "gpu-orchestrator-deploy-staging")
     (identity_key,) = out["data"]["aws_caller_identity"]
     account = f"${{data.aws_caller_identity.{identity_key}.account_id}}"
-    assert statement(doc, "Queues")["Resource"] == [f"arn:aws:sqs:*:{account}:gpu_tasks*"]
-    assert statement(doc, "TaskStore")["Resource"] == [f"arn:aws:dynamodb:*:{account}:table/task_store*"]
+    assert statement(doc, "Queues")["Resource"] == [f"arn:aws:sqs:*:{account}:gpu_tasks_queue*-staging"]
+    assert statement(doc, "TaskStore")["Resource"] == [f"arn:aws:dynamodb:*:{account}:table/task_store*-staging"]
     assert statement(doc, "Parameters")["Resource"] == [f"arn:aws:ssm:*:{account}:parameter/gpu-orchestrator/staging/*"]
+    assert statement(doc, "ArtifactsBucket")["Resource"] == ["arn:aws:s3:::gpu-orchestrator-artifacts-staging-*"]
     assert statement(doc, "StateBucket")["Resource"] == [STATE]
     assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/staging/*"]
-    assert statement(doc, "PassOwnRoles")["Condition"] == {
-        "StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com", "lambda.amazonaws.com"]}}
-    assert statement(doc, "OtherEnvironmentsState") == {
-        "Sid": "OtherEnvironmentsState", "Effect": "Deny", "Action": "s3:*",
-        "Resource": [f"{STATE}/dev/*", f"{STATE}/prod/*"]}
+    assert statement(doc, "PassOwnRoles")["Resource"] == sorted(
+        f"arn:aws:iam::{account}:role/{name}*-staging" for name in gh.ROLE_NAMES
+    )
     no_escalation = statement(doc, "NoSelfEscalation")
     assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
     assert f"arn:aws:iam::{account}:role/gpu-orchestrator-deploy-*" in no_escalation["Resource"]
     assert f"arn:aws:iam::{account}:oidc-provider/token.actions.githubusercontent.com" in no_escalation["Resource"]
-    state_deny = statement(doc, "StateBucketIsBootstrapOnly")
-    assert state_deny["Effect"] == "Deny" and state_deny["Resource"] == [STATE, f"{STATE}/*"]
+    # Nothing of another environment: every scoped ARN names staging (the state bucket is shared, its keys are not).
+    for st in doc["Statement"]:
+        for arn in st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]:
+            assert arn in ("*", STATE) or "staging" in arn or st["Effect"] == "Deny", (st["Sid"], arn)
+            assert "dev" not in arn.replace("/aws/", "") and "prod" not in arn, (st["Sid"], arn)
 
 
 def test_plan_policy_is_read_only(out: dict[str, Any]) -> None:
@@ -155,7 +163,7 @@ def test_plan_policy_is_read_only(out: dict[str, Any]) -> None:
     verbs = {a.split(":")[1] for a in actions}
     assert all(v.startswith(("Get", "List", "Describe")) for v in verbs), verbs
     assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/prod/*"]
-    assert statement(doc, "AdapterBundles")["Resource"] == ["arn:aws:s3:::gpu-orchestrator*/adapter/*"]
+    assert statement(doc, "AdapterBundles")["Resource"] == ["arn:aws:s3:::gpu-orchestrator-artifacts-prod-*/adapter/*"]
 
 
 def test_inline_policies_fit_iams_size_limit(out: dict[str, Any]) -> None:
@@ -168,22 +176,95 @@ def test_existing_provider_is_reused_instead_of_created() -> None:
     arn = "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
     out = synth(environments=["prod"], existing_provider_arn=arn)
     assert "aws_iam_openid_connect_provider" not in out["resource"]
-    (trust,) = [json.loads(r["assume_role_policy"]) for r in resources(out, "aws_iam_role").values()
-                if r["name"] == "gpu-orchestrator-deploy-prod"]
+    (trust,) = [
+        json.loads(r["assume_role_policy"])
+        for r in resources(out, "aws_iam_role").values()
+        if r["name"] == "gpu-orchestrator-deploy-prod"
+    ]
     assert trust["Statement"][0]["Principal"] == {"Federated": arn}
-    assert "OtherEnvironmentsState" not in json.dumps(policy_of(out, "gpu-orchestrator-deploy-prod"))
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"repository": "not-a-repo"},
-    {"repository": "org/repo:environment:*"},
-    {"environments": []},
-    {"environments": ["dev", "dev"]},
-    {"environments": ["Prod"]},
-    {"environments": ["dev-plan"]},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"repository": "not-a-repo"},
+        {"repository": "org/repo:environment:*"},
+        {"environments": []},
+        {"environments": ["dev", "dev"]},
+        {"environments": ["Prod"]},
+        {"environments": ["dev-plan"]},
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_built(kwargs: dict[str, Any]) -> None:
     stack = TerraformStack(App(), "bad")
     args: dict[str, Any] = {"repository": REPO, "environments": ENVS, "state_bucket_arn": STATE, **kwargs}
     with pytest.raises(ValueError):
         gh.GithubDeployAccess(stack, "github", **args)
+
+
+# --- The deploy role against the real stacks: every resource they name is inside its grants. ---
+
+ACCOUNT = "111122223333"
+REGION = "us-east-1"
+# resource type -> (attribute holding the name, ARN of that name, Sid of the deploy statement that must cover it)
+NAMED: dict[str, tuple[str, str, str]] = {
+    "aws_sqs_queue": ("name", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{{}}", "Queues"),
+    "aws_dynamodb_table": ("name", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{{}}", "TaskStore"),
+    "aws_iam_role": ("name", f"arn:aws:iam::{ACCOUNT}:role/{{}}", "Iam"),
+    "aws_iam_instance_profile": ("name", f"arn:aws:iam::{ACCOUNT}:instance-profile/{{}}", "Iam"),
+    "aws_lambda_function": ("function_name", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{{}}", "Lambda"),
+    "aws_cloudwatch_log_group": ("name", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{{}}", "Logs"),
+    "aws_cloudwatch_metric_alarm": ("alarm_name", f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{{}}", "Alarms"),
+    "aws_cloudwatch_event_rule": ("name", f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{{}}", "Schedules"),
+    "aws_ssm_parameter": ("name", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{{}}", "Parameters"),
+    "aws_s3_bucket": ("bucket", "arn:aws:s3:::{}", "ArtifactsBucket"),
+}
+# Parts of a resource above: authorized on their parent's ARN (a policy of a role, a rule of a bucket...).
+PARTS = {
+    "aws_iam_role_policy",
+    "aws_lambda_permission",
+    "aws_cloudwatch_event_target",
+    "aws_sqs_queue_redrive_allow_policy",
+    "aws_s3_bucket_lifecycle_configuration",
+    "aws_s3_bucket_ownership_controls",
+    "aws_s3_bucket_policy",
+    "aws_s3_bucket_public_access_block",
+    "aws_s3_bucket_server_side_encryption_configuration",
+    "aws_s3_bucket_versioning",
+    "aws_s3_object",
+}
+
+
+def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(tmp_path: Any) -> None:
+    from fnmatch import fnmatchcase
+
+    from main import compose
+    from modules.config import load_config
+
+    config = load_config(
+        "prod", env={"CDK_DEFAULT_ACCOUNT": ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}
+    )
+    app = App(outdir=str(tmp_path))
+    compose(app, config)
+    app.synth()
+    state_arn = f"arn:aws:s3:::{config.resolved_state_bucket}"
+    doc = gh.deploy_policy(account=ACCOUNT, environment="prod", state_bucket_arn=state_arn, prefix="gpu-orchestrator")
+    stacks = sorted(tmp_path.glob("stacks/*/cdk.tf.json"))
+    assert len(stacks) >= 5, stacks
+    checked = 0
+    for path in stacks:
+        synthesized = json.loads(path.read_text())
+        backend = synthesized["terraform"]["backend"]["s3"]
+        assert backend["bucket"] == config.resolved_state_bucket
+        assert fnmatchcase(f"{state_arn}/{backend['key']}", statement(doc, "StateObjects")["Resource"][0])
+        for kind, items in synthesized.get("resource", {}).items():
+            if kind in PARTS:
+                continue
+            assert kind in NAMED, f"{path.parent.name}: {kind} has no grant in modules/github_oidc.py"
+            attr, arn_format, sid = NAMED[kind]
+            for resource in items.values():
+                arn = arn_format.format(resource[attr])
+                patterns = statement(doc, sid)["Resource"]
+                assert any(fnmatchcase(arn, p) for p in patterns), f"{arn} is outside {sid}: {patterns}"
+                checked += 1
+    assert checked >= 12
