@@ -6,11 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-
-from cdktf import App
+from typing import TYPE_CHECKING
 
 from modules.config import ConfigError, EnvironmentConfig, load_config
-from modules.stacks import AlarmStack, ArtifactsStack, DynamoDbStack, IamStack, LambdaStack, SqsStack
+
+if TYPE_CHECKING:
+    from constructs import Construct
+
+# cdktf and the stacks load the jsii runtime (seconds): they are imported only once the configuration is valid,
+# so a bad setting is reported at once and nothing is written.
 
 
 def main() -> int:
@@ -25,16 +29,27 @@ def main() -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
 
-    outdir = Path(os.environ.get("CDKTF_OUTDIR") or f"cdktf.out/{config.name}")
+    bootstrap = os.environ.get("GPU_ORCH_BOOTSTRAP") == "1"  # `make bootstrap`: only the state bucket stack
+    default_outdir = f"cdktf.out/bootstrap-{config.name}" if bootstrap else f"cdktf.out/{config.name}"
+    outdir = Path(os.environ.get("CDKTF_OUTDIR") or default_outdir)
     outdir.mkdir(parents=True, exist_ok=True)  # cdktf creates only the last level
+    from cdktf import App
+
+    from modules.bootstrap import BootstrapStack
+
     app = App(outdir=str(outdir))
-    compose(app, config)
+    if bootstrap:
+        BootstrapStack(app, config=config, outdir=str(outdir))
+    else:
+        compose(app, config)
     app.synth()
     return 0
 
 
-def compose(app: App, config: EnvironmentConfig) -> None:
+def compose(app: Construct, config: EnvironmentConfig) -> None:
     """The stacks of one environment and how they depend on each other (the seed's diagram)."""
+    from modules.stacks import AlarmStack, ArtifactsStack, DynamoDbStack, IamStack, LambdaStack, SqsStack
+
     sqs = SqsStack(app, config=config)
     dynamodb = DynamoDbStack(app, config=config)
     artifacts = ArtifactsStack(app, config=config, queue=sqs.queue, table=dynamodb.table)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cdktf import App, LocalBackend, S3Backend, TerraformOutput, TerraformStack
+from cdktf import LocalBackend, S3Backend, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
 from constructs import Construct
 
@@ -16,12 +16,8 @@ PROJECT = "gpu-orchestrator"
 
 
 def local_state_path(outdir: str, stack_name: str, environment: str) -> str:
-    """state/<env>/<stack>.tfstate in the repo, relative to the stack's working directory (<outdir>/stacks/<stack>).
-
-    Relative, so the JSON is the same on every checkout; outside the outdir, so a re-synth never touches state.
-    cdktf copies this path into the `terraform_remote_state` reads of other stacks, which run in sibling
-    directories at the same depth, so one relative path serves both.
-    """
+    """state/<env>/<stack>.tfstate in the repo, relative to the stack's working directory (<outdir>/stacks/<stack>):
+    outside the outdir, so neither a re-synth nor `make clean` touches it (the bootstrap stack's state)."""
     stack_dir = Path(outdir).resolve() / "stacks" / stack_name
     return os.path.relpath(ROOT / "state" / environment / f"{stack_name}.tfstate", stack_dir)
 
@@ -54,7 +50,10 @@ class EnvironmentStack(TerraformStack):
             # S3-native locking (Terraform >= 1.10). cdktf 0.21's S3Backend has no such field, hence the override.
             self.add_override("terraform.backend.s3.use_lockfile", True)
         else:
-            LocalBackend(self, path=local_state_path(App.of(self).outdir, stack_name, config.name))
+            # Inside the outdir (<outdir>/state/), relative to the stack's working directory: the JSON is the same
+            # wherever it is synthesized, and cdktf copies the path into other stacks' remote-state reads, which run
+            # in sibling directories at the same depth. Only the emulated `local` environment keeps state this way.
+            LocalBackend(self, path=f"../../state/{stack_name}.tfstate")
 
     def output(self, name: str, value: str, description: str) -> TerraformOutput:
         return TerraformOutput(self, name, value=value, description=description)

@@ -59,6 +59,8 @@ class EnvironmentConfig:
     """Let `make destroy` delete the artifacts bucket with its objects (task results). Off where results matter."""
     github_repository: str = ""
     """owner/name of the repository whose workflows may deploy this environment (bootstrap's OIDC trust)."""
+    github_oidc_provider_arn: str = ""
+    """An account has one GitHub OIDC provider: the second environment bootstrapped there names the first's."""
 
     @property
     def suffix(self) -> str:

@@ -15,15 +15,11 @@ from modules.config import EnvironmentConfig
 from modules.function import PythonFunction, grant_logs
 from modules.gpu import GpuInstances
 from modules.iam import Role
+from modules.layout import ALARM, ARTIFACTS, DYNAMODB, IAM, LAMBDA, SQS
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
 from modules.table import TaskTable
 
-SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM = (
-    "gpu-orchestrator-sqs", "gpu-orchestrator-dynamodb", "gpu-orchestrator-artifacts",
-    "gpu-orchestrator-iam", "gpu-orchestrator-lambda", "gpu-orchestrator-alarm",
-)
-STACK_ORDER = (SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM)  # a valid apply order; destroy runs it backwards
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
 
 

