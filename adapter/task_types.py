@@ -156,7 +156,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
     except (OSError, ValueError) as err:
         raise RegistryError(f"{source}: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("types"), dict):
-        raise RegistryError(f"{source}: expected {{\"types\": {{...}}}}")
+        raise RegistryError(f'{source}: expected {{"types": {{...}}}}')
     return Registry({name: _parse_type(name, raw) for name, raw in doc["types"].items()})
 
 
@@ -208,8 +208,13 @@ def _parse_param(type_name: str, name: str, raw: Any) -> ParamSpec:
         except re.error as err:
             raise bad(f"pattern does not compile: {err}") from None
     spec = ParamSpec(
-        name=name, type=raw["type"], required=bool(raw.get("required", False)), pattern=pattern,
-        min=raw.get("min"), max=raw.get("max"), max_length=raw.get("max_length"),
+        name=name,
+        type=raw["type"],
+        required=bool(raw.get("required", False)),
+        pattern=pattern,
+        min=raw.get("min"),
+        max=raw.get("max"),
+        max_length=raw.get("max_length"),
         s3_input=bool(raw.get("s3_input", False)),
     )
     if spec.s3_input and (spec.type != "string" or not spec.pattern or not spec.pattern.startswith("inputs/")):

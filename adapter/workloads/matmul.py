@@ -34,18 +34,17 @@ def run_torch(torch: Any, size: int, repeat: int) -> dict[str, Any]:
         c = a @ b
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    return {"device": f"cuda:{torch.cuda.get_device_name(0)}", "elapsed_s": elapsed,
-            "checksum": float(c.sum().item())}
+    return {"device": f"cuda:{torch.cuda.get_device_name(0)}", "elapsed_s": elapsed, "checksum": float(c.sum().item())}
 
 
 def run_python(size: int, repeat: int) -> dict[str, Any]:
     rng = random.Random(0)
     a = [[rng.random() for _ in range(size)] for _ in range(size)]
     b = [[rng.random() for _ in range(size)] for _ in range(size)]
-    cols = list(zip(*b))
+    cols = list(zip(*b, strict=True))
     start = time.perf_counter()
     for _ in range(repeat):
-        c = [[sum(x * y for x, y in zip(row, col)) for col in cols] for row in a]
+        c = [[sum(x * y for x, y in zip(row, col, strict=True)) for col in cols] for row in a]
     elapsed = time.perf_counter() - start
     return {"device": "cpu:python", "elapsed_s": elapsed, "checksum": sum(map(sum, c))}
 
@@ -57,9 +56,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     torch = _torch_cuda()
     result = run_torch(torch, args.size, args.repeat) if torch else run_python(args.size, args.repeat)
-    flops = 2.0 * args.size ** 3 * args.repeat
-    result.update(size=args.size, repeat=args.repeat, gflops=flops / result["elapsed_s"] / 1e9
-                  if result["elapsed_s"] > 0 else None)
+    flops = 2.0 * args.size**3 * args.repeat
+    result.update(
+        size=args.size,
+        repeat=args.repeat,
+        gflops=flops / result["elapsed_s"] / 1e9 if result["elapsed_s"] > 0 else None,
+    )
     print(json.dumps(result))
     with open(os.path.join(os.environ.get("OUTPUT_DIR", "."), "result.json"), "w") as fh:
         json.dump(result, fh)

@@ -1,0 +1,102 @@
+"""`python3 -m adapter`: build the worker from env vars and run its loop until SIGTERM (or a new bundle).
+
+Signals: the first SIGTERM/SIGINT asks the loop to stop - no new receive, the running job is stopped, its task goes
+back to QUEUED and its message is visible again at once - and the process exits 0. A second one exits at once (143),
+killing the job's process group first. The handler only sets flags (logging from a signal handler can re-enter a
+half-written line); the loop logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from . import logs
+from .config import from_env, read_queue_settings
+from .model import TaskStore
+from .task_types import load_registry
+from .worker import Worker
+
+log = logging.getLogger("adapter")
+EXIT_CONFIG = 2
+
+
+def build(env: Mapping[str, str], session: Any = None) -> Worker:
+    import boto3
+
+    session = session or boto3.session.Session(region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))
+    # Honour the given mapping's endpoint (boto3 itself only reads os.environ): tests and the local demo.
+    kw = {"endpoint_url": env["AWS_ENDPOINT_URL"]} if env.get("AWS_ENDPOINT_URL") else {}
+    sqs = session.client("sqs", **kw)
+    visibility, max_receives = read_queue_settings(sqs, env["TASK_QUEUE_URL"])
+    config = from_env(env, queue_visibility_s=visibility, queue_max_receives=max_receives)
+    store = TaskStore(session.resource("dynamodb", **kw).Table(config.table_name), status_index=config.status_index)
+    autostop = None
+    if float(env.get("IDLE_WINDOW_SECONDS", "1800")) > 0:
+        from .autostop import AutoStop
+
+        autostop = AutoStop.from_env(env, sqs=sqs, dynamodb=session.client("dynamodb", **kw))
+    return Worker(
+        config=config,
+        sqs=sqs,
+        s3=session.client("s3", **kw),
+        store=store,
+        registry=load_registry(config.task_types_file),
+        ssm=session.client("ssm", **kw) if config.bundle_param else None,
+        autostop=autostop,
+    )
+
+
+def install_signals(worker: Worker) -> None:
+    received = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            worker.request_stop()
+            return
+        pgid = worker.runner.current_pgid
+        if pgid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+        line = {
+            "ts": round(time.time(), 3),
+            "level": "warning",
+            "logger": "adapter",
+            "task_id": None,
+            "worker": worker.config.worker_id,
+            "event": "second_signal_exit_now",
+            "killed_pgid": pgid,
+        }
+        os.write(1, (json.dumps(line) + "\n").encode())
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def main() -> int:
+    try:
+        worker = build(os.environ)
+    except KeyError as missing:
+        print(
+            json.dumps({"level": "error", "event": "config_missing", "task_id": None, "name": str(missing)}), flush=True
+        )
+        return EXIT_CONFIG
+    logs.setup(worker.config.worker_id, os.environ.get("LOG_LEVEL", "INFO"))
+    install_signals(worker)
+    code = worker.run()
+    logs.event(log, "exit", code=code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

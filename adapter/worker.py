@@ -1,0 +1,271 @@
+"""The worker loop: long-poll -> claim -> run (with heartbeat) -> settle, one message at a time.
+
+Exactly-once in effect comes from the item, not the queue: SQS delivers at least once, and only the conditional
+claim (QUEUED -> RUNNING, or a takeover of a RUNNING task whose heartbeat went stale) lets an attempt run; finish is
+fenced by the attempt number, and the message is deleted only after the item is terminal. A crash anywhere leaves
+either a QUEUED/stale-RUNNING item with a message that comes back (the task runs again), or a terminal item with a
+message that comes back and is deleted unrun.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any, Protocol
+
+from . import logs
+from .config import AdapterConfig
+from .heartbeat import Heartbeat
+from .model import TaskStatus, TaskStore, TransitionRejected, now_ms
+from .queue import Poison, TaskQueue, parse_body, receive_count, sweep_dlq
+from .rollout import EXIT_NEW_BUNDLE, RolloutWatch
+from .runner import Attempt, Control, Outcome, Runner
+from .task_types import Registry, TaskTypeError
+
+log = logging.getLogger("adapter.worker")
+EXIT_STOPPED = 0
+
+
+class IdleStop(Protocol):
+    """adapter.autostop.AutoStop: the instance powers itself off after an idle window."""
+
+    def note_busy(self) -> None: ...
+
+    def maybe_stop(self) -> Any: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        config: AdapterConfig,
+        sqs: Any,
+        s3: Any,
+        store: TaskStore,
+        registry: Registry,
+        ssm: Any = None,
+        autostop: IdleStop | None = None,
+    ) -> None:
+        self.config = config
+        self.sqs = sqs
+        self.store = store
+        self.registry = registry
+        self.queue = TaskQueue(sqs, config.queue_url, config.dlq_url)
+        self.runner = Runner(s3=s3, bucket=config.bucket, work_dir=config.work_dir, stop_grace_s=config.stop_grace_s)
+        self.autostop = autostop
+        self.rollout = (
+            RolloutWatch(
+                ssm,
+                param_name=config.bundle_param,
+                running_bundle=config.running_bundle,
+                every_s=config.rollout_check_s,
+            )
+            if ssm is not None and config.bundle_param and config.running_bundle
+            else None
+        )
+        self.stopping = threading.Event()
+        self._next_sweep = 0.0
+
+    def request_stop(self) -> None:
+        """First SIGTERM: finish nothing new; the running attempt is stopped and handed back by `settle`."""
+        self.stopping.set()
+
+    def run(self) -> int:
+        logs.event(
+            log,
+            "worker_started",
+            visibility_s=self.config.visibility_s,
+            max_receives=self.config.retry.max_receives,
+            rollout=self.rollout is not None,
+        )
+        while not self.stopping.is_set():
+            code = self.turn()
+            if code is not None:
+                return code
+        logs.event(log, "worker_stopped")
+        return EXIT_STOPPED
+
+    def turn(self) -> int | None:
+        """One loop turn: handle at most one message, or do the idle chores. Returns an exit code to stop with."""
+        for message in self.queue.receive(self.config.wait_time_s):
+            if self.stopping.is_set():  # SIGTERM arrived during the long poll: hand the message straight back
+                self.queue.set_visibility(message, 0)
+                return None
+            if self.autostop is not None:
+                self.autostop.note_busy()
+            try:
+                self.handle(message)
+            finally:
+                if self.autostop is not None:
+                    self.autostop.note_busy()  # the idle window starts when the task ends
+            return None
+        return self.idle()
+
+    def idle(self) -> int | None:
+        if self.rollout is not None and self.rollout.changed() is not None:
+            return EXIT_NEW_BUNDLE
+        clock = now_ms() / 1000
+        if clock >= self._next_sweep:
+            self._next_sweep = clock + self.config.dlq_sweep_s
+            try:
+                sweep_dlq(
+                    self.store,
+                    self.sqs,
+                    self.config.dlq_url,
+                    stale_after_ms=self.config.stale_after_ms,
+                    hide_s=int(min(43200, max(30, 2 * self.config.dlq_sweep_s))),
+                )
+            except Exception as err:
+                logs.event(log, "dlq_sweep_error", logging.WARNING, error=f"{type(err).__name__}: {err}")
+        if self.autostop is not None:
+            self.autostop.maybe_stop()
+        return None
+
+    # -- one message ---------------------------------------------------------------------------------------------
+    def handle(self, message: dict[str, Any]) -> None:
+        try:
+            task_id = parse_body(message.get("Body", ""))
+        except Poison as poison:
+            logs.event(
+                log, "poison_message", logging.WARNING, reason=poison.reason, message_id=message.get("MessageId")
+            )
+            self.queue.to_dlq(message, poison.reason)
+            return
+        with logs.task_scope(task_id):
+            try:
+                self._handle(task_id, message)
+            except Exception:
+                # The loop must survive anything. The message comes back after its visibility timeout; if we held
+                # the task, its heartbeat has stopped, so the next receive may take it over.
+                logs.event(log, "handle_error", logging.ERROR, exc=True)
+
+    def _handle(self, task_id: str, message: dict[str, Any]) -> None:
+        item = self.claim(task_id, message)
+        if item is None:
+            return
+        attempt = int(item["attempts"])
+        count = receive_count(message)
+        logs.event(log, "claimed", attempt=attempt, receive_count=count, type=item.get("type"))
+        try:
+            task_type = self.registry.get(item.get("type", ""))
+            params = task_type.validate(item.get("params") or {})
+        except TaskTypeError as err:  # retrying cannot help: straight to the DLQ path
+            self.store.finish(
+                task_id, worker=self.config.worker_id, attempt=attempt, status=TaskStatus.FAILED, error=str(err)
+            )
+            self.queue.to_dlq(message, str(err))
+            return
+        control = Control(self.stopping)
+        with Heartbeat(
+            store=self.store,
+            sqs=self.sqs,
+            queue_url=self.config.queue_url,
+            receipt=message["ReceiptHandle"],
+            task_id=task_id,
+            worker=self.config.worker_id,
+            attempt=attempt,
+            interval_s=self.config.heartbeat_s,
+            visibility_s=self.config.visibility_s,
+            control=control,
+        ):
+            try:
+                result = self.runner.run(task_id, task_type, params, control)
+            except Exception as err:
+                logs.event(log, "attempt_error", logging.ERROR, exc=True)
+                result = Attempt(Outcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
+        self.settle(task_id, message, attempt, result, control)
+
+    def claim(self, task_id: str, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The claimed item, or None when this message must not run (and has been dealt with)."""
+        for first in (True, False):
+            try:
+                return self.store.claim(
+                    task_id, worker=self.config.worker_id, stale_after_ms=self.config.stale_after_ms
+                )
+            except TransitionRejected as rejected:
+                item = rejected.item
+            if item is None:
+                self.queue.to_dlq(message, "names no known task")
+                return None
+            status = TaskStatus(item["status"])
+            if status.terminal:  # duplicate delivery, or cancelled while queued: never run twice
+                logs.event(log, "skipped_terminal", status=status.value, receive_count=receive_count(message))
+                self.queue.delete(message)
+                return None
+            if status is TaskStatus.RUNNING:
+                stale_in_ms = int(item.get("heartbeat_at", 0)) + self.config.stale_after_ms - now_ms()
+                # A holder that died right after its claim looks fresh for the few ms between SQS handing the
+                # message out and the claim's write; wait those out instead of burning a receive.
+                if first and stale_in_ms <= self.config.claim_grace_s * 1000:
+                    if self.stopping.wait(max(0, stale_in_ms) / 1000 + 0.05):
+                        self.queue.set_visibility(message, 0)
+                        return None
+                    continue
+                logs.event(log, "held_elsewhere", holder=item.get("worker"), stale_in_ms=stale_in_ms)
+                self.queue.set_visibility(message, math.ceil(max(stale_in_ms, 1000) / 1000))
+                return None
+            # QUEUED yet rejected: it was requeued between our calls; the second try sees it
+        return None
+
+    def settle(self, task_id: str, message: dict[str, Any], attempt: int, result: Attempt, control: Control) -> None:
+        """Record the attempt's outcome on the item (fenced by `attempt`), then decide the message's fate."""
+        worker, count = self.config.worker_id, receive_count(message)
+        if result.interrupted == "lost":
+            logs.event(log, "attempt_lost", logging.WARNING, attempt=attempt)
+            return  # another worker holds the task and its message now: touch neither
+        try:
+            if result.outcome is Outcome.SUCCEEDED:
+                self.store.finish(
+                    task_id, worker=worker, attempt=attempt, status=TaskStatus.SUCCEEDED, result_uri=result.result_uri
+                )
+                self.queue.delete(message)
+                logs.event(log, "succeeded", attempt=attempt, result_uri=result.result_uri)
+            elif control.cancelled.is_set():
+                self.store.finish(
+                    task_id, worker=worker, attempt=attempt, status=TaskStatus.CANCELLED, error=result.error
+                )
+                self.queue.delete(message)
+                logs.event(log, "cancelled", attempt=attempt)
+            elif result.interrupted == "stopping":
+                self._hand_back(task_id, message, attempt, count, None, now=True)
+            elif self.config.retry.is_last(count):
+                self.store.finish(task_id, worker=worker, attempt=attempt, status=TaskStatus.FAILED, error=result.error)
+                logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
+                self.queue.to_dlq(message, result.error or "failed")
+            else:
+                self._hand_back(task_id, message, attempt, count, result.error, now=False)
+        except TransitionRejected as rejected:
+            current = rejected.item or {}
+            logs.event(
+                log,
+                "settle_rejected",
+                logging.WARNING,
+                attempt=attempt,
+                status=current.get("status"),
+                holder_attempt=current.get("attempts"),
+            )
+
+    def _hand_back(
+        self, task_id: str, message: dict[str, Any], attempt: int, count: int, error: str | None, *, now: bool
+    ) -> None:
+        """RUNNING -> QUEUED and make the message visible: at once (instance stopping) or after the retry delay."""
+        item = self.store.requeue(task_id, worker=self.config.worker_id, attempt=attempt, error=error)
+        if item.get("cancel_requested"):  # a cancel landed during the attempt: honour it instead of retrying
+            self.store.cancel(task_id)
+            self.queue.delete(message)
+            logs.event(log, "cancelled", attempt=attempt)
+            return
+        if now and self.config.retry.is_last(count):
+            self.queue.resend(message)  # a stop is not the task's failure: do not let SQS count it as one
+        else:
+            self.queue.set_visibility(message, 0 if now else self.config.retry.delay_s(count))
+        logs.event(
+            log,
+            "requeued",
+            logging.INFO if now else logging.WARNING,
+            attempt=attempt,
+            receive_count=count,
+            reason="instance stopping" if now else "retry",
+            error=error,
+        )

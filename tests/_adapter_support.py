@@ -1,0 +1,186 @@
+"""Helpers shared by the adapter tests: env for a worker with times shrunk to seconds, submitting the way the
+orchestrator does (item, then a `{"task_id", "type"}` message), bounded waits, and a counting local HTTP server.
+
+`aws` is the lead's `local_aws` (the synthesized `local` environment in moto) built once per test module instead of
+once per test - a build costs seconds and these tests run dozens of them. Each test gets its own copy of the
+synthesized queue + DLQ; tasks are isolated by their unique ids in the shared table and bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.model import TaskStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def module_aws(moto_endpoint: str, synthesized: Any) -> Any:
+    """What tests/conftest.py's `local_aws` builds (moto reset, then every resource of the synthesized stacks)."""
+    import localaws
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
+    return localaws.build(synthesized("local"), moto_endpoint)
+
+
+@pytest.fixture
+def aws(module_aws: Any) -> Any:
+    """`module_aws` with a queue and DLQ of this test's own: copies of the synthesized pair (same attributes, the
+    redrive pointing at the copy), since SQS allows one purge a minute and in-flight messages survive draining."""
+    sqs = module_aws.client("sqs")
+    suffix = uuid.uuid4().hex[:8]
+    settable = (
+        "VisibilityTimeout",
+        "ReceiveMessageWaitTimeSeconds",
+        "MessageRetentionPeriod",
+        "DelaySeconds",
+        "MaximumMessageSize",
+    )
+
+    def copy_of(url: str, name: str, **extra: str) -> tuple[str, str]:
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        new_url = sqs.create_queue(
+            QueueName=f"{name}-{suffix}", Attributes={**{k: attrs[k] for k in settable if k in attrs}, **extra}
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=new_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        return new_url, arn
+
+    dlq_url, dlq_arn = copy_of(module_aws.dlq_url, "dlq")
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=module_aws.queue_url, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
+    )
+    queue_url, queue_arn = copy_of(
+        module_aws.queue_url, "queue", RedrivePolicy=json.dumps({**redrive, "deadLetterTargetArn": dlq_arn})
+    )
+    return dataclasses.replace(module_aws, queue_url=queue_url, queue_arn=queue_arn, dlq_url=dlq_url, dlq_arn=dlq_arn)
+
+
+def worker_env(aws: Any, work_dir: Path, **overrides: str) -> dict[str, str]:
+    env = dict(aws.env())
+    env.update(
+        WORK_DIR=str(work_dir),
+        WAIT_TIME_SECONDS="1",
+        HEARTBEAT_SECONDS="0.2",
+        RETRY_BACKOFF_SECONDS="0",
+        IDLE_WINDOW_SECONDS="0",  # never power anything off from a test
+        DLQ_SWEEP_SECONDS="3600",
+        STOP_GRACE_SECONDS="5",
+        CLAIM_GRACE_SECONDS="2",
+    )
+    env.update(overrides)
+    return env
+
+
+def set_visibility(aws: Any, seconds: int) -> None:
+    aws.client("sqs").set_queue_attributes(QueueUrl=aws.queue_url, Attributes={"VisibilityTimeout": str(seconds)})
+
+
+def store_for(aws: Any) -> TaskStore:
+    return TaskStore(aws.resource("dynamodb").Table(aws.table_name), status_index=aws.status_index)
+
+
+def submit(aws: Any, store: TaskStore, task_type: str, params: dict[str, Any]) -> str:
+    item = store.create(task_type=task_type, params=params)
+    aws.client("sqs").send_message(
+        QueueUrl=aws.queue_url, MessageBody=json.dumps({"task_id": item["task_id"], "type": task_type})
+    )
+    return str(item["task_id"])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+    """Poll until `check()` is truthy; fail with `what` after `timeout` (a bound, not a performance claim)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def queue_counts(aws: Any, url: str) -> tuple[int, int]:
+    attrs = aws.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def registry_with(path: Path, extra: dict[str, Any]) -> Path:
+    """The bundled task types plus test-only ones, written to `path` (for TASK_TYPES_FILE)."""
+    doc = json.loads((REPO / "adapter" / "task_types.json").read_text())
+    doc["types"].update(extra)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@contextmanager
+def inference_server(status: int = 200) -> Iterator[dict[str, Any]]:
+    """A local stand-in for the inference server on 127.0.0.1: records each POST, answers JSON."""
+    seen: dict[str, Any] = {"requests": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen["requests"].append(body)
+            answer = json.dumps({"echo": body["params"], "tokens": 3}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    seen["url"] = f"http://127.0.0.1:{server.server_address[1]}/v1/infer"
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

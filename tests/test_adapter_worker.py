@@ -1,0 +1,261 @@
+"""The adapter's loop in-process against the moto server: one `turn()` is one receive -> claim -> run -> settle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests._adapter_support as support
+from adapter.__main__ import build
+from adapter.model import TaskStore
+from adapter.worker import Worker
+from tests._adapter_support import (
+    alive,
+    inference_server,
+    queue_counts,
+    registry_with,
+    set_visibility,
+    store_for,
+    submit,
+    wait_for,
+    worker_env,
+)
+
+module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
+
+
+@pytest.fixture
+def store(aws: Any) -> TaskStore:
+    return store_for(aws)
+
+
+@pytest.fixture
+def make_worker(aws: Any, tmp_path: Path) -> Any:
+    def make(**env: str) -> Worker:
+        return build(worker_env(aws, tmp_path / "work", WORKER_ID=env.pop("WORKER_ID", "w-test"), **env))
+
+    return make
+
+
+def s3_text(aws: Any, key: str) -> str:
+    return str(aws.client("s3").get_object(Bucket=aws.bucket, Key=key)["Body"].read().decode())
+
+
+def test_submit_run_results_in_s3(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "matmul", {"size": 6, "repeat": 2})
+    assert make_worker().turn() is None
+    item = store.get(task_id)
+    assert item is not None
+    assert item["status"] == "SUCCEEDED" and item["attempts"] == 1 and item["worker"] == "w-test"
+    assert item["result_uri"] == f"s3://{aws.bucket}/results/{task_id}/"
+    result = json.loads(s3_text(aws, f"results/{task_id}/result.json"))
+    assert result["device"] == "cpu:python" and result["size"] == 6 and result["elapsed_s"] >= 0
+    assert json.loads(s3_text(aws, f"results/{task_id}/stdout.txt")) == result  # stdout kept too
+    assert queue_counts(aws, aws.queue_url) == (0, 0)  # message deleted
+
+
+def test_s3_input_is_downloaded_and_passed_as_a_path(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    aws.client("s3").put_object(Bucket=aws.bucket, Key="inputs/docs/a.txt", Body=b"one\ntwo\n")
+    task_id = submit(aws, store, "digest", {"input": "inputs/docs/a.txt"})
+    make_worker().turn()
+    assert store.get(task_id)["status"] == "SUCCEEDED"  # type: ignore[index]
+    result = json.loads(s3_text(aws, f"results/{task_id}/result.json"))
+    assert result == {"sha256": hashlib.sha256(b"one\ntwo\n").hexdigest(), "bytes": 8, "lines": 2}
+
+
+def test_http_task_posts_to_the_local_server(aws: Any, store: TaskStore, make_worker: Any, tmp_path: Path) -> None:
+    with inference_server() as server:
+        types = registry_with(
+            tmp_path / "types.json",
+            {
+                "infer_test": {
+                    "kind": "http",
+                    "description": "test",
+                    "url": server["url"],
+                    "timeout_s": 10,
+                    "params": {"prompt": {"type": "string", "required": True}},
+                }
+            },
+        )
+        task_id = submit(aws, store, "infer_test", {"prompt": "hi"})
+        make_worker(TASK_TYPES_FILE=str(types)).turn()
+    assert server["requests"] == [{"task_id": task_id, "params": {"prompt": "hi"}}]
+    assert store.get(task_id)["status"] == "SUCCEEDED"  # type: ignore[index]
+    assert json.loads(s3_text(aws, f"results/{task_id}/result.json")) == {"echo": {"prompt": "hi"}, "tokens": 3}
+
+
+def test_cancel_queued_never_runs(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "sleep", {"seconds": 0, "exit_code": 0})
+    store.cancel(task_id)
+    make_worker().turn()
+    item = store.get(task_id)
+    assert item["status"] == "CANCELLED" and item["attempts"] == 0  # type: ignore[index]
+    assert queue_counts(aws, aws.queue_url) == (0, 0)
+
+
+def test_cancel_running_stops_the_process(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
+    worker = make_worker()
+    turn = threading.Thread(target=worker.turn)
+    turn.start()
+    try:
+        wait_for("the task to run", lambda: worker.runner.current_pgid)
+        job = worker.runner.current_pgid
+        store.cancel(task_id)  # RUNNING: sets cancel_requested; the heartbeat sees it
+    finally:
+        turn.join(timeout=20)
+    assert not turn.is_alive()
+    item = store.get(task_id)
+    assert item["status"] == "CANCELLED" and item["attempts"] == 1  # type: ignore[index]
+    assert job is not None and not alive(job)
+    assert queue_counts(aws, aws.queue_url) == (0, 0)
+
+
+def test_duplicate_delivery_runs_once(aws: Any, store: TaskStore, make_worker: Any, tmp_path: Path) -> None:
+    with inference_server() as server:
+        types = registry_with(
+            tmp_path / "types.json",
+            {
+                "count": {
+                    "kind": "http",
+                    "description": "counts runs",
+                    "url": server["url"],
+                    "timeout_s": 10,
+                    "params": {},
+                }
+            },
+        )
+        task_id = submit(aws, store, "count", {})
+        aws.client("sqs").send_message(
+            QueueUrl=aws.queue_url,  # SQS delivered it twice
+            MessageBody=json.dumps({"task_id": task_id, "type": "count"}),
+        )
+        worker = make_worker(TASK_TYPES_FILE=str(types))
+        worker.turn()
+        worker.turn()
+    assert len(server["requests"]) == 1
+    item = store.get(task_id)
+    assert item["status"] == "SUCCEEDED" and item["attempts"] == 1  # type: ignore[index]
+    assert queue_counts(aws, aws.queue_url) == (0, 0)  # the duplicate was deleted unrun
+
+
+def test_duplicate_while_running_is_left_to_the_holder(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
+    holder = make_worker(WORKER_ID="holder")
+    turn = threading.Thread(target=holder.turn)
+    turn.start()
+    try:
+        wait_for("the holder to run it", lambda: holder.runner.current_pgid)
+        aws.client("sqs").send_message(
+            QueueUrl=aws.queue_url, MessageBody=json.dumps({"task_id": task_id, "type": "sleep"})
+        )
+        other = make_worker(WORKER_ID="other", CLAIM_GRACE_SECONDS="0")
+        other.turn()  # heartbeat fresh: not taken over, not deleted, hidden until it could be stale
+        item = store.get(task_id)
+        assert item["worker"] == "holder" and item["attempts"] == 1  # type: ignore[index]
+        assert queue_counts(aws, aws.queue_url) == (0, 2)
+    finally:
+        store.cancel(task_id)
+        turn.join(timeout=20)
+    assert store.get(task_id)["status"] == "CANCELLED"  # type: ignore[index]
+
+
+def test_stale_running_task_is_taken_over(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "sleep", {"seconds": 0, "exit_code": 0})
+    store.claim(task_id, worker="dead", stale_after_ms=1, at_ms=1)  # claimed long ago, never heartbeated since
+    make_worker().turn()
+    item = store.get(task_id)
+    assert item["status"] == "SUCCEEDED" and item["attempts"] == 2 and item["worker"] == "w-test"  # type: ignore
+
+
+def test_poison_messages_go_to_the_dlq_and_the_loop_survives(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    sqs = aws.client("sqs")
+    unknown_type = store.create(task_type="no_such_type", params={})["task_id"]
+    bad_params = store.create(task_type="sleep", params={"seconds": "soon", "exit_code": 0})["task_id"]
+    bodies = [
+        "{not json",
+        json.dumps({"hello": 1}),
+        json.dumps({"task_id": "01NOSUCHTASK0000000000000"}),
+        json.dumps({"task_id": unknown_type}),
+        json.dumps({"task_id": bad_params}),
+    ]
+    for body in bodies:
+        sqs.send_message(QueueUrl=aws.queue_url, MessageBody=body)
+    worker = make_worker()
+    for _ in bodies:
+        assert worker.turn() is None
+    assert queue_counts(aws, aws.queue_url) == (0, 0)
+    moved = sqs.receive_message(QueueUrl=aws.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+    reasons = {m["Body"]: m["MessageAttributes"]["reason"]["StringValue"] for m in moved["Messages"]}
+    assert reasons[bodies[0]] == "body is not valid JSON"
+    assert reasons[bodies[1]] == "body names no task_id"
+    assert reasons[bodies[2]] == "names no known task"
+    assert "unknown task type" in reasons[bodies[3]] and "seconds: expected number" in reasons[bodies[4]]
+    for task_id in (unknown_type, bad_params):
+        item = store.get(task_id)
+        assert item["status"] == "FAILED" and item["error"] == reasons[json.dumps({"task_id": task_id})]  # type: ignore
+
+
+def test_retries_then_dlq_with_the_last_error(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    task_id = submit(aws, store, "sleep", {"seconds": 0, "exit_code": 3})
+    worker = make_worker()
+    for receive in (1, 2):
+        worker.turn()
+        item = store.get(task_id)
+        assert item["status"] == "QUEUED" and item["attempts"] == receive  # type: ignore[index]
+        assert item["error"].startswith("exit code 3")  # type: ignore[index]
+    worker.turn()
+    item = store.get(task_id)
+    assert item["status"] == "FAILED" and item["attempts"] == 3  # type: ignore[index]
+    assert item["error"] == "exit code 3: exiting with 3 as asked"  # type: ignore[index]
+    assert queue_counts(aws, aws.queue_url) == (0, 0)
+    assert queue_counts(aws, aws.dlq_url) == (1, 0)
+
+
+def test_dlq_sweep_fails_a_task_whose_holder_died_on_its_last_attempt(
+    aws: Any, store: TaskStore, make_worker: Any
+) -> None:
+    task_id = store.create(task_type="sleep", params={"seconds": 0, "exit_code": 0})["task_id"]
+    store.claim(task_id, worker="dead", stale_after_ms=1, at_ms=1)
+    aws.client("sqs").send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"task_id": task_id}))
+    worker = make_worker(DLQ_SWEEP_SECONDS="0")
+    assert worker.idle() is None
+    item = store.get(task_id)
+    assert item["status"] == "FAILED" and "moved to the DLQ" in item["error"]  # type: ignore[index]
+
+
+def test_rollout_exits_with_its_code_when_the_bundle_parameter_changes(aws: Any, make_worker: Any) -> None:
+    ssm = aws.client("ssm")
+    name = f"/gpu-orchestrator/test-{aws.table_name}/adapter/bundle"
+    ssm.put_parameter(Name=name, Value="s3://b/adapter/adapter-aaaa.zip", Type="String")
+    worker = make_worker(
+        ADAPTER_BUNDLE_PARAM=name, ADAPTER_BUNDLE_URI="s3://b/adapter/adapter-aaaa.zip", ROLLOUT_CHECK_SECONDS="0"
+    )
+    assert worker.idle() is None
+    ssm.put_parameter(Name=name, Value="s3://b/adapter/adapter-bbbb.zip", Type="String", Overwrite=True)
+    assert worker.idle() == 75
+
+
+def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    """In-process half of the stop path (the subprocess test sends a real signal): request_stop mid-task."""
+    set_visibility(aws, 300)
+    task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
+    worker = make_worker()
+    turn = threading.Thread(target=worker.turn)
+    turn.start()
+    try:
+        wait_for("the task to run", lambda: worker.runner.current_pgid)
+        job = worker.runner.current_pgid
+        worker.request_stop()
+    finally:
+        turn.join(timeout=20)
+    item = store.get(task_id)
+    assert item["status"] == "QUEUED" and item["attempts"] == 1 and "worker" not in item  # type: ignore
+    assert job is not None and not alive(job)
+    assert queue_counts(aws, aws.queue_url) == (1, 0)  # visible at once, not in 300 s
+    assert worker.run() == 0  # the loop does not start another turn once stopping
