@@ -24,11 +24,9 @@ VERSION_COMMENT = re.compile(r"#\s*v\d+\.\d+\.\d+\s*$")
 
 
 def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
+    raw: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
     # YAML 1.1 reads the key `on` as the boolean True.
-    if True in data:
-        data["on"] = data.pop(True)
-    return data
+    return {("on" if key is True else str(key)): value for key, value in raw.items()}
 
 
 def all_workflows() -> dict[str, dict[str, Any]]:
@@ -170,6 +168,8 @@ def test_apply_applies_the_plan_files_of_its_own_run_made_from_this_commit() -> 
     assert any('make plan ENV="$TARGET_ENV"' in r for r in plan_runs)
     assert any('make apply ENV="$TARGET_ENV"' in r for r in apply_runs)
     assert not any("make plan" in r for r in apply_runs)  # the apply job never re-plans behind the reviewer's back
+    synth = next(i for i, r in enumerate(apply_runs) if 'make synth ENV="$TARGET_ENV"' in r)
+    assert synth < next(i for i, r in enumerate(apply_runs) if "make apply" in r)
     (upload,) = [s for s in uses_of(jobs["plan"], "actions/upload-artifact") if "plan-files" in s["with"]["name"]]
     assert upload["if"] == "${{ inputs.apply }}"  # pull-request plan files are never even kept
     (download,) = uses_of(jobs["apply"], "actions/download-artifact")
