@@ -52,9 +52,24 @@ def refresh_golden(tmp: Path) -> None:
         print(f"wrote tests/golden/{environment}.json")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import tempfile
 
+    parser = argparse.ArgumentParser(description="Refresh tests/golden, or synthesize one environment somewhere.")
+    parser.add_argument("--env", help="synthesize only this environment (with its golden inputs) into --outdir")
+    parser.add_argument("--outdir", type=Path)
+    args = parser.parse_args(argv)
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    if args.env:
+        if args.outdir is None:
+            parser.error("--env needs --outdir")
+        synthesize(args.env, args.outdir, GOLDEN_INPUTS.get(args.env))
+        return 0
     with tempfile.TemporaryDirectory() as tmpdir:
         refresh_golden(Path(tmpdir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

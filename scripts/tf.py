@@ -53,29 +53,37 @@ def preflight(config: EnvironmentConfig) -> str:
     return terraform
 
 
-def stack_dir(config: EnvironmentConfig, stack: str, outdir: Path | None = None) -> Path:
-    path = (outdir or ROOT / "cdktf.out" / config.name) / "stacks" / stack / "cdk.tf.json"
+def default_outdir(config: EnvironmentConfig) -> Path:
+    return ROOT / "cdktf.out" / config.name
+
+
+def stack_dir(config: EnvironmentConfig, stack: str, outdir: Path) -> Path:
+    path = outdir / "stacks" / stack / "cdk.tf.json"
     if not path.exists():
-        raise Refused(f"{path.relative_to(ROOT)} is missing: run `make synth ENV={config.name}` first")
+        raise Refused(f"{path} is missing: run `make synth ENV={config.name}` first")
     return path.parent
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def terraform(binary: str, cwd: Path, *args: str, capture: bool = False) -> str:
     result = subprocess.run([binary, f"-chdir={cwd}", *args], check=False, text=True,
                             stdout=subprocess.PIPE if capture else None)
     if result.returncode != 0:
-        raise Refused(f"terraform {args[0]} failed in {cwd.relative_to(ROOT)} (exit {result.returncode}); see above")
+        raise Refused(f"terraform {args[0]} failed in {_rel(cwd)} (exit {result.returncode}); see above")
     return result.stdout or ""
 
 
-def plan(config: EnvironmentConfig, binary: str, plans: Path) -> Path:
+def plan(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> Path:
     if plans.exists():
         shutil.rmtree(plans)  # old plans must never be applied by mistake
     plans.mkdir(parents=True)
     manifest: dict[str, Any] = {"environment": config.name, "account": config.account, "stacks": {}}
     summaries = []
     for stack in STACK_ORDER:
-        cwd = stack_dir(config, stack)
+        cwd = stack_dir(config, stack, outdir)
         terraform(binary, cwd, "init", "-input=false", "-no-color")
         plan_file = plans / f"{stack}.tfplan"
         terraform(binary, cwd, "plan", "-input=false", "-no-color", f"-out={plan_file}")
@@ -90,39 +98,39 @@ def plan(config: EnvironmentConfig, binary: str, plans: Path) -> Path:
     text = render(config.name, summaries)
     (plans / "summary.md").write_text(text)
     print(text)
-    print(f"Plans kept in {plans.relative_to(ROOT)}; `make apply ENV={config.name}` applies exactly these.")
+    print(f"Plans kept in {_rel(plans)}; `make apply ENV={config.name}` applies exactly these.")
     return plans / "summary.md"
 
 
-def check_plans(config: EnvironmentConfig, plans: Path) -> dict[str, Any]:
+def check_plans(config: EnvironmentConfig, plans: Path, outdir: Path) -> dict[str, Any]:
     """The manifest, if every plan file is present, unmodified, and made from the JSON synthesized now."""
     manifest_path = plans / "manifest.json"
     if not manifest_path.exists():
         raise Refused(f"no reviewed plan for '{config.name}': run `make plan ENV={config.name}` and review it first")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("environment") != config.name or manifest.get("account") != config.account:
-        raise Refused(f"{manifest_path.relative_to(ROOT)} was made for another environment or account")
+        raise Refused(f"{_rel(manifest_path)} was made for another environment or account")
     for stack in STACK_ORDER:
         entry = manifest["stacks"].get(stack)
         plan_file = plans / f"{stack}.tfplan"
         if entry is None or not plan_file.exists():
             raise Refused(f"the plan of {stack} is missing: run `make plan ENV={config.name}` again")
         if sha256(plan_file) != entry["plan_sha256"]:
-            raise Refused(f"{plan_file.relative_to(ROOT)} changed after review: run `make plan ENV={config.name}`")
-        if sha256(stack_dir(config, stack) / "cdk.tf.json") != entry["config_sha256"]:
+            raise Refused(f"{_rel(plan_file)} changed after review: run `make plan ENV={config.name}`")
+        if sha256(stack_dir(config, stack, outdir) / "cdk.tf.json") != entry["config_sha256"]:
             raise Refused(f"{stack} was synthesized differently since its plan (stale plan): "
                           f"run `make plan ENV={config.name}` and review again")
     return manifest
 
 
-def apply(config: EnvironmentConfig, binary: str, plans: Path) -> None:
-    manifest = check_plans(config, plans)
+def apply(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> None:
+    manifest = check_plans(config, plans, outdir)
     pending = [s for s in STACK_ORDER if manifest["stacks"][s]["has_changes"]]
     if not pending:
         print(f"nothing to apply for '{config.name}': every stack is up to date")
         return
     for index, stack in enumerate(pending):
-        terraform(binary, stack_dir(config, stack), "apply", "-input=false", "-no-color",
+        terraform(binary, stack_dir(config, stack, outdir), "apply", "-input=false", "-no-color",
                   str(plans / f"{stack}.tfplan"))
         (plans / f"{stack}.tfplan").unlink()  # applied: a plan is good for one apply
         later = pending[index + 1:]
@@ -145,12 +153,12 @@ def retained(cwd: Path) -> tuple[list[str], list[str]]:
     return kept, others
 
 
-def destroy(config: EnvironmentConfig, binary: str, answer: str) -> None:
+def destroy(config: EnvironmentConfig, binary: str, answer: str, outdir: Path) -> None:
     if answer != config.name:
         raise Refused(f"not confirmed: type the environment name '{config.name}' to destroy it")
     kept_all: list[str] = []
     for stack in reversed(STACK_ORDER):
-        cwd = stack_dir(config, stack)
+        cwd = stack_dir(config, stack, outdir)
         kept, others = retained(cwd)
         terraform(binary, cwd, "init", "-input=false", "-no-color")
         if kept:
@@ -183,14 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         binary = preflight(config)
         plans = ROOT / "plans" / config.name
         if args.command == "plan":
-            plan(config, binary, plans)
+            plan(config, binary, plans, default_outdir(config))
         elif args.command == "apply":
-            apply(config, binary, plans)
+            apply(config, binary, plans, default_outdir(config))
         elif args.command == "destroy":
             print(f"This destroys environment '{config.name}' (account {config.account}, {config.region}), "
                   "except the task table and the dead-letter queue.")
             answer = input(f"Type the environment name ({config.name}) to confirm: ").strip()
-            destroy(config, binary, answer)
+            destroy(config, binary, answer, default_outdir(config))
         elif args.command == "bootstrap":
             bootstrap(config, binary)
     except (Refused, ConfigError) as err:

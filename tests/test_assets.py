@@ -1,0 +1,61 @@
+"""Asset bundles are deterministic: same sources, same bytes, whatever the checkout, mtimes or order of files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modules.assets import bundle
+from modules.config import ROOT
+
+
+def copy_tree(dst: Path) -> Path:
+    for package in ("adapter", "functions"):
+        shutil.copytree(ROOT / package, dst / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_same_sources_same_hash_on_another_checkout_with_other_mtimes(tmp_path: Path) -> None:
+    first = bundle("adapter", [(ROOT, "adapter"), (ROOT, "functions")], out_dir=tmp_path / "a")
+    other = copy_tree(tmp_path / "checkout")
+    for path in other.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    (other / "adapter" / "__pycache__").mkdir(exist_ok=True)
+    (other / "adapter" / "__pycache__" / "junk.cpython-311.pyc").write_bytes(b"compiled")
+    second = bundle("adapter", [(other, "adapter"), (other, "functions")], out_dir=tmp_path / "b")
+    assert first.sha256_hex == second.sha256_hex
+    assert first.path.read_bytes() == second.path.read_bytes()
+
+
+def test_a_source_change_changes_the_hash(tmp_path: Path) -> None:
+    other = copy_tree(tmp_path / "checkout")
+    before = bundle("adapter", [(other, "adapter")], out_dir=tmp_path / "a")
+    with (other / "adapter" / "__init__.py").open("a") as handle:
+        handle.write("\n# changed\n")
+    after = bundle("adapter", [(other, "adapter")], out_dir=tmp_path / "b")
+    assert before.sha256_hex != after.sha256_hex
+
+
+def test_lambda_zip_layout_matches_its_handler(tmp_path: Path) -> None:
+    built = bundle("lambda", [(ROOT / "functions", "shutdown")], out_dir=tmp_path)
+    names = zipfile.ZipFile(built.path).namelist()
+    assert "shutdown/handler.py" in names and "shutdown/__init__.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    info = zipfile.ZipFile(built.path).getinfo("shutdown/handler.py")
+    assert info.date_time == (1980, 1, 1, 0, 0, 0)
+
+
+def test_reserved_lambda_environment_keys_are_refused() -> None:
+    from cdktf import App, TerraformStack
+
+    from modules.function import PythonFunction
+
+    stack = TerraformStack(App(), "reserved")
+    with pytest.raises(ValueError, match="AWS_REGION is reserved"):
+        PythonFunction(stack, "fn", name="f", package="shutdown", handler="shutdown.handler.handler",
+                       role="arn:aws:iam::123456789012:role/r", environment={"AWS_REGION": "us-east-1"},
+                       region="us-east-1", account="123456789012")

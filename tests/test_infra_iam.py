@@ -1,0 +1,125 @@
+"""The three roles: trust principals, and exactly the actions each grant adds, on exactly which resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from modules import bucket as bucket_mod
+from modules import gpu, queue, table
+from modules.function import LOG_ACTIONS
+from modules.layout import IAM
+from modules.rollout import READ_PARAMETER_ACTIONS
+from tests.infra_helpers import actions_by_resource, load, one, policy_statements
+
+QUEUE = "aws_sqs_queuetasks_queue"
+DLQ = "aws_sqs_queuetasks_dlq"
+TABLE = "aws_dynamodb_tabletasks_table"
+BUCKET = "aws_s3_bucketartifacts_bucket"
+
+
+def kind(resource: str) -> str:
+    """Name what a (tokenized) ARN in a policy points at."""
+    if resource == "*":
+        return "*"
+    if resource.startswith("arn:aws:ec2:"):
+        return "instance:" + resource.rsplit("/", 1)[1]
+    if resource.startswith("arn:aws:ssm:"):
+        return "parameter:" + resource.split(":parameter", 1)[1]
+    if resource.startswith("arn:aws:logs:"):
+        return "logs:" + resource.split(":log-group:", 1)[1]
+    for marker, name in ((QUEUE, "queue"), (DLQ, "dlq"), (TABLE, "table"), (BUCKET, "bucket")):
+        if marker in resource:
+            return name + resource.split("}", 1)[1]
+    raise AssertionError(f"unexpected resource {resource}")
+
+
+@pytest.fixture(scope="module")
+def iam(synthesized: Any) -> dict[str, Any]:
+    return load(synthesized("local"))[IAM]
+
+
+def grants(iam: dict[str, Any], role: str) -> dict[str, set[str]]:
+    return {kind(r): a for r, a in actions_by_resource(policy_statements(iam, role)).items()}
+
+
+def test_trust_principals(iam: dict[str, Any]) -> None:
+    trusted = {}
+    for role in iam["resource"]["aws_iam_role"].values():
+        (statement,) = json.loads(role["assume_role_policy"])["Statement"]
+        assert statement["Action"] == "sts:AssumeRole" and statement["Effect"] == "Allow"
+        trusted[role["name"]] = statement["Principal"]
+    assert trusted == {
+        "orchestrator-task-role-local": {"Service": "ecs-tasks.amazonaws.com"},
+        "gpu-instance-role-local": {"Service": "ec2.amazonaws.com"},
+        "lambda-gpu-shutdown-role-local": {"Service": "lambda.amazonaws.com"},
+    }
+    profile = one(iam, "aws_iam_instance_profile")
+    assert profile["name"] == "gpu-instance-profile-local" and "gpu-instance_role" in profile["role"]
+
+
+def test_orchestrator_grants(iam: dict[str, Any]) -> None:
+    assert grants(iam, "orchestrator-task-role-local") == {
+        "queue": set(queue.SEND_ACTIONS),
+        "dlq": set(queue.READ_DEPTH_ACTIONS),
+        "table": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "table/index/status-created_at-index": {"dynamodb:Query"},
+        "*": {"ec2:DescribeInstances"},
+        "instance:i-0f0f6fd680921de5f": {"ec2:StartInstances"},
+    }
+
+
+def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
+    assert grants(iam, "gpu-instance-role-local") == {
+        "queue": set(queue.CONSUME_ACTIONS),
+        "table": set(table.WORKER_ACTIONS),
+        "table/index/status-created_at-index": set(table.INDEX_READ_ACTIONS),
+        "bucket/inputs/*": set(bucket_mod.READ_ACTIONS),
+        "bucket/adapter/*": set(bucket_mod.READ_ACTIONS),
+        "bucket/results/*": set(bucket_mod.WRITE_ACTIONS),
+        "parameter:/gpu-orchestrator/local/adapter/bundle": set(READ_PARAMETER_ACTIONS),
+        "parameter:/gpu-orchestrator/local/adapter/config": set(READ_PARAMETER_ACTIONS),
+    }
+
+
+def test_shutdown_lambda_grants(iam: dict[str, Any]) -> None:
+    assert grants(iam, "lambda-gpu-shutdown-role-local") == {
+        "*": {"ec2:DescribeInstances"},
+        "instance:i-0f0f6fd680921de5f": {"ec2:StartInstances", "ec2:StopInstances"},
+        "queue": {"sqs:GetQueueAttributes"},
+        "table/index/status-created_at-index": {"dynamodb:Query"},
+        "logs:/aws/lambda/shutdown-gpu-lambda-local": set(LOG_ACTIONS),
+        "logs:/aws/lambda/shutdown-gpu-lambda-local:*": set(LOG_ACTIONS),
+    }
+
+
+def test_action_lists_are_the_seeds(iam: dict[str, Any]) -> None:
+    assert set(queue.SEND_ACTIONS) == {"sqs:SendMessage", "sqs:GetQueueAttributes"}
+    assert set(queue.CONSUME_ACTIONS) >= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+    assert set(table.SUBMIT_ACTIONS) == {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem",
+                                         "dynamodb:Query"}
+    assert set(table.WORKER_ACTIONS) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert gpu.DESCRIBE_ACTIONS == ("ec2:DescribeInstances",)
+    assert set(LOG_ACTIONS) == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def test_star_only_where_aws_allows_nothing_narrower(synthesized: Any) -> None:
+    for env in ("local", "prod"):
+        doc = load(synthesized(env))[IAM]
+        for role in doc["resource"]["aws_iam_role"].values():
+            for statement in policy_statements(doc, role["name"]):
+                if "*" in statement["Resource"]:
+                    assert statement["Resource"] == ["*"] and statement["Action"] == ["ec2:DescribeInstances"]
+                assert not any(a.endswith(":*") or a == "*" for a in statement["Action"])
+
+
+def test_start_and_stop_name_every_configured_gpu_and_nothing_else(synthesized: Any) -> None:
+    doc = load(synthesized("prod"))[IAM]
+    for statement in policy_statements(doc, "lambda-gpu-shutdown-role-prod"):
+        if "ec2:StopInstances" in statement["Action"]:
+            assert statement["Resource"] == [
+                "arn:aws:ec2:us-east-1:333333333333:instance/i-0aaaaaaaaaaaaaaa1",
+                "arn:aws:ec2:us-east-1:333333333333:instance/i-0aaaaaaaaaaaaaaa2",
+            ]
