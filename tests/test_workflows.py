@@ -78,6 +78,7 @@ def test_every_action_is_pinned_to_a_commit_sha_with_its_version_alongside() -> 
         "main.py",
         "cdktf.json",
         "Makefile",
+        "package-lock.json",
         "environments.toml",
         "modules/github_oidc.py",
         "functions/shutdown/handler.py",
