@@ -1,0 +1,105 @@
+"""Request guards that run before any handler: body size limit, bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+class BodyLimit:
+    """Reject bodies over `max_bytes` with 413 before the app sees them. The body is read here (bounded) and
+    replayed to the app, so a client that omits or lies about Content-Length gains nothing."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = {"error": "body_too_large", "message": f"request body exceeds {self.max_bytes} bytes"}
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_json(send, 400, {"error": "bad_request", "message": "invalid Content-Length"})
+                return
+            if size > self.max_bytes:
+                await _send_json(send, 413, too_large)
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                await _send_json(send, 413, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+
+class BearerAuth:
+    """Every path but the API docs needs `Authorization: Bearer <token>`, compared in constant time.
+    `token=None` is the explicit insecure local mode (Settings refuses it unless asked for)."""
+
+    OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.token is None or scope["path"] in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, presented = header.partition(b" ")
+        # compare_digest on the whole value even when the scheme is wrong: timing reveals nothing either way
+        good = hmac.compare_digest(presented.strip(), self.token)
+        if not good or scheme.lower() != b"bearer":
+            await _send_json(
+                send,
+                401,
+                {"error": "unauthorized", "message": "missing or wrong bearer token"},
+                ((b"www-authenticate", b"Bearer"),),
+            )
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,211 @@
+"""What the HTTP handlers do, without HTTP: submit, read, list, cancel, health.
+
+Crash safety of submit (write, then send, then mark):
+1. The item is written QUEUED first (with an idempotency key: item + `idem#<key>` marker in one transaction).
+2. The message `{"task_id", "type"}` is sent. If the send fails, the caller gets 503 and
+   - without a key, the task is marked FAILED at once (nobody could ever re-send it, so it must not sit QUEUED);
+   - with a key, it stays QUEUED without `enqueued_at`: repeating the request with the same key re-sends.
+3. `enqueued_at` is recorded. If that write fails the task is still queued; a repeat with the key re-sends, and the
+   duplicate message is harmless because the adapter's claim is a conditional write (only one claim wins).
+A process crash between 1 and 2 leaves a keyed task for the same retry; the CLI always sends a key for this reason.
+A repeat whose task already has `enqueued_at` (or has moved on) enqueues nothing and returns the first task.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from adapter.model import TaskStatus, TaskStore, TransitionRejected
+
+from .gpu import GpuStarter, InstanceState
+
+log = logging.getLogger("orchestrator.service")
+AwsError = (ClientError, BotoCoreError)
+TASK_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # a ULID; also keeps `idem#...` marker items out of reach
+
+# Given (type, params), returns the params to store (normalized) or raises InvalidTask.
+Validator = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class InvalidTask(Exception):
+    """Unknown type or params that do not fit the type's declaration."""
+
+
+def public(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The task as callers see it: everything but DynamoDB's expiry bookkeeping."""
+    return {k: v for k, v in item.items() if k != "ttl"}
+
+
+def encode_cursor(key: Mapping[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str, status: TaskStatus) -> dict[str, Any]:
+    """A cursor is the GSI's LastEvaluatedKey; accept only that shape, for the status being listed."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_cursor", "cursor is not one this service returned") from None
+    if (
+        not isinstance(key, dict)
+        or set(key) != {"task_id", "status", "created_at"}
+        or not isinstance(key["task_id"], str)
+        or not TASK_ID.match(key["task_id"])
+        or key["status"] != status.value
+        or not isinstance(key["created_at"], int)
+        or isinstance(key["created_at"], bool)
+    ):
+        raise ApiError(400, "bad_cursor", "cursor is not one this service returned for this status")
+    return key
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task: dict[str, Any]
+    replayed: bool  # True: the idempotency key was seen before and this is the first request's task
+    gpu: dict[str, str]
+
+
+class TaskService:
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        sqs: Any,
+        queue_url: str,
+        dlq_url: str,
+        starter: GpuStarter,
+        validate: Validator,
+    ) -> None:
+        self.store = store
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.dlq_url = dlq_url
+        self.starter = starter
+        self.validate = validate
+
+    def submit(self, task_type: str, params: Mapping[str, Any], idempotency_key: str | None) -> Submitted:
+        try:
+            clean = self.validate(task_type, params)
+        except InvalidTask as err:
+            raise ApiError(422, "invalid_task", str(err)) from None
+        try:
+            task = self.store.create(task_type=task_type, params=clean, idempotency_key=idempotency_key)
+        except TransitionRejected as seen:
+            return self._replay(seen, task_type, clean)
+        except AwsError as err:
+            log.error(json.dumps({"event": "task_write_failed", "error": str(err)}))
+            raise ApiError(503, "store_unavailable", "could not record the task; nothing was queued") from None
+        self._enqueue(task, keyed=idempotency_key is not None)
+        return Submitted(public(task), False, self._start_gpu())
+
+    def _replay(self, seen: TransitionRejected, task_type: str, params: Mapping[str, Any]) -> Submitted:
+        task = seen.item
+        if task is None:  # the marker exists but its task does not: should not happen; let the client retry
+            raise ApiError(503, "idempotency_conflict", "idempotency key is being used concurrently; retry")
+        if task.get("type") != task_type or task.get("params") != params:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                f"idempotency_key was already used for a different request (task {task['task_id']})",
+            )
+        if task["status"] == TaskStatus.QUEUED.value and "enqueued_at" not in task:
+            # The first request wrote the task but its send failed or it crashed before marking: send it now.
+            self._enqueue(task, keyed=True)
+            return Submitted(public(task), True, self._start_gpu())
+        return Submitted(public(task), True, {})
+
+    def _enqueue(self, task: Mapping[str, Any], *, keyed: bool) -> None:
+        task_id = task["task_id"]
+        body = json.dumps({"task_id": task_id, "type": task["type"]})
+        try:
+            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+        except AwsError as err:
+            log.error(json.dumps({"event": "enqueue_failed", "task_id": task_id, "error": str(err)}))
+            if keyed:
+                raise ApiError(
+                    503,
+                    "enqueue_failed",
+                    f"task {task_id} recorded but not queued; repeat the request with the same "
+                    "idempotency_key to queue it",
+                ) from None
+            try:
+                self.store.fail_unclaimed(task_id, error=f"enqueue failed: {err}")
+            except (TransitionRejected, *AwsError) as fail_err:
+                log.error(json.dumps({"event": "mark_failed_failed", "task_id": task_id, "error": str(fail_err)}))
+            raise ApiError(503, "enqueue_failed", f"task {task_id} could not be queued and was marked FAILED") from None
+        try:
+            self.store.mark_enqueued(task_id)
+        except AwsError as err:  # queued all the same; a keyed repeat would re-send, which the claim makes harmless
+            log.warning(json.dumps({"event": "mark_enqueued_failed", "task_id": task_id, "error": str(err)}))
+        log.info(json.dumps({"event": "task_enqueued", "task_id": task_id, "type": task["type"]}))
+
+    def _start_gpu(self) -> dict[str, str]:
+        return {k: v.value for k, v in self.starter.ensure_started().items()}
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        item = self.store.get(task_id) if TASK_ID.match(task_id) else None
+        if item is None:
+            raise ApiError(404, "not_found", f"no task {task_id}")
+        return public(item)
+
+    def list(self, status: TaskStatus, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        start = decode_cursor(cursor, status) if cursor else None
+        page = self.store.list_by_status(status, limit=limit, cursor=start)
+        return [public(i) for i in page.items], encode_cursor(page.cursor)
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        self.get(task_id)  # 404 for ids that do not exist (and for marker items)
+        try:
+            return public(self.store.cancel(task_id))
+        except TransitionRejected as rejected:
+            item = rejected.item
+            if item is not None and item.get("status") == TaskStatus.CANCELLED.value:
+                return public(item)  # cancelling twice is not an error
+            status = item.get("status") if item else "absent"
+            raise ApiError(409, "not_cancellable", f"task {task_id} is {status}") from None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        report: dict[str, Any] = {}
+        ok = True
+        for name, url in (("queue", self.queue_url), ("dlq", self.dlq_url)):
+            try:
+                attrs = self.sqs.get_queue_attributes(
+                    QueueUrl=url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )["Attributes"]
+                report[name] = {
+                    "visible": int(attrs["ApproximateNumberOfMessages"]),
+                    "in_flight": int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+                }
+            except AwsError as err:
+                ok = False
+                report[name] = {"error": str(err)}
+        try:
+            report["gpu"] = {k: v.value for k, v in self.starter.describe().items()}
+        except AwsError as err:
+            ok = False
+            report["gpu"] = {"error": str(err)}
+        if ok and any(v == InstanceState.UNKNOWN.value for v in report["gpu"].values()):
+            ok = False  # a configured instance id that EC2 does not know: the config is wrong
+        report["gpu_start_retrying"] = self.starter.retrying()
+        return ok, report

@@ -1,0 +1,213 @@
+"""The HTTP API against moto's server: validation, idempotent submit, reads, paging, cancel, healthz, auth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter.model import TaskStatus, TaskStore, TransitionRejected
+from orchestrator.app import create_app
+from orchestrator.server import serve_in_thread
+from orchestrator.settings import Clients, ConfigError, Settings
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_app(aws: Any, **env: str) -> Any:
+    settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_TOKEN": TOKEN, **env})
+    table = aws.resource("dynamodb").Table(aws.table_name)
+    return create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
+
+
+@contextmanager
+def running(app: Any, **client_kw: Any) -> Iterator[httpx.Client]:
+    """The app under uvicorn on 127.0.0.1 (what the container runs), with an HTTP client; both stopped after."""
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=10, **client_kw) as client:
+        yield client
+
+
+@pytest.fixture
+def api(local_aws: Any) -> Iterator[httpx.Client]:
+    with running(make_app(local_aws, MAX_BODY_BYTES="2048"), headers=AUTH) as client:
+        yield client
+
+
+def messages(aws: Any) -> list[dict[str, Any]]:
+    out = aws.client("sqs").receive_message(QueueUrl=aws.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    return [json.loads(m["Body"]) for m in out.get("Messages", [])]
+
+
+def items(aws: Any) -> list[dict[str, Any]]:
+    return aws.resource("dynamodb").Table(aws.table_name).scan()["Items"]
+
+
+def store(aws: Any) -> TaskStore:
+    return TaskStore(aws.resource("dynamodb").Table(aws.table_name))
+
+
+def gpu_state(aws: Any) -> str:
+    out = aws.client("ec2").describe_instances(InstanceIds=aws.instance_ids)
+    return str(out["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+
+def test_submit_queues_task_sends_message_starts_gpu_and_is_idempotent(api: httpx.Client, local_aws: Any) -> None:
+    assert gpu_state(local_aws) == "stopped"
+    resp = api.post("/tasks", json={"type": "matmul", "params": {"size": 64, "repeat": 2}})
+    assert resp.status_code == 202, resp.text
+    task = resp.json()
+    assert task["status"] == "QUEUED" and task["type"] == "matmul" and task["params"] == {"size": 64, "repeat": 2}
+    assert messages(local_aws) == [{"task_id": task["task_id"], "type": "matmul"}]
+    stored = store(local_aws).get(task["task_id"])
+    assert stored is not None and stored["status"] == "QUEUED" and stored["enqueued_at"] >= stored["created_at"]
+    assert gpu_state(local_aws) == "running"
+    assert api.get(f"/tasks/{task['task_id']}").json()["enqueued_at"] == stored["enqueued_at"]
+
+    body = {"type": "sleep", "params": {"seconds": 1.5, "exit_code": 0}, "idempotency_key": "job-42"}
+    first = api.post("/tasks", json=body)
+    again = api.post("/tasks", json=body)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert again.headers.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first.headers
+    assert messages(local_aws) == [{"task_id": first.json()["task_id"], "type": "sleep"}]  # one message, not two
+    conflict = api.post("/tasks", json={**body, "params": {"seconds": 2, "exit_code": 0}})
+    assert conflict.status_code == 409 and first.json()["task_id"] in conflict.json()["message"]
+    assert messages(local_aws) == []
+    # the marker item is not a task: not readable, not listed
+    assert api.get("/tasks/idem#job-42").status_code == 404
+    listed = api.get("/tasks", params={"status": "QUEUED"}).json()["items"]
+    assert [t["task_id"] for t in listed] == [first.json()["task_id"], task["task_id"]]
+
+
+BAD_BODIES: list[tuple[dict[str, Any], str]] = [
+    ({"type": "no-such-type", "params": {}}, "unknown task type"),
+    ({"type": "matmul", "params": {"size": "64", "repeat": 1}}, "size: expected integer"),
+    ({"type": "matmul", "params": {"size": 64}}, "repeat: required"),
+    ({"type": "matmul", "params": {"size": 64, "repeat": 1, "cmd": "rm -rf /"}}, "cmd: unexpected param"),
+    ({"type": "matmul", "params": {"size": 10**9, "repeat": 1}}, "above maximum"),
+    ({"type": "matmul", "params": {"size": 1, "repeat": 1}, "command": "bash -c id"}, "command"),
+    ({"type": "matmul", "params": []}, "params"),
+    ({"params": {}}, "type"),
+    ({"type": "noop", "idempotency_key": "has spaces"}, "idempotency_key"),
+]
+
+
+def test_bad_requests_are_4xx_with_a_message_and_write_nothing(api: httpx.Client, local_aws: Any) -> None:
+    for body, needle in BAD_BODIES:
+        resp = api.post("/tasks", json=body)
+        assert resp.status_code == 422, (body, resp.text)
+        assert needle in resp.json()["message"], (body, resp.text)
+    bad = api.post("/tasks", content=b'{"type": "noop",', headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_json"
+    too_big = api.post("/tasks", json={"type": "infer", "params": {"prompt": "x" * 4000}})
+    assert too_big.status_code == 413 and "2048" in too_big.json()["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
+        yield b'{"type": "infer", "params": {"prompt": "'
+        for _ in range(10):
+            yield b"y" * 500
+        yield b'"}}'
+
+    streamed = api.post("/tasks", content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413
+    assert items(local_aws) == [] and messages(local_aws) == []
+    assert gpu_state(local_aws) == "stopped"
+
+
+def test_get_and_list_pages_newest_first_through_the_gsi(api: httpx.Client, local_aws: Any) -> None:
+    assert api.get("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
+    assert api.get("/tasks/not-an-id").status_code == 404
+    tasks = store(local_aws)
+    ids = [tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i)["task_id"] for i in range(5)]
+    tasks.cancel(tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_010)["task_id"])
+    assert api.get(f"/tasks/{ids[0]}").json()["status"] == "QUEUED"
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        page = api.get("/tasks", params={"status": "QUEUED", "limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        seen += [t["task_id"] for t in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    cancelled = api.get("/tasks", params={"status": "CANCELLED"}).json()
+    assert len(cancelled["items"]) == 1 and cancelled["next_cursor"] is None
+    first = api.get("/tasks", params={"status": "QUEUED", "limit": 2}).json()["next_cursor"]
+    assert api.get("/tasks", params={"status": "RUNNING", "cursor": first}).status_code == 400  # other status
+    assert api.get("/tasks", params={"status": "QUEUED", "cursor": "garbage!"}).status_code == 400
+    assert api.get("/tasks", params={"status": "NOPE"}).status_code == 422
+    assert api.get("/tasks", params={"status": "QUEUED", "limit": 0}).status_code == 422
+    assert api.get("/tasks").status_code == 422
+
+
+def test_cancel_queued_and_running_tasks(api: httpx.Client, local_aws: Any) -> None:
+    queued = api.post("/tasks", json={"type": "noop"}).json()["task_id"]
+    resp = api.post(f"/tasks/{queued}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "CANCELLED"
+    # the message is still queued; the adapter's conditional claim refuses it: a cancelled task never runs
+    assert messages(local_aws)[0]["task_id"] == queued
+    with pytest.raises(TransitionRejected):
+        store(local_aws).claim(queued, worker="gpu-1", stale_after_ms=60_000)
+    assert api.post(f"/tasks/{queued}/cancel").json()["status"] == "CANCELLED"  # twice is fine
+
+    running_id = api.post("/tasks", json={"type": "noop"}).json()["task_id"]
+    claimed = store(local_aws).claim(running_id, worker="gpu-1", stale_after_ms=60_000)
+    resp = api.post(f"/tasks/{running_id}/cancel")
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "RUNNING" and resp.json()["cancel_requested"] is True
+    beat = store(local_aws).heartbeat(running_id, worker="gpu-1", attempt=claimed["attempts"])
+    assert beat["cancel_requested"] is True  # what the adapter sees next; stopping the work is its job
+    store(local_aws).finish(running_id, worker="gpu-1", attempt=claimed["attempts"], status=TaskStatus.SUCCEEDED)
+    done = api.post(f"/tasks/{running_id}/cancel")
+    assert done.status_code == 409 and "SUCCEEDED" in done.json()["message"]
+    assert api.post("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel").status_code == 404
+
+
+def test_healthz_reports_queue_dlq_and_gpu_and_503_when_aws_fails(api: httpx.Client, local_aws: Any) -> None:
+    sqs = local_aws.client("sqs")
+    sqs.send_message(QueueUrl=local_aws.dlq_url, MessageBody="{}")
+    sqs.send_message(QueueUrl=local_aws.queue_url, MessageBody="{}")
+    sqs.send_message(QueueUrl=local_aws.queue_url, MessageBody="{}")
+    health = api.get("/healthz")
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["ok"] is True and body["queue"]["visible"] == 2 and body["dlq"]["visible"] == 1
+    assert body["gpu"] == {local_aws.instance_ids[0]: "stopped"} and body["gpu_start_retrying"] is False
+
+    with running(make_app(local_aws, TASK_DLQ_URL=local_aws.dlq_url + "-deleted"), headers=AUTH) as broken:
+        health = broken.get("/healthz")
+    assert health.status_code == 503 and health.json()["ok"] is False and "error" in health.json()["dlq"]
+
+
+def test_auth_required_unless_insecure_local_mode(local_aws: Any) -> None:
+    with running(make_app(local_aws)) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
+            for method, path in (("GET", "/healthz"), ("POST", "/tasks"), ("GET", "/tasks?status=QUEUED")):
+                resp = client.request(method, path, headers=headers, json={"type": "noop"})
+                assert resp.status_code == 401, (headers, path)
+                assert resp.headers["www-authenticate"] == "Bearer"
+        assert items(local_aws) == []
+        assert client.get("/healthz", headers=AUTH).status_code == 200
+        assert client.get("/openapi.json").status_code == 200  # the API description is public
+        assert client.get("/docs").status_code == 200
+
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_TOKEN"):
+        Settings.from_env(local_aws.env())
+    assert Settings.from_env(local_aws.env(), insecure=True).insecure  # the --insecure-local flag
+    settings = Settings.from_env({**local_aws.env(), "ORCHESTRATOR_INSECURE": "1"})
+    table = local_aws.resource("dynamodb").Table(local_aws.table_name)
+    app = create_app(settings, Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), table=table))
+    with running(app) as client:
+        assert client.post("/tasks", json={"type": "noop"}).status_code == 202
