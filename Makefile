@@ -48,7 +48,7 @@ diff: synth $(CDKTF)
 plan: synth
 	$(PY) scripts/tf.py plan --env $(ENV)
 
-apply: $(STAMP)
+apply: synth
 	$(PY) scripts/tf.py apply --env $(ENV)
 
 destroy: synth

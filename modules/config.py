@@ -46,7 +46,8 @@ class EnvironmentConfig:
     remote_state: bool = True
     """S3 state (one key per stack) with S3-native locking. False: local state files (the `local` env only)."""
     state_bucket: str = ""
-    """Defaults to gpu-orchestrator-tfstate-<account>-<region>; `make bootstrap` creates it."""
+    """Defaults to gpu-orchestrator-tfstate-<env>-<account>-<region> (one per environment, so two environments can
+    be bootstrapped in one account); `make bootstrap` creates it."""
     name_suffix: str | None = None
     """Appended to every resource name so environments can share an account; defaults to "-<name>"."""
     idle_window_minutes: int = 30
@@ -72,7 +73,7 @@ class EnvironmentConfig:
 
     @property
     def resolved_state_bucket(self) -> str:
-        return self.state_bucket or f"gpu-orchestrator-tfstate-{self.account}-{self.region}"
+        return self.state_bucket or f"gpu-orchestrator-tfstate-{self.name}-{self.account}-{self.region}"
 
     def name_of(self, base: str) -> str:
         """A resource name unique to this environment (two environments can share one account and region)."""

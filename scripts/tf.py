@@ -130,8 +130,9 @@ def apply(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> 
         print(f"nothing to apply for '{config.name}': every stack is up to date")
         return
     for index, stack in enumerate(pending):
-        terraform(binary, stack_dir(config, stack, outdir), "apply", "-input=false", "-no-color",
-                  str(plans / f"{stack}.tfplan"))
+        cwd = stack_dir(config, stack, outdir)
+        terraform(binary, cwd, "init", "-input=false", "-no-color")  # a fresh runner has no .terraform yet
+        terraform(binary, cwd, "apply", "-input=false", "-no-color", str(plans / f"{stack}.tfplan"))
         (plans / f"{stack}.tfplan").unlink()  # applied: a plan is good for one apply
         later = pending[index + 1:]
         if manifest["stacks"][stack]["outputs_changed"] and later:

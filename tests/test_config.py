@@ -32,7 +32,7 @@ def test_seed_overrides_win_over_the_file() -> None:
                                      "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0, i-0123456789abcdef1"})
     assert config.account == "111111111111" and config.region == "eu-west-1"
     assert config.gpu_instance_ids == ("i-0123456789abcdef0", "i-0123456789abcdef1")
-    assert config.resolved_state_bucket == "gpu-orchestrator-tfstate-111111111111-eu-west-1"
+    assert config.resolved_state_bucket == "gpu-orchestrator-tfstate-dev-111111111111-eu-west-1"
     assert config.state_key("gpu-orchestrator-sqs") == "dev/gpu-orchestrator-sqs.tfstate"
 
 

@@ -166,7 +166,7 @@ def test_provider_default_tags_account_guard_and_local_state(stacks: dict[str, A
 def test_remote_environments_use_one_s3_key_per_stack_with_native_locking(synthesized: Any) -> None:
     for stack, doc in load(synthesized("prod")).items():
         backend = doc["terraform"]["backend"]["s3"]
-        assert backend == {"bucket": "gpu-orchestrator-tfstate-333333333333-us-east-1",
+        assert backend == {"bucket": "gpu-orchestrator-tfstate-prod-333333333333-us-east-1",
                            "key": f"prod/{stack}.tfstate", "region": "us-east-1", "encrypt": True,
                            "use_lockfile": True}
         for remote in doc.get("data", {}).get("terraform_remote_state", {}).values():
