@@ -24,17 +24,17 @@ The rule (all times epoch seconds):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     STOP = "STOP"
     START = "START"
     NONE = "NONE"
 
 
-class InstanceState(str, Enum):
+class InstanceState(StrEnum):
     """EC2's state names, plus MISSING for an id DescribeInstances does not know."""
 
     PENDING = "pending"
@@ -131,8 +131,11 @@ def _wanted_starts(obs: Observation) -> int:
 
 
 def decide(obs: Observation, policy: Policy) -> Decision:
-    present = [i for i in obs.instances if i.state not in (InstanceState.MISSING, InstanceState.TERMINATED,
-                                                           InstanceState.SHUTTING_DOWN)]
+    present = [
+        i
+        for i in obs.instances
+        if i.state not in (InstanceState.MISSING, InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN)
+    ]
     if not present:
         return Decision(Action.NONE, "no managed instance exists (missing or terminated)")
     up = [i for i in present if i.state in (InstanceState.PENDING, InstanceState.RUNNING)]
@@ -146,8 +149,12 @@ def decide(obs: Observation, policy: Policy) -> Decision:
         if stopped:
             ids = tuple(i.instance_id for i in stopped[: _wanted_starts(obs)])
             return Decision(Action.START, f"{waiting}; no instance up", ids)
-        return Decision(Action.NONE, f"{waiting}; instance(s) still stopping, start once stopped "
-                                     "(this run if it can wait, else the next scheduled run)", stopping_ids=stopping)
+        return Decision(
+            Action.NONE,
+            f"{waiting}; instance(s) still stopping, start once stopped "
+            "(this run if it can wait, else the next scheduled run)",
+            stopping_ids=stopping,
+        )
 
     busy = busy_reason(obs, policy)
     if busy:
@@ -170,8 +177,9 @@ def decide(obs: Observation, policy: Policy) -> Decision:
             eligible.append(inst.instance_id)
     if not eligible:
         return Decision(Action.NONE, "idle but not long enough: " + "; ".join(notes))
-    return Decision(Action.STOP, f"no work waiting or running; idle at least {policy.idle_window_s:.0f}s",
-                    tuple(eligible))
+    return Decision(
+        Action.STOP, f"no work waiting or running; idle at least {policy.idle_window_s:.0f}s", tuple(eligible)
+    )
 
 
 def confirm_stop(first: Decision, second: Decision) -> Decision:
@@ -179,8 +187,9 @@ def confirm_stop(first: Decision, second: Decision) -> Decision:
     if first.action != Action.STOP:
         return first
     if second.action != Action.STOP:
-        return Decision(second.action, f"re-check changed the decision: {second.reason}",
-                        second.instance_ids, second.stopping_ids)
+        return Decision(
+            second.action, f"re-check changed the decision: {second.reason}", second.instance_ids, second.stopping_ids
+        )
     both = tuple(i for i in first.instance_ids if i in second.instance_ids)
     if not both:
         return Decision(Action.NONE, "re-check: no instance is still eligible to stop")

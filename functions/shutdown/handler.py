@@ -74,19 +74,24 @@ def act(ec2: Any, decision: Decision) -> list[dict[str, Any]]:
         try:
             out = call(InstanceIds=[instance_id])
             change = out[key][0]
-            results.append({"instance_id": instance_id, "from": change["PreviousState"]["Name"],
-                            "to": change["CurrentState"]["Name"]})
+            results.append(
+                {
+                    "instance_id": instance_id,
+                    "from": change["PreviousState"]["Name"],
+                    "to": change["CurrentState"]["Name"],
+                }
+            )
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code")
             if code not in BENIGN_EC2_ERRORS:
                 raise
-            results.append({"instance_id": instance_id, "error": code,
-                            "note": "left for the next scheduled run"})
+            results.append({"instance_id": instance_id, "error": code, "note": "left for the next scheduled run"})
     return results
 
 
-def wait_until_stopped(ec2: Any, ids: tuple[str, ...], *, budget_s: float, clock: Callable[[], float],
-                       sleep: Callable[[float], None]) -> bool:
+def wait_until_stopped(
+    ec2: Any, ids: tuple[str, ...], *, budget_s: float, clock: Callable[[], float], sleep: Callable[[float], None]
+) -> bool:
     """Poll DescribeInstances until none of `ids` is still `stopping`, for at most `budget_s`."""
     deadline = clock() + budget_s
     poll_s = min(5.0, max(0.2, budget_s / 10))
@@ -98,13 +103,23 @@ def wait_until_stopped(ec2: Any, ids: tuple[str, ...], *, budget_s: float, clock
         sleep(poll_s)
 
 
-def run(config: Config, src: Sources, *, clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep, remaining_s: float | None = None,
-        trigger: str | None = None) -> dict[str, Any]:
+def run(
+    config: Config,
+    src: Sources,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    remaining_s: float | None = None,
+    trigger: str | None = None,
+) -> dict[str, Any]:
     """observe -> decide -> (re-observe before a stop | wait out `stopping`) -> act; returns the logged record."""
     policy = config.policy
-    record: dict[str, Any] = {"event": "gpu_idle_decision", "trigger": trigger, "policy": asdict(policy),
-                              "instance_ids": list(config.instance_ids)}
+    record: dict[str, Any] = {
+        "event": "gpu_idle_decision",
+        "trigger": trigger,
+        "policy": asdict(policy),
+        "instance_ids": list(config.instance_ids),
+    }
     try:
         first = observe(src, clock(), policy)
         record["observation"] = _obs_log(first)
@@ -119,8 +134,9 @@ def run(config: Config, src: Sources, *, clock: Callable[[], float] = time.time,
             budget = config.stopping_wait_s
             if remaining_s is not None:
                 budget = min(budget, remaining_s - LAMBDA_MARGIN_S)
-            if budget > 0 and wait_until_stopped(src.ec2, decision.stopping_ids, budget_s=budget,
-                                                 clock=clock, sleep=sleep):
+            if budget > 0 and wait_until_stopped(
+                src.ec2, decision.stopping_ids, budget_s=budget, clock=clock, sleep=sleep
+            ):
                 after = observe(src, clock(), policy)
                 record["after_wait"] = _obs_log(after)
                 decision = decide(after, policy)
@@ -158,5 +174,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     )
     remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else None
     record = run(config, src, remaining_s=remaining, trigger=_trigger(event))
-    return {"action": record["decision"]["action"], "reason": record["decision"]["reason"],
-            "outcome": record["outcome"]}
+    return {
+        "action": record["decision"]["action"],
+        "reason": record["decision"]["reason"],
+        "outcome": record["outcome"],
+    }

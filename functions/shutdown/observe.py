@@ -67,8 +67,9 @@ def _status_query(src: Sources, status: str, **extra: Any) -> dict[str, Any]:
 
 def newest_queued_at(src: Sources, now: float, max_age_s: float) -> float | None:
     cutoff_ms = int((now - max_age_s) * 1000)
-    out = _status_query(src, "QUEUED", key="#s = :s AND created_at >= :cutoff",
-                        values={":cutoff": {"N": str(cutoff_ms)}}, Limit=1)
+    out = _status_query(
+        src, "QUEUED", key="#s = :s AND created_at >= :cutoff", values={":cutoff": {"N": str(cutoff_ms)}}, Limit=1
+    )
     items = out.get("Items", [])
     return _num(items[0], "created_at") if items else None
 
@@ -106,8 +107,7 @@ def running_liveness(src: Sources, fresh_after: float) -> tuple[float | None, bo
 def last_finished_at(src: Sources) -> float | None:
     newest: float | None = None
     for status in TERMINAL_STATUSES:
-        out = _status_query(src, status, Limit=TERMINAL_LOOKBACK,
-                            ProjectionExpression="finished_at, updated_at")
+        out = _status_query(src, status, Limit=TERMINAL_LOOKBACK, ProjectionExpression="finished_at, updated_at")
         for item in out.get("Items", []):
             ended = _num(item, "finished_at") or _num(item, "updated_at")
             if ended is not None and (newest is None or ended > newest):
@@ -121,7 +121,8 @@ def read_instances(ec2: Any, instance_ids: Sequence[str]) -> tuple[Instance, ...
         return ()
     found: dict[str, Instance] = {}
     pages = ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "instance-id", "Values": list(instance_ids)}])
+        Filters=[{"Name": "instance-id", "Values": list(instance_ids)}]
+    )
     for page in pages:
         for reservation in page.get("Reservations", []):
             for raw in reservation.get("Instances", []):
@@ -130,8 +131,9 @@ def read_instances(ec2: Any, instance_ids: Sequence[str]) -> tuple[Instance, ...
                 except ValueError:  # a state name EC2 adds later: treat it as busy-in-transition, never act on it
                     state = InstanceState.PENDING
                 launch = raw.get("LaunchTime")
-                found[raw["InstanceId"]] = Instance(raw["InstanceId"], state,
-                                                    launch.timestamp() if launch is not None else None)
+                found[raw["InstanceId"]] = Instance(
+                    raw["InstanceId"], state, launch.timestamp() if launch is not None else None
+                )
     return tuple(found.get(i, Instance(i, InstanceState.MISSING)) for i in instance_ids)
 
 

@@ -1,0 +1,171 @@
+"""On-node autostop: the adapter powers its own machine off after `window_s` with no task, like SkyPilot's autostop.
+
+Precise to one loop turn and free of CloudWatch lag, because the adapter knows when it last held a task. Before it
+powers off it runs the same blocking checks as `shutdown-gpu-lambda` (functions/shutdown/decision.py: nothing
+visible/delayed/in flight in the queue, no live RUNNING or young QUEUED task), read directly. It never calls
+ec2:StopInstances - the GPU role deliberately cannot start or stop instances - it shuts the OS down, and the
+instance is launched with shutdown behaviour = stop, so EC2 stops it. The Lambda stays as the backstop for a dead
+adapter.
+
+Wiring (the adapter's main loop, single-threaded):
+
+    autostop = AutoStop.from_env(os.environ, sqs=sqs_client, dynamodb=dynamodb_client)
+    while running:
+        message = receive()            # long poll
+        if message:
+            autostop.note_busy()        # a task arrived
+            process(message)
+            autostop.note_busy()        # ...and ended: the idle window starts now
+        else:
+            autostop.maybe_stop()       # cheap until the window has passed; then reads the queue and table
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from functions.shutdown.decision import Policy, idle_blocker
+from functions.shutdown.observe import Sources, observe
+
+log = logging.getLogger("adapter.autostop")
+
+
+class Outcome(StrEnum):
+    DISABLED = "DISABLED"  # window <= 0: on-node autostop off, the Lambda alone decides
+    WAITING = "WAITING"  # idle, but for less than the window (or a recent check said wait)
+    BLOCKED = "BLOCKED"  # window passed, but the shared checks found work waiting or running
+    CHECK_FAILED = "CHECK_FAILED"  # could not read the queue/table: never stop on an unknown
+    POWERED_OFF = "POWERED_OFF"  # poweroff issued (returned again on later calls while the OS goes down)
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    detail: str = ""
+
+
+def systemctl_poweroff() -> None:
+    """Shut the OS down; EC2 then stops the instance (InstanceInitiatedShutdownBehavior=stop). systemd sends the
+    adapter SIGTERM first, which is where it requeues anything it holds."""
+    subprocess.run(["systemctl", "poweroff"], check=True, timeout=60)
+
+
+def shared_checks(
+    src: Sources, policy: Policy, wall_clock: Callable[[], float] = time.time
+) -> Callable[[], str | None]:
+    """The Lambda's blocking checks as a callable: None when safe to stop, else the reason not to."""
+
+    def check() -> str | None:
+        return idle_blocker(observe(src, wall_clock(), policy, with_history=False), policy)
+
+    return check
+
+
+class AutoStop:
+    def __init__(
+        self,
+        window_s: float,
+        *,
+        checks: Callable[[], str | None],
+        poweroff: Callable[[], None] = systemctl_poweroff,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_s: float = 60.0,
+    ) -> None:
+        self.window_s = window_s
+        self._checks = checks
+        self._poweroff = poweroff
+        self._clock = clock
+        # After a blocked or failed check, wait this long before reading AWS again (every loop turn would be
+        # a query per long poll for nothing).
+        self.recheck_s = recheck_s
+        self._idle_since = clock()  # the service starts at boot: a fresh machine gets a full window
+        self._next_check = self._idle_since
+        self._powered_off = False
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        sqs: Any,
+        dynamodb: Any,
+        poweroff: Callable[[], None] = systemctl_poweroff,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_s: float = 60.0,
+    ) -> AutoStop:
+        """Same variable names and defaults as the Lambda (IDLE_WINDOW_SECONDS etc.); 0 or less disables."""
+        policy = Policy(
+            idle_window_s=float(env.get("IDLE_WINDOW_SECONDS", "1800")),
+            min_uptime_s=float(env.get("MIN_UPTIME_SECONDS", "600")),
+            queued_max_age_s=float(env.get("QUEUED_TASK_MAX_AGE_SECONDS", "86400")),
+            heartbeat_stale_s=float(env.get("HEARTBEAT_STALE_SECONDS", "900")),
+        )
+        src = Sources(
+            sqs=sqs,
+            dynamodb=dynamodb,
+            queue_url=env["TASK_QUEUE_URL"],
+            table_name=env["TASK_TABLE_NAME"],
+            status_index=env.get("TASK_STATUS_INDEX", "status-created_at-index"),
+        )
+        return cls(
+            policy.idle_window_s, checks=shared_checks(src, policy), poweroff=poweroff, clock=clock, recheck_s=recheck_s
+        )
+
+    def note_busy(self) -> None:
+        """Call when a task starts and when it ends: the idle window is measured from the last call."""
+        now = self._clock()
+        self._idle_since = now
+        self._next_check = now
+
+    def idle_for(self) -> float:
+        return self._clock() - self._idle_since
+
+    def maybe_stop(self) -> Result:
+        """Call once per loop turn while holding no task. Powers off at most once."""
+        if self._powered_off:
+            return Result(Outcome.POWERED_OFF, "already powering off")
+        if self.window_s <= 0:
+            return Result(Outcome.DISABLED)
+        now = self._clock()
+        idle = now - self._idle_since
+        if idle < self.window_s:
+            return Result(Outcome.WAITING, f"idle {idle:.0f}s < window {self.window_s:.0f}s")
+        if now < self._next_check:
+            return Result(Outcome.WAITING, "last check blocked; rechecking later")
+        try:
+            blocker = self._checks()
+        except Exception as err:  # any read failure: keep running, the Lambda backstop still covers us
+            self._next_check = now + self.recheck_s
+            return self._log(Result(Outcome.CHECK_FAILED, f"{type(err).__name__}: {err}"), idle)
+        if blocker is not None:
+            self._next_check = now + self.recheck_s
+            return self._log(Result(Outcome.BLOCKED, blocker), idle)
+        self._log(Result(Outcome.POWERED_OFF, "no task locally for the window and none waiting or running"), idle)
+        try:
+            self._poweroff()
+        except Exception as err:
+            self._next_check = now + self.recheck_s
+            return self._log(Result(Outcome.CHECK_FAILED, f"poweroff failed: {type(err).__name__}: {err}"), idle)
+        self._powered_off = True
+        return Result(Outcome.POWERED_OFF, "poweroff issued")
+
+    def _log(self, result: Result, idle: float) -> Result:
+        log.info(
+            json.dumps(
+                {
+                    "event": "autostop",
+                    "outcome": result.outcome.value,
+                    "detail": result.detail,
+                    "idle_s": round(idle, 1),
+                    "window_s": self.window_s,
+                }
+            )
+        )
+        return result
