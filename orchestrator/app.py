@@ -22,7 +22,9 @@ from .service import ApiError, TaskService, Validator
 from .settings import Clients, Settings
 
 log = logging.getLogger("orchestrator")
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
 # Fields a task does not have (yet) are left out rather than shown as null; next_cursor is always set.
 TASK_OUT: dict[str, Any] = {"response_model_exclude_unset": True, "responses": ERRORS}
 

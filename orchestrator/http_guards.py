@@ -28,7 +28,8 @@ async def _send_json(
 
 class BodyLimit:
     """Reject bodies over `max_bytes` with 413 before the app sees them. The body is read here (bounded) and
-    replayed to the app, so a client that omits or lies about Content-Length gains nothing."""
+    replayed to the app, so a client that omits or lies about Content-Length gains nothing. A non-empty body
+    must be JSON (415 otherwise), so a wrong Content-Type gets a clear answer instead of a schema error."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -64,6 +65,11 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if body and content_type != b"application/json":
+            hint = "send the body as JSON with Content-Type: application/json"
+            await _send_json(send, 415, {"error": "unsupported_media_type", "message": hint})
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -104,6 +104,8 @@ def test_bad_requests_are_4xx_with_a_message_and_write_nothing(api: httpx.Client
         assert needle in resp.json()["message"], (body, resp.text)
     bad = api.post("/tasks", content=b'{"type": "noop",', headers={"Content-Type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"] == "bad_json"
+    form = api.post("/tasks", content=b'{"type": "noop"}', headers={"Content-Type": "text/plain"})
+    assert form.status_code == 415 and "application/json" in form.json()["message"]
     too_big = api.post("/tasks", json={"type": "infer", "params": {"prompt": "x" * 4000}})
     assert too_big.status_code == 413 and "2048" in too_big.json()["message"]
 
