@@ -72,3 +72,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf cdktf.out build plans
+
+local demo: $(STAMP)
+	$(PY) -m localaws.demo
