@@ -52,6 +52,7 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
         registry=load_registry(config.task_types_file),
         ssm=session.client("ssm", **kw) if config.bundle_param else None,
         autostop=autostop,
+        running_env=env,
     )
 
 

@@ -54,6 +54,7 @@ class AdapterConfig:
     task_types_file: str | None = None
     bundle_param: str | None = None  # SSM parameter naming the bundle to run (rollout check)
     running_bundle: str | None = None  # what install.sh installed (the param's value at install time)
+    config_param: str | None = None  # SSM parameter holding the env as JSON (a change also restarts the adapter)
     rollout_check_s: float = 60.0
     dlq_sweep_s: float = 60.0
 
@@ -101,6 +102,7 @@ def from_env(env: Mapping[str, str], *, queue_visibility_s: int, queue_max_recei
         task_types_file=env.get("TASK_TYPES_FILE") or None,
         bundle_param=env.get("ADAPTER_BUNDLE_PARAM") or None,
         running_bundle=env.get("ADAPTER_BUNDLE_URI") or None,
+        config_param=env.get("ADAPTER_CONFIG_PARAM") or None,
         rollout_check_s=_num(env, "ROLLOUT_CHECK_SECONDS", 60.0),
         dlq_sweep_s=_num(env, "DLQ_SWEEP_SECONDS", 60.0),
     )

@@ -10,7 +10,6 @@ import contextvars
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +59,3 @@ def task_scope(task_id: str | None) -> Iterator[None]:
         yield
     finally:
         current_task.reset(token)
-
-
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)

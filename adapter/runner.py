@@ -7,7 +7,6 @@ stops early when `Control` says so (cancel seen by the heartbeat, the task lost 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -15,18 +14,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from . import logs
+from .procs import ExitWatch, death_signal_prefix, killpg
 from .task_types import TaskType
 
 log = logging.getLogger("adapter.runner")
@@ -68,24 +67,6 @@ class Attempt:
     exit_code: int | None = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Linux: the task's process gets SIGKILL if the adapter dies, so a crashed adapter leaves no GPU job behind
-    (systemd's cgroup kill covers grandchildren in production)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child after fork
-
-
-_PRCTL = _load_prctl()
-
-
 class Runner:
     def __init__(self, *, s3: Any, bucket: str, work_dir: str, stop_grace_s: float) -> None:
         self.s3 = s3
@@ -93,14 +74,13 @@ class Runner:
         self.work_dir = work_dir
         self.stop_grace_s = stop_grace_s
         self.current_pgid: int | None = None  # read by the second-SIGTERM handler to kill the job before exiting
+        self.launcher = death_signal_prefix()
+        self._own: Path | None = None
 
     def run(self, task_id: str, task_type: TaskType, params: Mapping[str, Any], control: Control) -> Attempt:
-        os.makedirs(self.work_dir, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix=f"{task_id}-", dir=self.work_dir))
+        root = self._root()
+        in_dir, out_dir = root / "in", root / "out"
         try:
-            in_dir, out_dir = root / "in", root / "out"
-            in_dir.mkdir()
-            out_dir.mkdir()
             try:
                 local = self._fetch_inputs(task_type, params, in_dir)
             except Exception as err:  # a missing input fails the attempt; the retry policy decides the rest
@@ -114,7 +94,25 @@ class Runner:
             uri = self._keep_outputs(task_id, root, out_dir)
             return Attempt(attempt.outcome, attempt.error, None, uri, attempt.exit_code)
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            _empty(in_dir, out_dir, root / "stdout.txt", root / "stderr.txt")
+
+    def _root(self) -> Path:
+        """This process's work dir, with empty in/ and out/. Reused rather than made per task: creating and removing
+        directories per task is a measurable share of a short task's cost on some filesystems."""
+        if self._own is None:
+            base = Path(self.work_dir)
+            base.mkdir(parents=True, exist_ok=True)
+            for stale in base.glob("runner-*"):  # left behind by an adapter that crashed
+                pid = stale.name.removeprefix("runner-")
+                if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                    shutil.rmtree(stale, ignore_errors=True)
+            self._own = base / f"runner-{os.getpid()}"
+        for sub in ("in", "out"):
+            path = self._own / sub
+            path.mkdir(parents=True, exist_ok=True)
+            if any(path.iterdir()):  # never let one task's files become another task's results
+                raise RuntimeError(f"work dir {path} is not empty and could not be emptied")
+        return self._own
 
     # -- inputs / outputs ------------------------------------------------------------------------------------------
     def _fetch_inputs(self, task_type: TaskType, params: Mapping[str, Any], in_dir: Path) -> dict[str, Any]:
@@ -158,25 +156,23 @@ class Runner:
         with open(root / "stdout.txt", "wb") as out, open(root / "stderr.txt", "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    argv,
+                    self.launcher + argv,
                     cwd=root,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
                     start_new_session=True,  # its own process group: stop/cancel reaches the whole job
-                    preexec_fn=_die_with_parent if _PRCTL is not None else None,
                 )
             except OSError as spawn_err:
                 return Attempt(Outcome.FAILED, error=f"could not start {argv[0]!r}: {spawn_err}")
             self.current_pgid = proc.pid
+            exited = ExitWatch(proc)
             try:
                 while True:
-                    try:
-                        code = proc.wait(timeout=POLL_S)
+                    code = exited(POLL_S)
+                    if code is not None:
                         break
-                    except subprocess.TimeoutExpired:
-                        pass
                     reason = control.reason()
                     if reason is not None:
                         logs.event(log, "stopping_job", reason=reason, grace_s=self.stop_grace_s)
@@ -186,7 +182,8 @@ class Runner:
                         self._stop(proc)
                         return Attempt(Outcome.FAILED, error=f"timed out after {task_type.timeout_s}s")
             finally:
-                _killpg(proc.pid, signal.SIGKILL)  # anything the job left running in its group
+                exited.close()
+                killpg(proc.pid, signal.SIGKILL)  # anything the job left running in its group
                 self.current_pgid = None
         if code == 0:
             return Attempt(Outcome.SUCCEEDED, exit_code=0)
@@ -200,11 +197,11 @@ class Runner:
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM the job's group, give it stop_grace_s to save what it can, then SIGKILL."""
-        _killpg(proc.pid, signal.SIGTERM)
+        killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=self.stop_grace_s)
         except subprocess.TimeoutExpired:
-            _killpg(proc.pid, signal.SIGKILL)
+            killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
     # -- http ------------------------------------------------------------------------------------------------------
@@ -253,6 +250,14 @@ class Runner:
         return Attempt(Outcome.SUCCEEDED)
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
-        os.killpg(pgid, sig)
+def _empty(*paths: Path) -> None:
+    """Remove what an attempt left: directories' contents (the directories stay), non-empty files."""
+    for path in paths:
+        if path.is_dir():
+            for entry in path.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        elif path.is_file() and path.stat().st_size > 0:  # empty logs are never uploaded: leave them be
+            path.unlink()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from . import logs
@@ -25,6 +26,7 @@ from .task_types import Registry, TaskTypeError
 
 log = logging.getLogger("adapter.worker")
 EXIT_STOPPED = 0
+RECEIVE_BACKOFF_S = 5.0
 
 
 class IdleStop(Protocol):
@@ -46,6 +48,7 @@ class Worker:
         registry: Registry,
         ssm: Any = None,
         autostop: IdleStop | None = None,
+        running_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.sqs = sqs
@@ -54,16 +57,16 @@ class Worker:
         self.queue = TaskQueue(sqs, config.queue_url, config.dlq_url)
         self.runner = Runner(s3=s3, bucket=config.bucket, work_dir=config.work_dir, stop_grace_s=config.stop_grace_s)
         self.autostop = autostop
-        self.rollout = (
-            RolloutWatch(
+        self.rollout = None
+        if ssm is not None and config.bundle_param and config.running_bundle:
+            self.rollout = RolloutWatch(
                 ssm,
                 param_name=config.bundle_param,
                 running_bundle=config.running_bundle,
+                config_param=config.config_param,
+                running_env=running_env,
                 every_s=config.rollout_check_s,
             )
-            if ssm is not None and config.bundle_param and config.running_bundle
-            else None
-        )
         self.stopping = threading.Event()
         self._next_sweep = 0.0
 
@@ -88,7 +91,13 @@ class Worker:
 
     def turn(self) -> int | None:
         """One loop turn: handle at most one message, or do the idle chores. Returns an exit code to stop with."""
-        for message in self.queue.receive(self.config.wait_time_s):
+        try:
+            messages = self.queue.receive(self.config.wait_time_s)
+        except Exception as err:  # SQS unreachable for a moment: do not spin, do not die
+            logs.event(log, "receive_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
+            self.stopping.wait(RECEIVE_BACKOFF_S)
+            return None
+        for message in messages:
             if self.stopping.is_set():  # SIGTERM arrived during the long poll: hand the message straight back
                 self.queue.set_visibility(message, 0)
                 return None
@@ -104,7 +113,7 @@ class Worker:
 
     def idle(self) -> int | None:
         if self.rollout is not None and self.rollout.changed() is not None:
-            return EXIT_NEW_BUNDLE
+            return EXIT_NEW_BUNDLE  # systemd restarts us; ExecStartPre installs what the parameters now name
         clock = now_ms() / 1000
         if clock >= self._next_sweep:
             self._next_sweep = clock + self.config.dlq_sweep_s

@@ -12,7 +12,9 @@ import pytest
 
 import tests._adapter_support as support
 from adapter.__main__ import build
+from adapter.autostop import AutoStop
 from adapter.model import TaskStore
+from adapter.rollout import EXIT_NEW_BUNDLE
 from adapter.worker import Worker
 from tests._adapter_support import (
     alive,
@@ -229,16 +231,47 @@ def test_dlq_sweep_fails_a_task_whose_holder_died_on_its_last_attempt(
     assert item["status"] == "FAILED" and "moved to the DLQ" in item["error"]  # type: ignore[index]
 
 
-def test_rollout_exits_with_its_code_when_the_bundle_parameter_changes(aws: Any, make_worker: Any) -> None:
+def test_rollout_exits_with_its_code_when_a_parameter_changes(aws: Any, make_worker: Any) -> None:
     ssm = aws.client("ssm")
-    name = f"/gpu-orchestrator/test-{aws.table_name}/adapter/bundle"
-    ssm.put_parameter(Name=name, Value="s3://b/adapter/adapter-aaaa.zip", Type="String")
-    worker = make_worker(
-        ADAPTER_BUNDLE_PARAM=name, ADAPTER_BUNDLE_URI="s3://b/adapter/adapter-aaaa.zip", ROLLOUT_CHECK_SECONDS="0"
+    prefix = f"/gpu-orchestrator/test-{aws.queue_url.rsplit('-', 1)[-1]}/adapter"
+    ssm.put_parameter(Name=f"{prefix}/bundle", Value="s3://b/adapter/adapter-aaaa.zip", Type="String")
+    ssm.put_parameter(Name=f"{prefix}/config", Value=json.dumps({"TASK_QUEUE_URL": aws.queue_url}), Type="String")
+    rollout = {
+        "ADAPTER_BUNDLE_PARAM": f"{prefix}/bundle",
+        "ADAPTER_BUNDLE_URI": "s3://b/adapter/adapter-aaaa.zip",
+        "ADAPTER_CONFIG_PARAM": f"{prefix}/config",
+        "ROLLOUT_CHECK_SECONDS": "0",
+    }
+    worker = make_worker(**rollout)
+    assert worker.idle() is None  # both parameters name what runs
+    ssm.put_parameter(
+        Name=f"{prefix}/config", Value=json.dumps({"TASK_QUEUE_URL": "elsewhere"}), Type="String", Overwrite=True
     )
-    assert worker.idle() is None
-    ssm.put_parameter(Name=name, Value="s3://b/adapter/adapter-bbbb.zip", Type="String", Overwrite=True)
-    assert worker.idle() == 75
+    assert worker.idle() == EXIT_NEW_BUNDLE  # config moved
+    ssm.put_parameter(
+        Name=f"{prefix}/config", Value=json.dumps({"TASK_QUEUE_URL": aws.queue_url}), Type="String", Overwrite=True
+    )
+    assert make_worker(**rollout).idle() is None
+    ssm.put_parameter(Name=f"{prefix}/bundle", Value="s3://b/adapter/adapter-bbbb.zip", Type="String", Overwrite=True)
+    assert make_worker(**rollout).idle() == EXIT_NEW_BUNDLE  # bundle moved
+
+
+def test_autostop_is_told_about_tasks_and_asked_when_idle(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    now = [1000.0]
+    powered_off: list[float] = []
+    autostop = AutoStop(60, checks=lambda: None, poweroff=lambda: powered_off.append(now[0]), clock=lambda: now[0])
+    worker = make_worker()
+    worker.autostop = autostop
+    submit(aws, store, "sleep", {"seconds": 0, "exit_code": 0})
+    now[0] = 1050.0
+    worker.turn()  # a task: the idle window restarts when it ends
+    assert autostop.idle_for() == 0 and powered_off == []
+    now[0] = 1100.0
+    worker.turn()  # idle 50 s < 60 s
+    assert powered_off == []
+    now[0] = 1111.0
+    worker.turn()  # idle 61 s, nothing queued or running: power off
+    assert powered_off == [1111.0]
 
 
 def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_worker: Any) -> None:

@@ -1,0 +1,145 @@
+"""Rollout: adapter/deploy/install.sh against the moto server (SSM parameters + bundle in the artifacts bucket), the
+adapter started from what it installed noticing a newer bundle, and the systemd unit agreeing with the code."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import tests._adapter_support as support
+from adapter.config import from_env
+from adapter.rollout import EXIT_NEW_BUNDLE
+from tests._adapter_support import REPO, worker_env
+
+module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
+INSTALL = REPO / "adapter" / "deploy" / "install.sh"
+UNIT = REPO / "adapter" / "deploy" / "gpu-adapter.service"
+
+
+def bundle_zip(marker: str) -> bytes:
+    """adapter/ and functions/ at the zip root, as the stacks package them; `marker` makes each bundle distinct."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for package in ("adapter", "functions"):
+            for path in sorted((REPO / package).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    zf.write(path, path.relative_to(REPO).as_posix())
+        zf.writestr("adapter/RELEASE", marker)
+    return out.getvalue()
+
+
+def publish(aws: Any, prefix: str, data: bytes, *, name_hash: str | None = None) -> str:
+    short = name_hash or hashlib.sha256(data).hexdigest()[:16]
+    key = f"adapter/adapter-{short}.zip"
+    aws.client("s3").put_object(Bucket=aws.bucket, Key=key, Body=data)
+    uri = f"s3://{aws.bucket}/{key}"
+    aws.client("ssm").put_parameter(Name=f"{prefix}/bundle", Value=uri, Type="String", Overwrite=True)
+    return uri
+
+
+def install(aws: Any, prefix: str, root: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **aws.env(),
+        "PATH": os.environ["PATH"],
+        "PYTHON": sys.executable,
+        "ADAPTER_SSM_PREFIX": prefix,
+        "ADAPTER_ROOT": str(root / "opt"),
+        "ADAPTER_ENV_FILE": str(root / "etc" / "adapter.env"),
+    }
+    return subprocess.run(["bash", str(INSTALL)], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The subset of systemd's EnvironmentFile syntax install.sh writes: KEY="value" with \\ and " escaped."""
+    out = {}
+    for line in path.read_text().splitlines():
+        key, quoted = line.split("=", 1)
+        assert quoted.startswith('"') and quoted.endswith('"')
+        out[key] = re.sub(r"\\(.)", r"\1", quoted[1:-1])
+    return out
+
+
+def test_install_flip_and_the_running_adapter_notices_a_new_bundle(aws: Any, tmp_path: Path) -> None:
+    prefix = f"/gpu-orchestrator/test-{aws.queue_url.rsplit('-', 1)[-1]}/adapter"
+    config = {k: v for k, v in aws.env().items() if k.startswith(("TASK_", "ARTIFACTS_"))}
+    config["NOTE"] = 'quotes " and \\ survive'
+    aws.client("ssm").put_parameter(Name=f"{prefix}/config", Value=json.dumps(config), Type="String")
+    first = publish(aws, prefix, bundle_zip("one"))
+    done = install(aws, prefix, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    opt = tmp_path / "opt"
+    current = opt / "current"
+    assert os.readlink(current) == f"releases/{first[-20:-4]}"  # the sha256-16 from the bundle's name
+    assert (current / "adapter" / "RELEASE").read_text() == "one" and (current / "functions").is_dir()
+    assert os.access(opt / "install.sh", os.X_OK)  # the next boot runs the release's own installer
+    env = read_env_file(tmp_path / "etc" / "adapter.env")
+    assert {k: env[k] for k in config} == config
+    assert env["ADAPTER_BUNDLE_URI"] == first and env["ADAPTER_BUNDLE_PARAM"] == f"{prefix}/bundle"
+
+    # The adapter, run from the installed release with that env file, exits 75 once the parameter names another.
+    run_env = {**worker_env(aws, tmp_path / "work", ROLLOUT_CHECK_SECONDS="1"), **env, "PYTHONPATH": str(current)}
+    with open(tmp_path / "adapter.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "adapter"],
+            cwd=tmp_path,
+            env=run_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        second = publish(aws, prefix, bundle_zip("two"))
+        assert proc.wait(timeout=30) == EXIT_NEW_BUNDLE
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert "new_bundle" in (tmp_path / "adapter.log").read_text()
+    done = install(aws, prefix, tmp_path)  # what ExecStartPre does on the restart
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (current / "adapter" / "RELEASE").read_text() == "two"
+    assert read_env_file(tmp_path / "etc" / "adapter.env")["ADAPTER_BUNDLE_URI"] == second
+    assert len(list((opt / "releases").iterdir())) == 2  # the previous release stays for a quick rollback
+
+
+def test_a_bundle_whose_hash_does_not_match_is_refused(aws: Any, tmp_path: Path) -> None:
+    prefix = f"/gpu-orchestrator/bad-{aws.queue_url.rsplit('-', 1)[-1]}/adapter"
+    aws.client("ssm").put_parameter(Name=f"{prefix}/config", Value="{}", Type="String")
+    publish(aws, prefix, bundle_zip("tampered"), name_hash="0123456789abcdef")
+    done = install(aws, prefix, tmp_path)
+    assert done.returncode == 1 and "does not match" in done.stdout  # nothing installed before: cannot start
+    assert not (tmp_path / "opt" / "current").exists()
+    good = publish(aws, prefix, bundle_zip("good"))
+    assert install(aws, prefix, tmp_path).returncode == 0
+    publish(aws, prefix, bundle_zip("tampered"), name_hash="fedcba9876543210")
+    done = install(aws, prefix, tmp_path)
+    assert done.returncode == 0 and "install_failed" in done.stdout  # keeps serving the installed release
+    assert read_env_file(tmp_path / "etc" / "adapter.env")["ADAPTER_BUNDLE_URI"] == good
+
+
+def test_unit_file_matches_the_adapter() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    unit.read_string(UNIT.read_text())
+    service = unit["Service"]
+    assert service["ExecStartPre"] == "/opt/gpu-adapter/install.sh"
+    assert service["ExecStart"].endswith("python3 -m adapter")
+    assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "always"
+    assert service["SuccessExitStatus"] == str(EXIT_NEW_BUNDLE)
+    config = from_env(
+        {"TASK_QUEUE_URL": "q", "TASK_DLQ_URL": "d", "TASK_TABLE_NAME": "t", "ARTIFACTS_BUCKET": "b"},
+        queue_visibility_s=300,
+        queue_max_receives=3,
+    )
+    # The warm stop must fit: a long poll in flight, then the job's grace, then the requeue calls.
+    assert int(service["TimeoutStopSec"]) > config.wait_time_s + config.stop_grace_s + 10
