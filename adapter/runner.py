@@ -110,6 +110,7 @@ class Runner:
         for sub in ("in", "out"):
             path = self._own / sub
             path.mkdir(parents=True, exist_ok=True)
+            _empty(path)  # normally empty already (each attempt clears up); again, in case that failed
             if any(path.iterdir()):  # never let one task's files become another task's results
                 raise RuntimeError(f"work dir {path} is not empty and could not be emptied")
         return self._own
