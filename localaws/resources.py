@@ -147,17 +147,40 @@ def _ownership(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     return {"id": a["bucket"]}
 
 
+def _is_tls_only_deny(statement: Mapping[str, Any]) -> bool:
+    return statement["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(statement.get("Condition", {}))
+
+
+def _is_log_delivery_allow(statement: Mapping[str, Any]) -> bool:
+    """S3 server access log delivery into this bucket, scoped to one source bucket and account."""
+    condition = statement.get("Condition", {})
+    return (statement["Effect"] == "Allow" and statement.get("Principal") == {"Service": "logging.s3.amazonaws.com"}
+            and statement.get("Action") == "s3:PutObject"
+            and "aws:SourceArn" in condition.get("ArnLike", {})
+            and "aws:SourceAccount" in condition.get("StringEquals", {}))
+
+
 @creator("aws_s3_bucket_policy", "bucket", "policy")
 def _bucket_policy(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    """Validated, recorded, not installed. Our only bucket policy denies requests without TLS. moto serves plain
-    HTTP here, and (5.2.5) evaluates a Deny whose condition does not match as a Deny anyway, so installing it would
-    refuse every request, which real S3 over HTTPS would not. Tests read it back from `policy` to check it."""
+    """Validated, recorded, not installed. Our bucket policies deny requests without TLS, and (on the access-log
+    bucket) let S3's log delivery write. moto serves plain HTTP here, and (5.2.5) evaluates a Deny whose condition
+    does not match as a Deny anyway, so installing it would refuse every request, which real S3 over HTTPS would
+    not. Tests read it back from `policy` to check it."""
     doc = json.loads(a["policy"])
     for statement in doc["Statement"]:
-        if statement["Effect"] != "Deny" or "aws:SecureTransport" not in json.dumps(statement.get("Condition", {})):
-            raise UnsupportedTerraform(f"bucket policy statement {statement.get('Sid')!r} is not the TLS-only deny "
-                                       "the harness knows how to stand in for")
+        if not (_is_tls_only_deny(statement) or _is_log_delivery_allow(statement)):
+            raise UnsupportedTerraform(f"bucket policy statement {statement.get('Sid')!r} is neither the TLS-only "
+                                       "deny nor the log-delivery allow the harness knows how to stand in for")
     return {"id": a["bucket"], "policy": a["policy"]}
+
+
+@creator("aws_s3_bucket_logging", "bucket", "target_bucket", "target_prefix")
+def _bucket_logging(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    """Checked and recorded, not installed: moto accepts a logging target only once the target's bucket policy (or
+    ACL) grants log delivery, and the harness cannot install bucket policies (see above). moto delivers no access
+    logs anyway. The target must exist, as S3 requires."""
+    c("s3").head_bucket(Bucket=a["target_bucket"])
+    return {"id": a["bucket"], "target_bucket": a["target_bucket"], "target_prefix": a.get("target_prefix", "")}
 
 
 @creator("aws_s3_bucket_lifecycle_configuration", "bucket", "rule")
@@ -227,7 +250,7 @@ def _log_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 
 
 @creator("aws_lambda_function", "function_name", "role", "runtime", "handler", "memory_size", "timeout", "filename",
-         "source_code_hash", "environment", "reserved_concurrent_executions", "tracing_config")
+         "source_code_hash", "environment", "reserved_concurrent_executions", "tracing_config", "dead_letter_config")
 def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
     import base64
     import hashlib
@@ -242,12 +265,20 @@ def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
     }
     if "tracing_config" in a:
         kwargs["TracingConfig"] = {"Mode": _one(a["tracing_config"])["mode"]}
+    if "dead_letter_config" in a:
+        # moto keeps no dead-letter config; what the harness can check is that the target queue exists.
+        target = _one(a["dead_letter_config"])["target_arn"]
+        if not target.startswith("arn:aws:sqs:"):
+            raise UnsupportedTerraform(f"{a['function_name']}: dead-letter target {target} is not an SQS queue")
+        c("sqs").get_queue_url(QueueName=target.rsplit(":", 1)[1])
+        kwargs["DeadLetterConfig"] = {"TargetArn": target}
     fn = c("lambda").create_function(**kwargs)
     if a.get("reserved_concurrent_executions") is not None:
         c("lambda").put_function_concurrency(FunctionName=a["function_name"],
                                              ReservedConcurrentExecutions=int(a["reserved_concurrent_executions"]))
     return {"id": a["function_name"], "function_name": a["function_name"], "arn": fn["FunctionArn"],
-            "environment": kwargs["Environment"]["Variables"]}
+            "environment": kwargs["Environment"]["Variables"],
+            "dead_letter_target_arn": kwargs.get("DeadLetterConfig", {}).get("TargetArn", "")}
 
 
 @creator("aws_lambda_permission", "action", "function_name", "principal", "source_arn")

@@ -1,8 +1,10 @@
-"""The artifacts bucket: adapter bundles (adapter/), task inputs (inputs/) and task results (results/)."""
+"""The artifacts bucket: adapter bundles (adapter/), task inputs (inputs/) and task results (results/); and the
+bucket that receives its server access logs."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
@@ -13,6 +15,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
     S3BucketLifecycleConfigurationRuleFilter,
     S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration,
 )
+from cdktf_cdktf_provider_aws.s3_bucket_logging import S3BucketLoggingA
 from cdktf_cdktf_provider_aws.s3_bucket_ownership_controls import (
     S3BucketOwnershipControls,
     S3BucketOwnershipControlsRule,
@@ -38,19 +41,25 @@ WRITE_ACTIONS = ("s3:PutObject",)
 RESULTS_PREFIX = "results/"
 INPUTS_PREFIX = "inputs/"
 ADAPTER_PREFIX = "adapter/"
+LOG_DELIVERY_PRINCIPAL = "logging.s3.amazonaws.com"
 
 
 class PrivateBucket(Construct):
     """A versioned, encrypted bucket with every kind of public access blocked, TLS-only, owner-enforced.
 
-    Objects under `expire_prefix` expire after `expire_days`; old versions after `noncurrent_days` everywhere.
+    Objects under `expire_prefix` ("" for all of them) expire after `expire_days`; old versions after
+    `noncurrent_days` everywhere. `sse_algorithm` is aws:kms (the aws/s3 managed key) unless a writer cannot use
+    that key: S3 log delivery can't, so a bucket receiving access logs uses AES256 (SSE-S3).
     """
 
     def __init__(
         self, scope: Construct, id: str, *, name: str, force_destroy: bool = False,
         expire_prefix: str | None = None, expire_days: int = 30, noncurrent_days: int = 30,
+        sse_algorithm: str = "aws:kms",
     ) -> None:
         super().__init__(scope, id)
+        if len(name) > 63:
+            raise ValueError(f"bucket name {name!r} is longer than S3's 63 characters")
         self.bucket = S3Bucket(self, "bucket", bucket=name, force_destroy=force_destroy)
         S3BucketVersioningA(
             self, "versioning", bucket=self.bucket.id,
@@ -61,8 +70,8 @@ class PrivateBucket(Construct):
             rule=[S3BucketServerSideEncryptionConfigurationRuleA(
                 apply_server_side_encryption_by_default=(
                     S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
-                        sse_algorithm="aws:kms")),
-                bucket_key_enabled=True,
+                        sse_algorithm=sse_algorithm)),
+                bucket_key_enabled=sse_algorithm == "aws:kms",
             )],
         )
         S3BucketPublicAccessBlock(
@@ -73,14 +82,12 @@ class PrivateBucket(Construct):
             self, "ownership", bucket=self.bucket.id,
             rule=S3BucketOwnershipControlsRule(object_ownership="BucketOwnerEnforced"),
         )
-        S3BucketPolicy(self, "tls-only", bucket=self.bucket.id, policy=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-                "Resource": [self.bucket.arn, f"{self.bucket.arn}/*"],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }],
-        }, sort_keys=True))
+        self._policy_statements: list[dict[str, Any]] = [{
+            "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [self.bucket.arn, f"{self.bucket.arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }]
+        self.policy = S3BucketPolicy(self, "tls-only", bucket=self.bucket.id, policy=self._policy_document())
         rules = [S3BucketLifecycleConfigurationRule(
             id="expire-old-versions", status="Enabled",
             filter=[S3BucketLifecycleConfigurationRuleFilter(prefix="")],
@@ -91,7 +98,7 @@ class PrivateBucket(Construct):
         )]
         if expire_prefix is not None:
             rules.append(S3BucketLifecycleConfigurationRule(
-                id="expire-results", status="Enabled",
+                id=f"expire-{expire_prefix.strip('/') or 'everything'}", status="Enabled",
                 filter=[S3BucketLifecycleConfigurationRuleFilter(prefix=expire_prefix)],
                 expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=expire_days)],
             ))
@@ -113,3 +120,21 @@ class PrivateBucket(Construct):
 
     def grant_write(self, role: Role, prefix: str = "") -> None:
         role.add(WRITE_ACTIONS, [self.arn_for_objects(prefix)])
+
+    def log_access_to(self, target: PrivateBucket, *, prefix: str, account: str) -> None:
+        """Send this bucket's server access logs to `target` under `prefix`, and let S3's log delivery write
+        there on behalf of this bucket and account only (a bucket policy: ACLs are off, BucketOwnerEnforced)."""
+        S3BucketLoggingA(self, "access-logging", bucket=self.bucket.id, target_bucket=target.bucket.id,
+                         target_prefix=prefix)
+        target._add_policy_statement({
+            "Sid": "S3ServerAccessLogDelivery", "Effect": "Allow", "Principal": {"Service": LOG_DELIVERY_PRINCIPAL},
+            "Action": "s3:PutObject", "Resource": target.arn_for_objects(prefix),
+            "Condition": {"ArnLike": {"aws:SourceArn": self.arn}, "StringEquals": {"aws:SourceAccount": account}},
+        })
+
+    def _add_policy_statement(self, statement: dict[str, Any]) -> None:
+        self._policy_statements.append(statement)
+        self.policy.policy = self._policy_document()
+
+    def _policy_document(self) -> str:
+        return json.dumps({"Version": "2012-10-17", "Statement": self._policy_statements}, sort_keys=True)

@@ -1,4 +1,5 @@
-"""The shutdown Lambda: its deterministic code bundle, log group, and invoke permissions for its triggers."""
+"""The shutdown Lambda: its deterministic code bundle, log group, dead-letter queue, and invoke permissions for its
+triggers."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Mapping
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.lambda_function import (
     LambdaFunction,
+    LambdaFunctionDeadLetterConfig,
     LambdaFunctionEnvironment,
     LambdaFunctionTracingConfig,
 )
 from cdktf_cdktf_provider_aws.lambda_permission import LambdaPermission
+from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from constructs import Construct
 
 from modules.assets import ZipAsset
@@ -18,6 +21,11 @@ from modules.config import ROOT
 from modules.iam import Role
 
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
+DEAD_LETTER_ACTIONS = ("sqs:SendMessage",)
+# A year of the function's decisions (every stop and start, and why): the audit trail for "who stopped my GPU".
+# The volume is a few lines per run, so a year of it costs cents; ingestion, not retention, is what CloudWatch bills.
+LOG_RETENTION_DAYS = 365
+DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600
 # Keys the Lambda runtime sets itself; setting one makes the API reject the function at apply time.
 RESERVED_ENV_KEYS = frozenset({
     "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
@@ -35,7 +43,8 @@ class PythonFunction(Construct):
         self, scope: Construct, id: str, *, name: str, package: str, handler: str, role: Role | str,
         environment: Mapping[str, str], region: str, account: str,
         memory_mb: int = 128, timeout_seconds: int = 60, runtime: str = "python3.11",
-        reserved_concurrency: int | None = None, log_retention_days: int = 30,
+        reserved_concurrency: int | None = None, log_retention_days: int = LOG_RETENTION_DAYS,
+        dead_letter_queue_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
@@ -46,6 +55,15 @@ class PythonFunction(Construct):
             self, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days,
         )
         self.log_group_arn = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{name}"
+        # Asynchronous invocations (the alarm's, the schedule's) that still fail after Lambda's two retries land
+        # here instead of vanishing: a countable, inspectable record of every missed idle check. The role's grant
+        # (grant_dead_letter) names this queue's ARN from its name, as grant_logs does for the log group, because
+        # the role's stack is applied before this one.
+        self.dead_letters = (
+            SqsQueue(self, "dead-letters", name=dead_letter_queue_name,
+                     message_retention_seconds=DEAD_LETTER_RETENTION_SECONDS, sqs_managed_sse_enabled=True)
+            if dead_letter_queue_name else None
+        )
         role_arn = role.arn if isinstance(role, Role) else role
         self.function = LambdaFunction(
             self, "function",
@@ -60,6 +78,8 @@ class PythonFunction(Construct):
             environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
             reserved_concurrent_executions=reserved_concurrency,
             tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
+            dead_letter_config=(LambdaFunctionDeadLetterConfig(target_arn=self.dead_letters.arn)
+                                if self.dead_letters else None),
             depends_on=[self.log_group],
         )
 
@@ -84,3 +104,9 @@ def grant_logs(role: Role, *, region: str, account: str, function_name: str) -> 
     """Write access to one function's log group, nothing else in CloudWatch Logs."""
     group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{function_name}"
     role.add(LOG_ACTIONS, [group, f"{group}:*"])
+
+
+def grant_dead_letter(role: Role, *, region: str, account: str, queue_name: str) -> None:
+    """SendMessage on one function's dead-letter queue: Lambda delivers failed async events with the function's
+    own role, and refuses to create a function whose role cannot."""
+    role.add(DEAD_LETTER_ACTIONS, [f"arn:aws:sqs:{region}:{account}:{queue_name}"])

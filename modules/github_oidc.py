@@ -31,7 +31,7 @@ PLAN_ENVIRONMENT_SUFFIX = "-plan"
 # What modules/stacks.py names our resources, before the environment suffix ("-dev"...). A deploy role reaches
 # `<name>*-<env>` for these and nothing else; tests/test_github_oidc.py synthesizes the real stacks of an
 # environment and fails when a resource's name falls outside them (rename both together).
-QUEUE_NAMES = ("gpu_tasks_queue",)  # and gpu_tasks_queue_dlq
+QUEUE_NAMES = ("gpu_tasks_queue", "shutdown-gpu-lambda-dlq")  # and gpu_tasks_queue_dlq
 TABLE_NAMES = ("task_store",)
 ROLE_NAMES = ("gpu-instance-role", "lambda-gpu-shutdown-role", "orchestrator-task-role")
 INSTANCE_PROFILE_NAMES = ("gpu-instance-profile",)
@@ -146,6 +146,7 @@ BUCKET_WRITE = (
     "s3:DeleteBucket",
     "s3:DeleteBucketPolicy",
     "s3:ListBucketVersions",
+    "s3:PutBucketLogging",
     "s3:PutBucketPolicy",
     "s3:PutBucketOwnershipControls",
     "s3:PutBucketPublicAccessBlock",
@@ -206,7 +207,7 @@ def _names(account: str, service: str, kind: str, bases: Sequence[str], suffix: 
 def _service_resources(account: str, environment: str, prefix: str) -> dict[str, list[str]]:
     """ARN patterns for one environment's resources (the region is free: an environment picks its own)."""
     end = f"-{environment}"
-    bucket = f"arn:aws:s3:::{prefix}-artifacts-{environment}-*"  # <prefix>-artifacts-<env>-<account>
+    bucket = f"arn:aws:s3:::{prefix}-artifacts-{environment}-*"  # <prefix>-artifacts-<env>-<account>[-logs]
     return {
         "sqs": [f"arn:aws:sqs:*:{account}:{base}*{end}" for base in QUEUE_NAMES],
         "dynamodb": _names(account, "dynamodb", "table", TABLE_NAMES, end),

@@ -12,7 +12,7 @@ from modules.alarm import QueueIdleAlarm, Schedule
 from modules.base import EnvironmentStack
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
 from modules.config import EnvironmentConfig
-from modules.function import PythonFunction, grant_logs
+from modules.function import PythonFunction, grant_dead_letter, grant_logs
 from modules.gpu import GpuInstances
 from modules.iam import Role
 from modules.layout import ALARM, ARTIFACTS, DYNAMODB, IAM, LAMBDA, SQS
@@ -21,6 +21,8 @@ from modules.rollout import AdapterRelease
 from modules.table import TaskTable
 
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
+SHUTDOWN_DLQ = "shutdown-gpu-lambda-dlq"
+ACCESS_LOG_DAYS = 365
 
 
 class SqsStack(EnvironmentStack):
@@ -44,11 +46,19 @@ class DynamoDbStack(EnvironmentStack):
 class ArtifactsStack(EnvironmentStack):
     def __init__(self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable) -> None:
         super().__init__(scope, ARTIFACTS, config=config)
+        name = f"gpu-orchestrator-artifacts-{config.name}-{config.account}"
+        # Who read or replaced an adapter bundle (code every GPU instance runs) or a task's inputs and results.
+        # SSE-S3: S3's log delivery cannot write with the aws/s3 managed key the artifacts bucket uses.
+        self.access_logs = PrivateBucket(
+            self, "access-logs", name=f"{name}-logs", force_destroy=config.artifacts_force_destroy,
+            expire_prefix="", expire_days=ACCESS_LOG_DAYS, sse_algorithm="AES256",
+        )
         self.bucket = PrivateBucket(
-            self, "artifacts", name=f"gpu-orchestrator-artifacts-{config.name}-{config.account}",
+            self, "artifacts", name=name,
             force_destroy=config.artifacts_force_destroy,
             expire_prefix=RESULTS_PREFIX, expire_days=config.results_expire_days,
         )
+        self.bucket.log_access_to(self.access_logs, prefix="artifacts/", account=config.account)
         self.release = AdapterRelease(
             self, "adapter", bucket=self.bucket, parameter_prefix=f"/gpu-orchestrator/{config.name}",
             region=config.region, account=config.account,
@@ -97,6 +107,8 @@ class IamStack(EnvironmentStack):
         table.grant_index_read(self.shutdown)
         grant_logs(self.shutdown, region=config.region, account=config.account,
                    function_name=self.name_of(SHUTDOWN_FUNCTION))
+        grant_dead_letter(self.shutdown, region=config.region, account=config.account,
+                          queue_name=self.name_of(SHUTDOWN_DLQ))
 
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
@@ -115,6 +127,7 @@ class LambdaStack(EnvironmentStack):
             handler="shutdown.handler.handler", role=iam.shutdown, region=config.region, account=config.account,
             memory_mb=128, timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
+            dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
             environment={
                 "GPU_INSTANCE_ID": ",".join(config.gpu_instance_ids),
                 "TASK_QUEUE_URL": queue.url,

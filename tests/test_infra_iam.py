@@ -9,8 +9,8 @@ import pytest
 
 from modules import bucket as bucket_mod
 from modules import gpu, queue, table
-from modules.function import LOG_ACTIONS
-from modules.layout import IAM
+from modules.function import DEAD_LETTER_ACTIONS, LOG_ACTIONS
+from modules.layout import IAM, LAMBDA
 from modules.rollout import READ_PARAMETER_ACTIONS
 from tests.infra_helpers import actions_by_resource, load, one, policy_statements
 
@@ -30,6 +30,8 @@ def kind(resource: str) -> str:
         return "parameter:" + resource.split(":parameter", 1)[1]
     if resource.startswith("arn:aws:logs:"):
         return "logs:" + resource.split(":log-group:", 1)[1]
+    if resource.startswith("arn:aws:sqs:"):  # named, not referenced: the queue's stack is applied after the role's
+        return "sqs:" + resource.rsplit(":", 1)[1]
     for marker, name in ((QUEUE, "queue"), (DLQ, "dlq"), (TABLE, "table"), (BUCKET, "bucket")):
         if marker in resource:
             return name + resource.split("}", 1)[1]
@@ -92,7 +94,19 @@ def test_shutdown_lambda_grants(iam: dict[str, Any]) -> None:
         "table/index/status-created_at-index": {"dynamodb:Query"},
         "logs:/aws/lambda/shutdown-gpu-lambda-local": set(LOG_ACTIONS),
         "logs:/aws/lambda/shutdown-gpu-lambda-local:*": set(LOG_ACTIONS),
+        "sqs:shutdown-gpu-lambda-dlq-local": {"sqs:SendMessage"},
     }
+
+
+def test_shutdown_role_can_send_to_exactly_the_functions_dead_letter_queue(synthesized: Any) -> None:
+    """The grant names the queue by ARN (the Lambda stack creates it after the role): the names must agree."""
+    for env, region, account in (("local", "us-east-1", "123456789012"), ("prod", "us-east-1", "333333333333")):
+        stacks = load(synthesized(env))
+        queue = one(stacks[LAMBDA], "aws_sqs_queue")["name"]
+        sends = [st["Resource"] for st in policy_statements(stacks[IAM], f"lambda-gpu-shutdown-role-{env}")
+                 if "sqs:SendMessage" in st["Action"]]
+        assert sends == [[f"arn:aws:sqs:{region}:{account}:{queue}"]]
+    assert DEAD_LETTER_ACTIONS == ("sqs:SendMessage",)
 
 
 def test_action_lists_are_the_seeds(iam: dict[str, Any]) -> None:

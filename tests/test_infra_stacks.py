@@ -69,22 +69,58 @@ def test_task_table(stacks: dict[str, Any]) -> None:
     assert table["deletion_protection_enabled"] is True
 
 
-def test_artifacts_bucket(stacks: dict[str, Any]) -> None:
-    doc = stacks[ARTIFACTS]
-    bucket = one(doc, "aws_s3_bucket")
-    assert bucket["bucket"] == "gpu-orchestrator-artifacts-local-123456789012"
-    assert one(doc, "aws_s3_bucket_versioning")["versioning_configuration"] == {"status": "Enabled"}
-    sse = one(doc, "aws_s3_bucket_server_side_encryption_configuration")["rule"][0]
-    assert sse["apply_server_side_encryption_by_default"]["sse_algorithm"] == "aws:kms"
-    block = one(doc, "aws_s3_bucket_public_access_block")
+def bucket_parts(doc: dict[str, Any], name: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(address, resource type -> the one part of that type configuring the bucket named `name`)."""
+    (address,) = [a for a, b in doc["resource"]["aws_s3_bucket"].items() if b["bucket"] == name]
+    parts = {}
+    for rtype in ("aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
+                  "aws_s3_bucket_public_access_block", "aws_s3_bucket_ownership_controls", "aws_s3_bucket_policy",
+                  "aws_s3_bucket_lifecycle_configuration"):
+        parts[rtype] = one(doc, rtype, bucket=f"${{aws_s3_bucket.{address}.id}}")
+    return address, parts
+
+
+def assert_private(parts: dict[str, dict[str, Any]], sse_algorithm: str) -> None:
+    assert parts["aws_s3_bucket_versioning"]["versioning_configuration"] == {"status": "Enabled"}
+    sse = parts["aws_s3_bucket_server_side_encryption_configuration"]["rule"][0]
+    assert sse["apply_server_side_encryption_by_default"]["sse_algorithm"] == sse_algorithm
+    block = parts["aws_s3_bucket_public_access_block"]
     assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls",
                                           "restrict_public_buckets"))
-    rules = {r["id"]: r for r in one(doc, "aws_s3_bucket_lifecycle_configuration")["rule"]}
-    assert rules["expire-results"]["filter"] == [{"prefix": "results/"}]
-    assert rules["expire-results"]["expiration"] == [{"days": 30}]
-    policy = json.loads(one(doc, "aws_s3_bucket_policy")["policy"])
+    assert parts["aws_s3_bucket_ownership_controls"]["rule"] == {"object_ownership": "BucketOwnerEnforced"}
+    policy = json.loads(parts["aws_s3_bucket_policy"]["policy"])
     assert policy["Statement"][0]["Effect"] == "Deny"
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_artifacts_bucket(stacks: dict[str, Any]) -> None:
+    doc = stacks[ARTIFACTS]
+    address, parts = bucket_parts(doc, "gpu-orchestrator-artifacts-local-123456789012")
+    assert_private(parts, "aws:kms")
+    rules = {r["id"]: r for r in parts["aws_s3_bucket_lifecycle_configuration"]["rule"]}
+    assert rules["expire-results"]["filter"] == [{"prefix": "results/"}]
+    assert rules["expire-results"]["expiration"] == [{"days": 30}]
+    assert len(json.loads(parts["aws_s3_bucket_policy"]["policy"])["Statement"]) == 1
+
+
+def test_artifacts_access_logs_go_to_their_own_bucket_for_a_year(stacks: dict[str, Any]) -> None:
+    doc = stacks[ARTIFACTS]
+    source, _ = bucket_parts(doc, "gpu-orchestrator-artifacts-local-123456789012")
+    target, parts = bucket_parts(doc, "gpu-orchestrator-artifacts-local-123456789012-logs")
+    logging = one(doc, "aws_s3_bucket_logging")
+    assert logging == {"bucket": f"${{aws_s3_bucket.{source}.id}}", "target_bucket": f"${{aws_s3_bucket.{target}.id}}",
+                       "target_prefix": "artifacts/"}
+    assert_private(parts, "AES256")  # S3's log delivery cannot use the aws/s3 managed key
+    rules = {r["id"]: r for r in parts["aws_s3_bucket_lifecycle_configuration"]["rule"]}
+    assert rules["expire-everything"]["expiration"] == [{"days": 365}]
+    assert rules["expire-everything"]["filter"] == [{"prefix": ""}]
+    deny, delivery = json.loads(parts["aws_s3_bucket_policy"]["policy"])["Statement"]
+    assert delivery == {
+        "Sid": "S3ServerAccessLogDelivery", "Effect": "Allow", "Principal": {"Service": "logging.s3.amazonaws.com"},
+        "Action": "s3:PutObject", "Resource": f"${{aws_s3_bucket.{target}.arn}}/artifacts/*",
+        "Condition": {"ArnLike": {"aws:SourceArn": f"${{aws_s3_bucket.{source}.arn}}"},
+                      "StringEquals": {"aws:SourceAccount": "123456789012"}},
+    }
 
 
 def test_adapter_bundle_key_carries_its_hash_and_ssm_names_it(stacks: dict[str, Any]) -> None:
@@ -110,10 +146,35 @@ def test_shutdown_function(stacks: dict[str, Any]) -> None:
     assert env["GPU_INSTANCE_ID"] == "i-0f0f6fd680921de5f"
     assert "AWS_REGION" not in env and not any(k.startswith("AWS_") for k in env)
     assert env["IDLE_WINDOW_SECONDS"] == "1800"
+    assert one(stacks[LAMBDA], "aws_cloudwatch_log_group")["retention_in_days"] == 365
     rule = one(stacks[LAMBDA], "aws_cloudwatch_event_rule")
     assert rule["schedule_expression"] == "rate(5 minutes)"
     perm = one(stacks[LAMBDA], "aws_lambda_permission")
     assert perm["principal"] == "events.amazonaws.com" and "aws_cloudwatch_event_rule" in perm["source_arn"]
+
+
+def test_failed_async_invocations_go_to_the_functions_dead_letter_queue(stacks: dict[str, Any]) -> None:
+    doc = stacks[LAMBDA]
+    dlq = one(doc, "aws_sqs_queue")
+    assert dlq == {"name": "shutdown-gpu-lambda-dlq-local", "message_retention_seconds": 14 * 86400,
+                   "sqs_managed_sse_enabled": True}
+    (address,) = doc["resource"]["aws_sqs_queue"]
+    fn = one(doc, "aws_lambda_function")
+    assert fn["dead_letter_config"] == {"target_arn": f"${{aws_sqs_queue.{address}.arn}}"}
+    assert fn["reserved_concurrent_executions"] == 1
+
+
+def test_local_aws_builds_the_dead_letter_queue_the_role_names_and_the_access_logging(local_aws: Any) -> None:
+    """On created resources, not JSON: the ARN the role's grant computes is the ARN the queue really gets."""
+    (fn,) = local_aws.of_type("aws_lambda_function").values()
+    queues = {q["name"]: q["arn"] for q in local_aws.of_type("aws_sqs_queue").values()}
+    assert fn["dead_letter_target_arn"] == queues["shutdown-gpu-lambda-dlq-local"]
+    policy = local_aws.client("iam").get_role_policy(RoleName="lambda-gpu-shutdown-role-local",
+                                                     PolicyName="least-privilege")["PolicyDocument"]
+    assert [st["Resource"] for st in policy["Statement"] if "sqs:SendMessage" in st["Action"]] == [
+        [fn["dead_letter_target_arn"]]]
+    (logging,) = local_aws.of_type("aws_s3_bucket_logging").values()
+    assert (logging["id"], logging["target_bucket"]) == (local_aws.bucket, f"{local_aws.bucket}-logs")
 
 
 def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[str, Any]) -> None:
