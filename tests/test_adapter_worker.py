@@ -292,3 +292,30 @@ def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_wo
     assert job is not None and not alive(job)
     assert queue_counts(aws, aws.queue_url) == (1, 0)  # visible at once, not in 300 s
     assert worker.run() == 0  # the loop does not start another turn once stopping
+
+
+def test_stop_on_the_last_receive_resends_instead_of_using_up_the_retry(
+    aws: Any, store: TaskStore, make_worker: Any
+) -> None:
+    sqs = aws.client("sqs")
+    task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
+    for _ in range(aws.max_receive_count - 1):  # earlier receives whose workers let the message go
+        (message,) = sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=1)["Messages"]
+        sqs.change_message_visibility(
+            QueueUrl=aws.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    worker = make_worker()
+    turn = threading.Thread(target=worker.turn)
+    turn.start()
+    try:
+        wait_for("the last attempt to run", lambda: worker.runner.current_pgid)
+        worker.request_stop()
+    finally:
+        turn.join(timeout=20)
+    assert store.get(task_id)["status"] == "QUEUED"  # type: ignore[index]
+    again = sqs.receive_message(
+        QueueUrl=aws.queue_url, WaitTimeSeconds=0, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert [json.loads(m["Body"])["task_id"] for m in again] == [task_id]
+    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "1"  # a fresh message: all its retries left
+    assert queue_counts(aws, aws.dlq_url) == (0, 0)
