@@ -133,7 +133,8 @@ def test_unit_file_matches_the_adapter() -> None:
     unit.read_string(UNIT.read_text())
     service = unit["Service"]
     assert service["ExecStartPre"] == "/opt/gpu-adapter/install.sh"
-    assert service["ExecStart"].endswith("python3 -m adapter")
+    assert service["ExecStart"] == "/usr/bin/env ${ADAPTER_PYTHON} -m adapter"
+    assert "Environment=ADAPTER_PYTHON=python3" in UNIT.read_text()
     assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "always"
     assert service["SuccessExitStatus"] == str(EXIT_NEW_BUNDLE)
     config = from_env(

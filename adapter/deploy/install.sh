@@ -10,14 +10,14 @@
 #            ${ADAPTER_KEEP_RELEASES} releases, and updates ${ADAPTER_ROOT}/install.sh from the new release.
 # If SSM/S3 cannot be read or the bundle is bad but a release is already installed, it keeps that one and exits 0:
 # the instance keeps serving, and the adapter's rollout check brings the unit back here about once a minute.
-# Needs python3 with boto3 (the adapter's own runtime), not the AWS CLI.
+# Needs python3 with boto3 (the adapter's own runtime, $ADAPTER_PYTHON), not the AWS CLI.
 set -euo pipefail
 
 : "${ADAPTER_SSM_PREFIX:?set ADAPTER_SSM_PREFIX (e.g. /gpu-orchestrator/dev/adapter) in /etc/gpu-adapter/install.env}"
 ADAPTER_ROOT="${ADAPTER_ROOT:-/opt/gpu-adapter}"
 ADAPTER_ENV_FILE="${ADAPTER_ENV_FILE:-/etc/gpu-adapter/adapter.env}"
 ADAPTER_KEEP_RELEASES="${ADAPTER_KEEP_RELEASES:-3}"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-${ADAPTER_PYTHON:-python3}}"
 
 mkdir -p "$ADAPTER_ROOT/releases" "$(dirname "$ADAPTER_ENV_FILE")"
 exec "$PYTHON" - "$ADAPTER_ROOT" "$ADAPTER_ENV_FILE" "${ADAPTER_SSM_PREFIX%/}" "$ADAPTER_KEEP_RELEASES" <<'PY'
