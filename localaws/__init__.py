@@ -101,10 +101,16 @@ def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
 
 
 def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
-          instance_state: str = "stopped") -> LocalAws:
-    """Create every resource of the environment synthesized under `outdir` in the moto server at `endpoint_url`."""
+          instance_state: str = "stopped", credentials: Mapping[str, str] | None = None) -> LocalAws:
+    """Create every resource of the environment synthesized under `outdir` in the moto server at `endpoint_url`.
+
+    `credentials` ({"AWS_ACCESS_KEY_ID": ..., "AWS_SECRET_ACCESS_KEY": ...}) sign the build's requests and stay
+    on the result (its client(), resource(), env()): a server that enforces IAM needs a real key, e.g. an admin's.
+    """
+    creds = dict(credentials or FAKE_CREDENTIALS)
     stacks = load_stacks(outdir)
-    session = boto3.session.Session(region_name=region, **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()})
+    session = boto3.session.Session(region_name=region, aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                                    aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
     clients: dict[str, Any] = {}
 
     def client(service: str) -> Any:
@@ -129,7 +135,8 @@ def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
         resolver.record_outputs(stack)
 
     local = LocalAws(endpoint_url=endpoint_url, region=region, outputs=resolver.outputs,
-                     attributes=resolver.attributes, instance_ids=list(mapping.values()), instance_id_map=mapping)
+                     attributes=resolver.attributes, instance_ids=list(mapping.values()), instance_id_map=mapping,
+                     credentials=creds)
     _describe(local, client)
     return local
 
