@@ -64,6 +64,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	bash scripts/lint.sh
 
+scan: $(STAMP)
+	$(PY) scripts/scan.py --install
+
 golden: $(STAMP)
 	$(PY) scripts/synth.py
 

@@ -78,10 +78,6 @@ class TaskQueue:
         self.delete(message)
         logs.event(log, "moved_to_dlq", logging.WARNING, reason=reason, receive_count=receive_count(message))
 
-    def resend(self, message: dict[str, Any]) -> None:
-        """Put the task back with a fresh receive count (the instance stopping must not use up its last retry)."""
-        self.sqs.send_message(QueueUrl=self.url, MessageBody=message["Body"])
-        self.delete(message)
 
 
 def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, hide_s: int) -> int:

@@ -237,7 +237,8 @@ class Worker:
                 self.queue.delete(message)
                 logs.event(log, "cancelled", attempt=attempt)
             elif result.interrupted == "stopping":
-                self._hand_back(task_id, message, attempt, count, None, now=True)
+                stopped = f"the instance stopped during attempt {attempt} (receive {count})"
+                self._hand_back(task_id, message, attempt, count, stopped, now=True)
             elif self.config.retry.is_last(count):
                 self.store.finish(task_id, worker=worker, attempt=attempt, status=TaskStatus.FAILED, error=result.error)
                 logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
@@ -265,10 +266,10 @@ class Worker:
             self.queue.delete(message)
             logs.event(log, "cancelled", attempt=attempt)
             return
-        if now and self.config.retry.is_last(count):
-            self.queue.resend(message)  # a stop is not the task's failure: do not let SQS count it as one
-        else:
-            self.queue.set_visibility(message, 0 if now else self.config.retry.delay_s(count))
+        # A stop on the last receive still uses that receive up: SQS moves the message to the DLQ on the next receive
+        # and the DLQ sweep fails the task with this error. Re-sending a fresh message would keep the retry, but the
+        # GPU role deliberately cannot send tasks (least privilege), so the user resubmits that rare task.
+        self.queue.set_visibility(message, 0 if now else self.config.retry.delay_s(count))
         logs.event(
             log,
             "requeued",

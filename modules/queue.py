@@ -14,6 +14,10 @@ from modules.iam import Role
 SEND_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes")
 CONSUME_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes")
 READ_DEPTH_ACTIONS = ("sqs:GetQueueAttributes",)
+# The adapter's dead-letter path: a poison message or a last failed attempt is moved to the DLQ at once (send), and
+# a sweep reads the DLQ (receive: it only hides messages, never deletes them) to fail tasks whose worker died on their
+# last attempt. Sending to the DLQ is not sending tasks: nothing consumes the DLQ but people.
+DEAD_LETTER_ACTIONS = ("sqs:SendMessage", "sqs:ReceiveMessage")
 
 DAY = 24 * 3600
 
@@ -75,6 +79,9 @@ class TaskQueue(Construct):
 
     def grant_consume_messages(self, role: Role) -> None:
         role.add(CONSUME_ACTIONS, [self.arn])
+
+    def grant_dead_letter_handling(self, role: Role) -> None:
+        role.add(DEAD_LETTER_ACTIONS, [self.dlq_arn])
 
     def grant_read_depth(self, role: Role, *, include_dlq: bool = False) -> None:
         role.add(READ_DEPTH_ACTIONS, [self.arn, self.dlq_arn] if include_dlq else [self.arn])

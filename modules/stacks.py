@@ -91,6 +91,7 @@ class IamStack(EnvironmentStack):
                                  description="The adapter on the GPU instance: runs tasks, writes results.",
                                  instance_profile_name=self.name_of("gpu-instance-profile"))
         queue.grant_consume_messages(self.gpu_instance)
+        queue.grant_dead_letter_handling(self.gpu_instance)
         table.grant_worker(self.gpu_instance)
         table.grant_index_read(self.gpu_instance)  # its own idle check: any task RUNNING or QUEUED?
         bucket.grant_read(self.gpu_instance, INPUTS_PREFIX)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import tests._adapter_support as support
+from adapter.queue import sweep_dlq
 from adapter.__main__ import build
 from adapter.autostop import AutoStop
 from adapter.model import TaskStore
@@ -294,9 +295,11 @@ def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_wo
     assert worker.run() == 0  # the loop does not start another turn once stopping
 
 
-def test_stop_on_the_last_receive_resends_instead_of_using_up_the_retry(
+def test_stop_on_the_last_receive_ends_failed_with_a_clear_error_and_sends_nothing(
     aws: Any, store: TaskStore, make_worker: Any
 ) -> None:
+    """The GPU role cannot send to the task queue, so a stop during the last attempt cannot buy a fresh receive
+    count: SQS moves the message to the DLQ and the sweep says why the task failed."""
     sqs = aws.client("sqs")
     task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
     for _ in range(aws.max_receive_count - 1):  # earlier receives whose workers let the message go
@@ -312,10 +315,10 @@ def test_stop_on_the_last_receive_resends_instead_of_using_up_the_retry(
         worker.request_stop()
     finally:
         turn.join(timeout=20)
-    assert store.get(task_id)["status"] == "QUEUED"  # type: ignore[index]
-    again = sqs.receive_message(
-        QueueUrl=aws.queue_url, WaitTimeSeconds=0, MessageSystemAttributeNames=["ApproximateReceiveCount"]
-    )["Messages"]
-    assert [json.loads(m["Body"])["task_id"] for m in again] == [task_id]
-    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "1"  # a fresh message: all its retries left
-    assert queue_counts(aws, aws.dlq_url) == (0, 0)
+    item = store.get(task_id)
+    assert item["status"] == "QUEUED" and "instance stopped during attempt 1" in item["error"]  # type: ignore[index]
+    assert sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0).get("Messages", []) == []  # SQS moved it
+    assert queue_counts(aws, aws.dlq_url)[0] == 1
+    assert sweep_dlq(store, sqs, aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
+    failed = store.get(task_id)
+    assert failed["status"] == "FAILED" and "instance stopped during attempt 1" in failed["error"]  # type: ignore

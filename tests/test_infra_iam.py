@@ -76,6 +76,7 @@ def test_orchestrator_grants(iam: dict[str, Any]) -> None:
 def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
     assert grants(iam, "gpu-instance-role-local") == {
         "queue": set(queue.CONSUME_ACTIONS),
+        "dlq": {"sqs:SendMessage", "sqs:ReceiveMessage"},
         "table": set(table.WORKER_ACTIONS),
         "table/index/status-created_at-index": set(table.INDEX_READ_ACTIONS),
         "bucket/inputs/*": set(bucket_mod.READ_ACTIONS),
