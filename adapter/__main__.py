@@ -40,7 +40,9 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
     config = from_env(env, queue_visibility_s=visibility, queue_max_receives=max_receives)
     store = TaskStore(session.resource("dynamodb", **kw).Table(config.table_name), status_index=config.status_index)
     autostop = None
-    if float(env.get("IDLE_WINDOW_SECONDS", "1800")) > 0:
+    # Powering the OS off is only right on the GPU instance: the systemd unit opts in with ADAPTER_POWEROFF=1, so
+    # `python -m adapter` on a laptop or CI runner never shuts its host down, whatever IDLE_WINDOW_SECONDS says.
+    if env.get("ADAPTER_POWEROFF") == "1" and float(env.get("IDLE_WINDOW_SECONDS", "1800")) > 0:
         from .autostop import AutoStop
 
         autostop = AutoStop.from_env(env, sqs=sqs, dynamodb=session.client("dynamodb", **kw))
@@ -93,6 +95,8 @@ def main() -> int:
         )
         return EXIT_CONFIG
     logs.setup(worker.config.worker_id, os.environ.get("LOG_LEVEL", "INFO"))
+    if worker.autostop is None:
+        logs.event(log, "autostop_off", reason="ADAPTER_POWEROFF is not 1 or IDLE_WINDOW_SECONDS <= 0")
     install_signals(worker)
     code = worker.run()
     logs.event(log, "exit", code=code)

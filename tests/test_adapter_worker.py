@@ -322,3 +322,12 @@ def test_stop_on_the_last_receive_ends_failed_with_a_clear_error_and_sends_nothi
     assert sweep_dlq(store, sqs, aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
     failed = store.get(task_id)
     assert failed["status"] == "FAILED" and "instance stopped during attempt 1" in failed["error"]  # type: ignore
+
+
+def test_only_the_systemd_unit_opts_in_to_powering_the_host_off(aws: Any, tmp_path: Path) -> None:
+    env = worker_env(aws, tmp_path / "work", WORKER_ID="w-poweroff", IDLE_WINDOW_SECONDS="60")
+    assert build(env).autostop is None  # a laptop or CI runner: never `systemctl poweroff`
+    assert isinstance(build({**env, "ADAPTER_POWEROFF": "1"}).autostop, AutoStop)
+    assert build({**env, "ADAPTER_POWEROFF": "1", "IDLE_WINDOW_SECONDS": "0"}).autostop is None
+    unit = (Path(__file__).parent.parent / "adapter" / "deploy" / "gpu-adapter.service").read_text()
+    assert "Environment=ADAPTER_POWEROFF=1" in unit

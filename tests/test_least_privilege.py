@@ -109,10 +109,8 @@ def test_adapter_autostop_checks_run_with_its_own_role(fresh: World) -> None:
     assert powered_off == [True]
 
 
-@pytest.mark.xfail(raises=ClientError, strict=True, reason=(
-    "too narrow: the GPU role has no sqs:SendMessage / sqs:ReceiveMessage on the DLQ, which the adapter's DLQ path "
-    "(TaskQueue.to_dlq) and sweep (sweep_dlq) call; reported to the lead"))
 def test_adapter_dlq_path_with_its_own_role(fresh: World, tmp_path: Path) -> None:
+    from adapter.model import TaskStore
     from adapter.queue import sweep_dlq
 
     aws = fresh.aws
@@ -120,7 +118,11 @@ def test_adapter_dlq_path_with_its_own_role(fresh: World, tmp_path: Path) -> Non
     worker = adapter_worker(fresh, {k: v for k, v in aws.env().items() if "AWS_" not in k}, tmp_path)
     worker.turn()  # poison: copied to the DLQ with its reason, deleted from the queue
     assert fresh.depth(aws.dlq_url)[0] == 1 and fresh.depth(aws.queue_url) == (0, 0)
-    sweep_dlq(worker.store, fresh.client("adapter", "sqs"), aws.dlq_url, stale_after_ms=1000, hide_s=30)
+    # A task whose last attempt died with its worker: SQS itself moved the message; the sweep fails the task.
+    task = TaskStore(aws.resource("dynamodb").Table(aws.table_name)).create(task_type="noop", params={})
+    aws.client("sqs").send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"task_id": task["task_id"]}))
+    assert sweep_dlq(worker.store, fresh.client("adapter", "sqs"), aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
+    assert worker.store.get(task["task_id"])["status"] == "FAILED"  # type: ignore[index]
 
 
 # -- the shutdown Lambda -----------------------------------------------------------------------------------------
