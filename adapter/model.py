@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -26,7 +26,7 @@ STATUS_INDEX = "status-created_at-index"
 RESULT_TTL_SECONDS = 30 * 24 * 3600  # items expire a month after they end (DynamoDB TTL on `ttl`)
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -112,9 +112,7 @@ class TaskStore:
         item = self.table.get_item(Key={"task_id": task_id}, ConsistentRead=True).get("Item")
         return _plain(item) if item else None
 
-    def list_by_status(
-        self, status: TaskStatus, *, limit: int = 50, cursor: dict[str, Any] | None = None
-    ) -> Page:
+    def list_by_status(self, status: TaskStatus, *, limit: int = 50, cursor: dict[str, Any] | None = None) -> Page:
         """Newest first, through the status-created_at GSI."""
         kwargs: dict[str, Any] = {
             "IndexName": self.status_index,
@@ -132,8 +130,13 @@ class TaskStore:
 
     # -- transitions ---------------------------------------------------------------------------------------------
     def create(
-        self, *, task_type: str, params: Mapping[str, Any], idempotency_key: str | None = None,
-        task_id: str | None = None, at_ms: int | None = None,
+        self,
+        *,
+        task_type: str,
+        params: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        task_id: str | None = None,
+        at_ms: int | None = None,
     ) -> dict[str, Any]:
         """Put a new QUEUED item. With an idempotency key, a marker item `idem#<key>` is written in the same
         transaction, so two concurrent submits with one key create exactly one task; the loser gets
@@ -158,12 +161,20 @@ class TaskStore:
         name = self.table.name
         marker = {"task_id": f"idem#{idempotency_key}", "ref": item["task_id"], "ttl": item["ttl"]}
         try:
-            client.transact_write_items(TransactItems=[
-                {"Put": {"TableName": name, "Item": _dynamo(doc),
-                         # Names spelled out: moto's transaction path mis-handles a condition without them.
-                         "ConditionExpression": "attribute_not_exists(#k)", "ExpressionAttributeNames": {"#k": "task_id"}}}
-                for doc in (marker, item)
-            ])
+            client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": name,
+                            "Item": _dynamo(doc),
+                            # Names spelled out: moto's transaction path mis-handles a condition without them.
+                            "ConditionExpression": "attribute_not_exists(#k)",
+                            "ExpressionAttributeNames": {"#k": "task_id"},
+                        }
+                    }
+                    for doc in (marker, item)
+                ]
+            )
         except ClientError as err:
             if err.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
@@ -190,35 +201,57 @@ class TaskStore:
         (its worker died). Returns the new item; its `attempts` is this worker's fencing token."""
         at = now_ms() if at_ms is None else at_ms
         return self._update(
-            task_id, "claim",
+            task_id,
+            "claim",
             "SET #s = :running, attempts = if_not_exists(attempts, :zero) + :one, worker = :w, started_at = :t, "
             "heartbeat_at = :t, updated_at = :t REMOVE cancel_requested",
             "(#s = :queued) OR (#s = :running AND heartbeat_at < :stale)",
-            {":running": TaskStatus.RUNNING.value, ":queued": TaskStatus.QUEUED.value, ":zero": 0, ":one": 1,
-             ":w": worker, ":t": at, ":stale": at - stale_after_ms},
+            {
+                ":running": TaskStatus.RUNNING.value,
+                ":queued": TaskStatus.QUEUED.value,
+                ":zero": 0,
+                ":one": 1,
+                ":w": worker,
+                ":t": at,
+                ":stale": at - stale_after_ms,
+            },
         )
 
     def heartbeat(self, task_id: str, *, worker: str, attempt: int, at_ms: int | None = None) -> dict[str, Any]:
         """Refresh heartbeat_at for the attempt we hold; the returned item tells us whether a cancel was asked."""
         at = now_ms() if at_ms is None else at_ms
         return self._update(
-            task_id, "heartbeat",
+            task_id,
+            "heartbeat",
             "SET heartbeat_at = :t, updated_at = :t",
             "#s = :running AND worker = :w AND attempts = :a",
             {":running": TaskStatus.RUNNING.value, ":w": worker, ":a": attempt, ":t": at},
         )
 
     def finish(
-        self, task_id: str, *, worker: str, attempt: int, status: TaskStatus,
-        result_uri: str | None = None, error: str | None = None, at_ms: int | None = None,
+        self,
+        task_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        status: TaskStatus,
+        result_uri: str | None = None,
+        error: str | None = None,
+        at_ms: int | None = None,
     ) -> dict[str, Any]:
         """RUNNING -> SUCCEEDED | FAILED | CANCELLED, only for the attempt we hold."""
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, got {status.value}")
         at = now_ms() if at_ms is None else at_ms
         sets = ["#s = :to", "finished_at = :t", "updated_at = :t", "#ttl = :ttl"]
-        values: dict[str, Any] = {":to": status.value, ":t": at, ":running": TaskStatus.RUNNING.value,
-                                  ":w": worker, ":a": attempt, ":ttl": at // 1000 + RESULT_TTL_SECONDS}
+        values: dict[str, Any] = {
+            ":to": status.value,
+            ":t": at,
+            ":running": TaskStatus.RUNNING.value,
+            ":w": worker,
+            ":a": attempt,
+            ":ttl": at // 1000 + RESULT_TTL_SECONDS,
+        }
         names = {"#ttl": "ttl"}  # DynamoDB rejects names an expression does not use: add them with their use
         if result_uri is not None:
             sets.append("result_uri = :r")
@@ -227,31 +260,50 @@ class TaskStore:
             sets.append("#e = :e")
             values[":e"] = error[:4000]
             names["#e"] = "error"
-        return self._update(task_id, f"finish as {status.value}", "SET " + ", ".join(sets),
-                            "#s = :running AND worker = :w AND attempts = :a", values, names=names)
+        return self._update(
+            task_id,
+            f"finish as {status.value}",
+            "SET " + ", ".join(sets),
+            "#s = :running AND worker = :w AND attempts = :a",
+            values,
+            names=names,
+        )
 
     def requeue(self, task_id: str, *, worker: str, attempt: int, error: str | None = None) -> dict[str, Any]:
         """RUNNING -> QUEUED for the attempt we hold (a retryable failure, or the instance is stopping)."""
         at = now_ms()
         sets = "SET #s = :queued, updated_at = :t REMOVE worker, heartbeat_at"
-        values: dict[str, Any] = {":queued": TaskStatus.QUEUED.value, ":running": TaskStatus.RUNNING.value,
-                                  ":w": worker, ":a": attempt, ":t": at}
+        values: dict[str, Any] = {
+            ":queued": TaskStatus.QUEUED.value,
+            ":running": TaskStatus.RUNNING.value,
+            ":w": worker,
+            ":a": attempt,
+            ":t": at,
+        }
         names: dict[str, str] = {}
         if error is not None:
             sets = "SET #s = :queued, updated_at = :t, #e = :e REMOVE worker, heartbeat_at"
             values[":e"] = error[:4000]
             names["#e"] = "error"
-        return self._update(task_id, "requeue", sets, "#s = :running AND worker = :w AND attempts = :a",
-                            values, names=names)
+        return self._update(
+            task_id, "requeue", sets, "#s = :running AND worker = :w AND attempts = :a", values, names=names
+        )
 
     def fail_unclaimed(self, task_id: str, *, error: str) -> dict[str, Any]:
         """QUEUED|RUNNING -> FAILED without holding it: the message went to the DLQ path (poison, out of retries)."""
         at = now_ms()
         return self._update(
-            task_id, "fail", "SET #s = :failed, #e = :e, finished_at = :t, updated_at = :t",
+            task_id,
+            "fail",
+            "SET #s = :failed, #e = :e, finished_at = :t, updated_at = :t",
             "#s IN (:queued, :running)",
-            {":failed": TaskStatus.FAILED.value, ":queued": TaskStatus.QUEUED.value,
-             ":running": TaskStatus.RUNNING.value, ":e": error[:4000], ":t": at},
+            {
+                ":failed": TaskStatus.FAILED.value,
+                ":queued": TaskStatus.QUEUED.value,
+                ":running": TaskStatus.RUNNING.value,
+                ":e": error[:4000],
+                ":t": at,
+            },
             names={"#e": "error"},
         )
 
@@ -262,14 +314,20 @@ class TaskStore:
         for _ in range(3):  # the task may move QUEUED -> RUNNING between the two conditional writes
             try:
                 return self._update(
-                    task_id, "cancel", "SET #s = :cancelled, finished_at = :t, updated_at = :t", "#s = :queued",
+                    task_id,
+                    "cancel",
+                    "SET #s = :cancelled, finished_at = :t, updated_at = :t",
+                    "#s = :queued",
                     {":cancelled": TaskStatus.CANCELLED.value, ":queued": TaskStatus.QUEUED.value, ":t": at},
                 )
             except TransitionRejected:
                 pass
             try:
                 return self._update(
-                    task_id, "cancel", "SET cancel_requested = :yes, updated_at = :t", "#s = :running",
+                    task_id,
+                    "cancel",
+                    "SET cancel_requested = :yes, updated_at = :t",
+                    "#s = :running",
                     {":yes": True, ":running": TaskStatus.RUNNING.value, ":t": at},
                 )
             except TransitionRejected as rejected:
@@ -279,8 +337,14 @@ class TaskStore:
 
     # -- plumbing ------------------------------------------------------------------------------------------------
     def _update(
-        self, task_id: str, wanted: str, update: str, condition: str, values: dict[str, Any],
-        *, names: dict[str, str] | None = None,
+        self,
+        task_id: str,
+        wanted: str,
+        update: str,
+        condition: str,
+        values: dict[str, Any],
+        *,
+        names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         try:
             out = self.table.update_item(

@@ -79,7 +79,6 @@ class TaskQueue:
         logs.event(log, "moved_to_dlq", logging.WARNING, reason=reason, receive_count=receive_count(message))
 
 
-
 def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, hide_s: int) -> int:
     """Mark FAILED the tasks whose message sits in the DLQ but whose item was never settled - SQS moved the message
     itself because the worker holding the last attempt died. Messages stay in the DLQ (it keeps them for people);

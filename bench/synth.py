@@ -18,8 +18,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
-       "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+    "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
+    "PYTHONPATH": str(ROOT),
+}
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -47,8 +51,11 @@ def main() -> int:
         fast_out, stock_out = Path(tmp) / "fast", Path(tmp) / "stock"
         synth = [sys.executable, "main.py"]
         fast = best(synth, {**ENV, "ENV": args.env, "CDKTF_OUTDIR": str(fast_out)}, args.repeat)
-        stock_synth = best(synth, {**ENV, "ENV": args.env, "CDKTF_OUTDIR": str(stock_out),
-                                   "GPU_ORCH_STOCK_PROVIDER_IMPORT": "1"}, args.repeat)
+        stock_synth = best(
+            synth,
+            {**ENV, "ENV": args.env, "CDKTF_OUTDIR": str(stock_out), "GPU_ORCH_STOCK_PROVIDER_IMPORT": "1"},
+            args.repeat,
+        )
         import_only = best([sys.executable, "-c", "import cdktf_cdktf_provider_aws"], ENV, args.repeat)
         identical = same_tree(fast_out, stock_out)
     print(f"environment {args.env}, best of {args.repeat}")

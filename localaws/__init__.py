@@ -50,14 +50,23 @@ class LocalAws:
     credentials: dict[str, str] = field(default_factory=lambda: dict(FAKE_CREDENTIALS))
 
     def client(self, service: str, **kwargs: Any) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"], **kwargs)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+            **kwargs,
+        )
 
     def resource(self, service: str) -> Any:
-        return boto3.resource(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                              aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"])
+        return boto3.resource(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def env(self) -> dict[str, str]:
         """The runtime environment variables (contract names) pointing at this local AWS."""
@@ -100,8 +109,14 @@ def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
     raise ValueError("no shutdown function in the synthesized stacks: cannot tell the GPU instance ids")
 
 
-def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
-          instance_state: str = "stopped", credentials: Mapping[str, str] | None = None) -> LocalAws:
+def build(
+    outdir: Path,
+    endpoint_url: str,
+    *,
+    region: str = DEFAULT_REGION,
+    instance_state: str = "stopped",
+    credentials: Mapping[str, str] | None = None,
+) -> LocalAws:
     """Create every resource of the environment synthesized under `outdir` in the moto server at `endpoint_url`.
 
     `credentials` ({"AWS_ACCESS_KEY_ID": ..., "AWS_SECRET_ACCESS_KEY": ...}) sign the build's requests and stay
@@ -109,8 +124,11 @@ def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
     """
     creds = dict(credentials or FAKE_CREDENTIALS)
     stacks = load_stacks(outdir)
-    session = boto3.session.Session(region_name=region, aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-                                    aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+    session = boto3.session.Session(
+        region_name=region,
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+    )
     clients: dict[str, Any] = {}
 
     def client(service: str) -> Any:
@@ -119,8 +137,9 @@ def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
         return clients[service]
 
     configured = _configured_instances(stacks)
-    launched = client("ec2").run_instances(ImageId="ami-12c6146b", MinCount=len(configured),
-                                           MaxCount=len(configured), InstanceType="g5.xlarge")["Instances"]
+    launched = client("ec2").run_instances(
+        ImageId="ami-12c6146b", MinCount=len(configured), MaxCount=len(configured), InstanceType="g5.xlarge"
+    )["Instances"]
     mapping = {old: inst["InstanceId"] for old, inst in zip(configured, launched, strict=True)}
     if instance_state == "stopped":
         client("ec2").stop_instances(InstanceIds=list(mapping.values()))
@@ -134,9 +153,15 @@ def build(outdir: Path, endpoint_url: str, *, region: str = DEFAULT_REGION,
             resolver.attributes[res.key] = create(res.type, client, args, stack.directory, res.key)
         resolver.record_outputs(stack)
 
-    local = LocalAws(endpoint_url=endpoint_url, region=region, outputs=resolver.outputs,
-                     attributes=resolver.attributes, instance_ids=list(mapping.values()), instance_id_map=mapping,
-                     credentials=creds)
+    local = LocalAws(
+        endpoint_url=endpoint_url,
+        region=region,
+        outputs=resolver.outputs,
+        attributes=resolver.attributes,
+        instance_ids=list(mapping.values()),
+        instance_id_map=mapping,
+        credentials=creds,
+    )
     _describe(local, client)
     return local
 

@@ -39,8 +39,9 @@ Keys = dict[str, str]  # {"AWS_ACCESS_KEY_ID": ..., "AWS_SECRET_ACCESS_KEY": ...
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
-    parser.add_argument("--no-auth-count", type=int, default=BOOTSTRAP_REQUESTS,
-                        help="requests let through before enforcing")
+    parser.add_argument(
+        "--no-auth-count", type=int, default=BOOTSTRAP_REQUESTS, help="requests let through before enforcing"
+    )
     parser.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long regardless")
     args = parser.parse_args(argv)
 
@@ -82,8 +83,14 @@ def _first_line(stream: IO[str], timeout_s: float) -> str:
 
 
 @contextmanager
-def running(*, no_auth_count: int = BOOTSTRAP_REQUESTS, max_seconds: float = 300.0, start_timeout_s: float = 60.0,
-            log: TextIO | None = None, lenient_purge: bool = True) -> Iterator[str]:
+def running(
+    *,
+    no_auth_count: int = BOOTSTRAP_REQUESTS,
+    max_seconds: float = 300.0,
+    start_timeout_s: float = 60.0,
+    log: TextIO | None = None,
+    lenient_purge: bool = True,
+) -> Iterator[str]:
     """Start `python -m localaws.authserver` and yield its endpoint; stop it (EOF on stdin, then kill) on exit.
 
     `lenient_purge` lifts moto's one-purge-a-minute rule in that process, so tests can empty the queues between
@@ -92,10 +99,21 @@ def running(*, no_auth_count: int = BOOTSTRAP_REQUESTS, max_seconds: float = 300
     if lenient_purge:
         env["MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR"] = "false"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localaws.authserver", "--no-auth-count", str(no_auth_count),
-         "--max-seconds", str(max_seconds)],
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=log if log is not None else subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "localaws.authserver",
+            "--no-auth-count",
+            str(no_auth_count),
+            "--max-seconds",
+            str(max_seconds),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log if log is not None else subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -118,8 +136,13 @@ def running(*, no_auth_count: int = BOOTSTRAP_REQUESTS, max_seconds: float = 300
 def _iam(endpoint: str, region: str, keys: Keys) -> Any:
     import boto3
 
-    return boto3.client("iam", endpoint_url=endpoint, region_name=region, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def _keys(iam: Any, user: str) -> Keys:

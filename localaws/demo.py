@@ -12,6 +12,7 @@ everything was, and stops everything it started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -88,8 +89,14 @@ class EmulatedInstance:
             if state == "running" and self.process is None:
                 self.boots += 1
                 log = self.log_path.open("ab")
-                self.process = subprocess.Popen([sys.executable, "-m", "adapter"], cwd=ROOT, env=self.env,
-                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "adapter"],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             elif state in ("stopping", "stopped") and self.process is not None:
                 self._terminate()
 
@@ -112,8 +119,16 @@ class EmulatedInstance:
 
 def cli(url: str, token: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ORCHESTRATOR_URL": url, "ORCHESTRATOR_TOKEN": token}
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, text=True,
-                          timeout=timeout, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
         endpoint = stack.enter_context(moto_server())
         say(f"2/6 building the local AWS from the synthesized stacks (moto at {endpoint})")
         local = localaws.build(outdir, endpoint)
-        print(f"   queue {local.queue_url}\n   table {local.table_name}\n   bucket {local.bucket}\n"
-              f"   GPU instance {local.instance_ids[0]} (stands in for {next(iter(local.instance_id_map))}), stopped")
+        print(
+            f"   queue {local.queue_url}\n   table {local.table_name}\n   bucket {local.bucket}\n"
+            f"   GPU instance {local.instance_ids[0]} (stands in for {next(iter(local.instance_id_map))}), stopped"
+        )
 
         say("3/6 starting the orchestrator and the emulated GPU instance")
         from orchestrator.app import create_app
@@ -144,14 +161,22 @@ def run(args: argparse.Namespace) -> int:
         token = secrets.token_urlsafe(24)
         runtime_env = local.env()
         settings = Settings.from_env({**runtime_env, "ORCHESTRATOR_TOKEN": token})
-        clients = Clients(sqs=local.client("sqs"), ec2=local.client("ec2"),
-                          table=local.resource("dynamodb").Table(local.table_name))
+        clients = Clients(
+            sqs=local.client("sqs"), ec2=local.client("ec2"), table=local.resource("dynamodb").Table(local.table_name)
+        )
         url = stack.enter_context(serve_in_thread(create_app(settings, clients)))
         print(f"   orchestrator {url} (bearer token required; OpenAPI at {url}/docs)")
-        adapter_env = {**os.environ, **runtime_env, "PYTHONPATH": str(ROOT), "WORK_DIR": str(work / "adapter"),
-                       "WAIT_TIME_SECONDS": "1", "HEARTBEAT_SECONDS": "2", "WORKER_ID": "demo-gpu",
-                       # The instance's own autostop powers the OS off; here the Lambda shows the idle stop instead.
-                       "IDLE_WINDOW_SECONDS": "0"}
+        adapter_env = {
+            **os.environ,
+            **runtime_env,
+            "PYTHONPATH": str(ROOT),
+            "WORK_DIR": str(work / "adapter"),
+            "WAIT_TIME_SECONDS": "1",
+            "HEARTBEAT_SECONDS": "2",
+            "WORKER_ID": "demo-gpu",
+            # The instance's own autostop powers the OS off; here the Lambda shows the idle stop instead.
+            "IDLE_WINDOW_SECONDS": "0",
+        }
         gpu = EmulatedInstance(local.client("ec2"), local.instance_ids[0], adapter_env, work / "adapter.log")
         gpu.start()
         stack.callback(gpu.close)
@@ -159,8 +184,20 @@ def run(args: argparse.Namespace) -> int:
         say(f"4/6 submitting {args.tasks} matmul task(s) with the CLI (python -m orchestrator submit ... --wait)")
         results: list[dict[str, Any]] = []
         for n in range(args.tasks):
-            done = cli(url, token, "submit", "matmul", "-p", f"size={args.size}", "-p", "repeat=2", "--wait",
-                       "--interval", "0.5", "--json")
+            done = cli(
+                url,
+                token,
+                "submit",
+                "matmul",
+                "-p",
+                f"size={args.size}",
+                "-p",
+                "repeat=2",
+                "--wait",
+                "--interval",
+                "0.5",
+                "--json",
+            )
             lines = done.stdout.strip().splitlines()
             for line in lines[:-1]:
                 print(f"   {line}")
@@ -180,24 +217,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"   {task['result_uri']}  {sorted(k.removeprefix(prefix) for k in keys)}")
             print(f"     result.json: {json.dumps(body, sort_keys=True)[:200]}")
 
-        say(f"6/6 idle shutdown: the shutdown Lambda, idle window shrunk to {args.idle_seconds} s for the demo "
-            f"(this environment's is {local.idle_window_seconds} s)")
+        say(
+            f"6/6 idle shutdown: the shutdown Lambda, idle window shrunk to {args.idle_seconds} s for the demo "
+            f"(this environment's is {local.idle_window_seconds} s)"
+        )
         stopped = idle_shutdown(local, args.idle_seconds, work / "lambda.log")
         deadline = time.monotonic() + 30
         while gpu.process is not None and time.monotonic() < deadline:
             time.sleep(0.2)
-        print(f"   instance states seen: {' -> '.join(gpu.states)}; adapter boots: {gpu.boots}; "
-              f"adapter stopped: {gpu.process is None}")
+        print(
+            f"   instance states seen: {' -> '.join(gpu.states)}; adapter boots: {gpu.boots}; "
+            f"adapter stopped: {gpu.process is None}"
+        )
         if not stopped or gpu.process is not None:
             return 1
 
         say("done: every task SUCCEEDED with its results in S3, and the idle GPU was stopped")
-        print(f"   synthesized stacks: {outdir / 'stacks'}\n   logs (JSON lines): {work / 'adapter.log'}, "
-              f"{work / 'lambda.log'}\n"
-              "   (moto, the orchestrator and the adapter are stopped now; run `make local` again any time)")
+        print(
+            f"   synthesized stacks: {outdir / 'stacks'}\n   logs (JSON lines): {work / 'adapter.log'}, "
+            f"{work / 'lambda.log'}\n"
+            "   (moto, the orchestrator and the adapter are stopped now; run `make local` again any time)"
+        )
         if args.keep_running:
             print("   --keep-running: press Ctrl-C to stop")
-            with _suppress_interrupt():
+            with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(DEADLINE_S)
     return 0
 
@@ -209,9 +252,15 @@ def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
 
     env = {**local.lambda_env, "IDLE_WINDOW_SECONDS": str(idle_seconds), "MIN_UPTIME_SECONDS": "0"}
     config = Config.from_env(env)
-    src = Sources(sqs=local.client("sqs"), dynamodb=local.client("dynamodb"), ec2=local.client("ec2"),
-                  queue_url=config.queue_url, table_name=config.table_name, status_index=config.status_index,
-                  instance_ids=config.instance_ids)
+    src = Sources(
+        sqs=local.client("sqs"),
+        dynamodb=local.client("dynamodb"),
+        ec2=local.client("ec2"),
+        queue_url=config.queue_url,
+        table_name=config.table_name,
+        status_index=config.status_index,
+        instance_ids=config.instance_ids,
+    )
     deadline = time.monotonic() + idle_seconds + 60
     while time.monotonic() < deadline:
         with log_path.open("a") as log, redirect_stdout(log):  # its one JSON line per run, as in CloudWatch
@@ -222,14 +271,6 @@ def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
             return True
         time.sleep(max(1.0, idle_seconds / 3))
     return False
-
-
-@contextmanager
-def _suppress_interrupt() -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

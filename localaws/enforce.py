@@ -42,8 +42,13 @@ from typing import Any
 
 Target = tuple[str | None, str]  # (IAM action to check instead of the request's own, or None; resource ARN)
 
-_TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
-                     "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+_TRANSACT_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+    "Get": "GetItem",
+}
 _INSTANCE_ACTIONS = {"StartInstances", "StopInstances", "RebootInstances", "TerminateInstances"}
 _LOG_STREAM_ACTIONS = {"PutLogEvents", "GetLogEvents"}
 _installed: list[bool] = []
@@ -128,11 +133,17 @@ def sqs_targets(self: Any, resource: str) -> list[Target]:
 # (service -> (code, HTTP status)) for a refusal, an unknown key and a bad signature, as AWS answers them.
 _ERRORS: dict[str, dict[str, tuple[str, int]]] = {
     "ec2": {"denied": ("UnauthorizedOperation", 403), "key": ("AuthFailure", 401), "signature": ("AuthFailure", 401)},
-    "sqs": {"denied": ("AccessDenied", 403), "key": ("InvalidClientTokenId", 403),
-            "signature": ("SignatureDoesNotMatch", 403)},
+    "sqs": {
+        "denied": ("AccessDenied", 403),
+        "key": ("InvalidClientTokenId", 403),
+        "signature": ("SignatureDoesNotMatch", 403),
+    },
 }
-_JSON_ERRORS = {"denied": ("AccessDeniedException", 400), "key": ("UnrecognizedClientException", 400),
-                "signature": ("InvalidSignatureException", 400)}  # DynamoDB, SSM, CloudWatch Logs
+_JSON_ERRORS = {
+    "denied": ("AccessDeniedException", 400),
+    "key": ("UnrecognizedClientException", 400),
+    "signature": ("InvalidSignatureException", 400),
+}  # DynamoDB, SSM, CloudWatch Logs
 
 
 def _error(service: str, kind: str, message: str) -> Exception:
@@ -162,15 +173,22 @@ def _request_class(action: str | None) -> type:
 
         def _raise_access_denied(self) -> None:
             prefix = "You are not authorized to perform this operation. " if self._service == "ec2" else ""
-            raise _error(self._service, "denied", f"{prefix}User: {self._access_key.arn} is not authorized to "
-                                                  f"perform: {self._action} on resource: {self._resource}")
+            raise _error(
+                self._service,
+                "denied",
+                f"{prefix}User: {self._access_key.arn} is not authorized to "
+                f"perform: {self._action} on resource: {self._resource}",
+            )
 
         def _raise_invalid_access_key(self, _: str) -> None:
             raise _error(self._service, "key", "The security token included in the request is invalid.")
 
         def _raise_signature_does_not_match(self) -> None:
-            raise _error(self._service, "signature", "The request signature we calculated does not match the "
-                                                     "signature you provided.")
+            raise _error(
+                self._service,
+                "signature",
+                "The request signature we calculated does not match the signature you provided.",
+            )
 
     return ResourceIAMRequest
 
@@ -199,8 +217,12 @@ def install() -> None:
     from moto.sqs.responses import SQSResponse
     from moto.ssm.responses import SimpleSystemManagerResponse
 
-    for cls, targets_of in ((DynamoHandler, dynamodb_targets), (EC2Response, ec2_targets),
-                            (SimpleSystemManagerResponse, ssm_targets), (LogsResponse, logs_targets),
-                            (SQSResponse, sqs_targets)):
+    for cls, targets_of in (
+        (DynamoHandler, dynamodb_targets),
+        (EC2Response, ec2_targets),
+        (SimpleSystemManagerResponse, ssm_targets),
+        (LogsResponse, logs_targets),
+        (SQSResponse, sqs_targets),
+    ):
         cls._authenticate_and_authorize_normal_action = _authorizer(targets_of)  # type: ignore[method-assign]
     _installed.append(True)

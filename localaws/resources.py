@@ -28,6 +28,7 @@ def creator(rtype: str, *arguments: str) -> Callable[[Callable[..., dict[str, An
     def register(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         REGISTRY[rtype] = Creator(frozenset(arguments), fn)
         return fn
+
     return register
 
 
@@ -51,12 +52,23 @@ def _one(block: Any) -> dict[str, Any]:
 
 
 # -- SQS ---------------------------------------------------------------------------------------------------------
-@creator("aws_sqs_queue", "name", "visibility_timeout_seconds", "receive_wait_time_seconds",
-         "message_retention_seconds", "sqs_managed_sse_enabled", "redrive_policy")
+@creator(
+    "aws_sqs_queue",
+    "name",
+    "visibility_timeout_seconds",
+    "receive_wait_time_seconds",
+    "message_retention_seconds",
+    "sqs_managed_sse_enabled",
+    "redrive_policy",
+)
 def _queue(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    names = {"visibility_timeout_seconds": "VisibilityTimeout", "receive_wait_time_seconds": "ReceiveMessageWaitTimeSeconds",
-             "message_retention_seconds": "MessageRetentionPeriod", "sqs_managed_sse_enabled": "SqsManagedSseEnabled",
-             "redrive_policy": "RedrivePolicy"}
+    names = {
+        "visibility_timeout_seconds": "VisibilityTimeout",
+        "receive_wait_time_seconds": "ReceiveMessageWaitTimeSeconds",
+        "message_retention_seconds": "MessageRetentionPeriod",
+        "sqs_managed_sse_enabled": "SqsManagedSseEnabled",
+        "redrive_policy": "RedrivePolicy",
+    }
     attrs = {names[k]: str(v).lower() if isinstance(v, bool) else str(v) for k, v in a.items() if k in names}
     url = c("sqs").create_queue(QueueName=a["name"], Attributes=attrs)["QueueUrl"]
     arn = c("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -70,8 +82,19 @@ def _redrive_allow(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 
 
 # -- DynamoDB ----------------------------------------------------------------------------------------------------
-@creator("aws_dynamodb_table", "name", "billing_mode", "hash_key", "range_key", "attribute", "global_secondary_index",
-         "point_in_time_recovery", "ttl", "server_side_encryption", "deletion_protection_enabled")
+@creator(
+    "aws_dynamodb_table",
+    "name",
+    "billing_mode",
+    "hash_key",
+    "range_key",
+    "attribute",
+    "global_secondary_index",
+    "point_in_time_recovery",
+    "ttl",
+    "server_side_encryption",
+    "deletion_protection_enabled",
+)
 def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     ddb = c("dynamodb")
     keys = [{"AttributeName": a["hash_key"], "KeyType": "HASH"}]
@@ -85,9 +108,13 @@ def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         schema = [{"AttributeName": g["hash_key"], "KeyType": "HASH"}]
         if g.get("range_key"):
             schema.append({"AttributeName": g["range_key"], "KeyType": "RANGE"})
-        gsis.append({"IndexName": g["name"], "KeySchema": schema, "Projection": {"ProjectionType": g["projection_type"]}})
+        gsis.append(
+            {"IndexName": g["name"], "KeySchema": schema, "Projection": {"ProjectionType": g["projection_type"]}}
+        )
     kwargs: dict[str, Any] = {
-        "TableName": a["name"], "BillingMode": a["billing_mode"], "KeySchema": keys,
+        "TableName": a["name"],
+        "BillingMode": a["billing_mode"],
+        "KeySchema": keys,
         "AttributeDefinitions": [{"AttributeName": x["name"], "AttributeType": x["type"]} for x in a["attribute"]],
         "DeletionProtectionEnabled": bool(a.get("deletion_protection_enabled", False)),
     }
@@ -97,12 +124,18 @@ def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         kwargs["SSESpecification"] = {"Enabled": bool(_one(a["server_side_encryption"])["enabled"])}
     arn = ddb.create_table(**kwargs)["TableDescription"]["TableArn"]
     if "point_in_time_recovery" in a:
-        ddb.update_continuous_backups(TableName=a["name"], PointInTimeRecoverySpecification={
-            "PointInTimeRecoveryEnabled": bool(_one(a["point_in_time_recovery"])["enabled"])})
+        ddb.update_continuous_backups(
+            TableName=a["name"],
+            PointInTimeRecoverySpecification={
+                "PointInTimeRecoveryEnabled": bool(_one(a["point_in_time_recovery"])["enabled"])
+            },
+        )
     if "ttl" in a:
         ttl = _one(a["ttl"])
-        ddb.update_time_to_live(TableName=a["name"], TimeToLiveSpecification={
-            "AttributeName": ttl["attribute_name"], "Enabled": bool(ttl["enabled"])})
+        ddb.update_time_to_live(
+            TableName=a["name"],
+            TimeToLiveSpecification={"AttributeName": ttl["attribute_name"], "Enabled": bool(ttl["enabled"])},
+        )
     return {"id": a["name"], "name": a["name"], "arn": arn}
 
 
@@ -115,8 +148,9 @@ def _bucket(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 
 @creator("aws_s3_bucket_versioning", "bucket", "versioning_configuration")
 def _versioning(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    c("s3").put_bucket_versioning(Bucket=a["bucket"], VersioningConfiguration={
-        "Status": _one(a["versioning_configuration"])["status"]})
+    c("s3").put_bucket_versioning(
+        Bucket=a["bucket"], VersioningConfiguration={"Status": _one(a["versioning_configuration"])["status"]}
+    )
     return {"id": a["bucket"]}
 
 
@@ -125,25 +159,42 @@ def _encryption(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     rules = []
     for rule in a["rule"]:
         default = _one(rule["apply_server_side_encryption_by_default"])
-        rules.append({"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": default["sse_algorithm"]},
-                      "BucketKeyEnabled": bool(rule.get("bucket_key_enabled", False))})
+        rules.append(
+            {
+                "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": default["sse_algorithm"]},
+                "BucketKeyEnabled": bool(rule.get("bucket_key_enabled", False)),
+            }
+        )
     c("s3").put_bucket_encryption(Bucket=a["bucket"], ServerSideEncryptionConfiguration={"Rules": rules})
     return {"id": a["bucket"]}
 
 
-@creator("aws_s3_bucket_public_access_block", "bucket", "block_public_acls", "block_public_policy",
-         "ignore_public_acls", "restrict_public_buckets")
+@creator(
+    "aws_s3_bucket_public_access_block",
+    "bucket",
+    "block_public_acls",
+    "block_public_policy",
+    "ignore_public_acls",
+    "restrict_public_buckets",
+)
 def _public_access(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    c("s3").put_public_access_block(Bucket=a["bucket"], PublicAccessBlockConfiguration={
-        "BlockPublicAcls": a["block_public_acls"], "BlockPublicPolicy": a["block_public_policy"],
-        "IgnorePublicAcls": a["ignore_public_acls"], "RestrictPublicBuckets": a["restrict_public_buckets"]})
+    c("s3").put_public_access_block(
+        Bucket=a["bucket"],
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": a["block_public_acls"],
+            "BlockPublicPolicy": a["block_public_policy"],
+            "IgnorePublicAcls": a["ignore_public_acls"],
+            "RestrictPublicBuckets": a["restrict_public_buckets"],
+        },
+    )
     return {"id": a["bucket"]}
 
 
 @creator("aws_s3_bucket_ownership_controls", "bucket", "rule")
 def _ownership(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    c("s3").put_bucket_ownership_controls(Bucket=a["bucket"], OwnershipControls={
-        "Rules": [{"ObjectOwnership": _one(a["rule"])["object_ownership"]}]})
+    c("s3").put_bucket_ownership_controls(
+        Bucket=a["bucket"], OwnershipControls={"Rules": [{"ObjectOwnership": _one(a["rule"])["object_ownership"]}]}
+    )
     return {"id": a["bucket"]}
 
 
@@ -154,10 +205,13 @@ def _is_tls_only_deny(statement: Mapping[str, Any]) -> bool:
 def _is_log_delivery_allow(statement: Mapping[str, Any]) -> bool:
     """S3 server access log delivery into this bucket, scoped to one source bucket and account."""
     condition = statement.get("Condition", {})
-    return (statement["Effect"] == "Allow" and statement.get("Principal") == {"Service": "logging.s3.amazonaws.com"}
-            and statement.get("Action") == "s3:PutObject"
-            and "aws:SourceArn" in condition.get("ArnLike", {})
-            and "aws:SourceAccount" in condition.get("StringEquals", {}))
+    return (
+        statement["Effect"] == "Allow"
+        and statement.get("Principal") == {"Service": "logging.s3.amazonaws.com"}
+        and statement.get("Action") == "s3:PutObject"
+        and "aws:SourceArn" in condition.get("ArnLike", {})
+        and "aws:SourceAccount" in condition.get("StringEquals", {})
+    )
 
 
 @creator("aws_s3_bucket_policy", "bucket", "policy")
@@ -169,8 +223,10 @@ def _bucket_policy(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     doc = json.loads(a["policy"])
     for statement in doc["Statement"]:
         if not (_is_tls_only_deny(statement) or _is_log_delivery_allow(statement)):
-            raise UnsupportedTerraform(f"bucket policy statement {statement.get('Sid')!r} is neither the TLS-only "
-                                       "deny nor the log-delivery allow the harness knows how to stand in for")
+            raise UnsupportedTerraform(
+                f"bucket policy statement {statement.get('Sid')!r} is neither the TLS-only "
+                "deny nor the log-delivery allow the harness knows how to stand in for"
+            )
     return {"id": a["bucket"], "policy": a["policy"]}
 
 
@@ -187,14 +243,21 @@ def _bucket_logging(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 def _lifecycle(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     rules = []
     for r in a["rule"]:
-        rule: dict[str, Any] = {"ID": r["id"], "Status": r["status"], "Filter": {"Prefix": _one(r["filter"]).get("prefix", "")}}
+        rule: dict[str, Any] = {
+            "ID": r["id"],
+            "Status": r["status"],
+            "Filter": {"Prefix": _one(r["filter"]).get("prefix", "")},
+        }
         if r.get("expiration"):
             rule["Expiration"] = {"Days": _one(r["expiration"])["days"]}
         if r.get("noncurrent_version_expiration"):
-            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": _one(r["noncurrent_version_expiration"])["noncurrent_days"]}
+            rule["NoncurrentVersionExpiration"] = {
+                "NoncurrentDays": _one(r["noncurrent_version_expiration"])["noncurrent_days"]
+            }
         if r.get("abort_incomplete_multipart_upload"):
             rule["AbortIncompleteMultipartUpload"] = {
-                "DaysAfterInitiation": _one(r["abort_incomplete_multipart_upload"])["days_after_initiation"]}
+                "DaysAfterInitiation": _one(r["abort_incomplete_multipart_upload"])["days_after_initiation"]
+            }
         rules.append(rule)
     c("s3").put_bucket_lifecycle_configuration(Bucket=a["bucket"], LifecycleConfiguration={"Rules": rules})
     return {"id": a["bucket"]}
@@ -203,15 +266,18 @@ def _lifecycle(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 @creator("aws_s3_object", "bucket", "key", "source", "source_hash", "content_type")
 def _object(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
     body = (stack_dir / a["source"]).read_bytes()
-    c("s3").put_object(Bucket=a["bucket"], Key=a["key"], Body=body, ContentType=a.get("content_type", "binary/octet-stream"))
+    c("s3").put_object(
+        Bucket=a["bucket"], Key=a["key"], Body=body, ContentType=a.get("content_type", "binary/octet-stream")
+    )
     return {"id": a["key"], "bucket": a["bucket"], "key": a["key"]}
 
 
 # -- SSM ---------------------------------------------------------------------------------------------------------
 @creator("aws_ssm_parameter", "name", "type", "value", "description")
 def _parameter(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    c("ssm").put_parameter(Name=a["name"], Type=a["type"], Value=a["value"], Description=a.get("description", ""),
-                           Overwrite=True)
+    c("ssm").put_parameter(
+        Name=a["name"], Type=a["type"], Value=a["value"], Description=a.get("description", ""), Overwrite=True
+    )
     arn = c("ssm").get_parameter(Name=a["name"])["Parameter"]["ARN"]
     return {"id": a["name"], "name": a["name"], "arn": arn, "value": a["value"]}
 
@@ -219,9 +285,12 @@ def _parameter(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
 # -- IAM ---------------------------------------------------------------------------------------------------------
 @creator("aws_iam_role", "name", "description", "assume_role_policy", "max_session_duration")
 def _role(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    role = c("iam").create_role(RoleName=a["name"], AssumeRolePolicyDocument=a["assume_role_policy"],
-                                Description=a.get("description", ""),
-                                MaxSessionDuration=int(a.get("max_session_duration", 3600)))["Role"]
+    role = c("iam").create_role(
+        RoleName=a["name"],
+        AssumeRolePolicyDocument=a["assume_role_policy"],
+        Description=a.get("description", ""),
+        MaxSessionDuration=int(a.get("max_session_duration", 3600)),
+    )["Role"]
     return {"id": a["name"], "name": a["name"], "arn": role["Arn"], "unique_id": role["RoleId"]}
 
 
@@ -249,8 +318,21 @@ def _log_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     return {"id": a["name"], "name": a["name"], "arn": arn}
 
 
-@creator("aws_lambda_function", "function_name", "role", "runtime", "handler", "memory_size", "timeout", "filename",
-         "source_code_hash", "environment", "reserved_concurrent_executions", "tracing_config", "dead_letter_config")
+@creator(
+    "aws_lambda_function",
+    "function_name",
+    "role",
+    "runtime",
+    "handler",
+    "memory_size",
+    "timeout",
+    "filename",
+    "source_code_hash",
+    "environment",
+    "reserved_concurrent_executions",
+    "tracing_config",
+    "dead_letter_config",
+)
 def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
     import base64
     import hashlib
@@ -259,8 +341,13 @@ def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
     if base64.b64encode(hashlib.sha256(code).digest()).decode() != a["source_code_hash"]:
         raise UnsupportedTerraform(f"{a['function_name']}: source_code_hash does not match {a['filename']}")
     kwargs: dict[str, Any] = {
-        "FunctionName": a["function_name"], "Role": a["role"], "Runtime": a["runtime"], "Handler": a["handler"],
-        "Code": {"ZipFile": code}, "MemorySize": int(a["memory_size"]), "Timeout": int(a["timeout"]),
+        "FunctionName": a["function_name"],
+        "Role": a["role"],
+        "Runtime": a["runtime"],
+        "Handler": a["handler"],
+        "Code": {"ZipFile": code},
+        "MemorySize": int(a["memory_size"]),
+        "Timeout": int(a["timeout"]),
         "Environment": {"Variables": dict(_one(a.get("environment", {"variables": {}}))["variables"])},
     }
     if "tracing_config" in a:
@@ -274,11 +361,16 @@ def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
         kwargs["DeadLetterConfig"] = {"TargetArn": target}
     fn = c("lambda").create_function(**kwargs)
     if a.get("reserved_concurrent_executions") is not None:
-        c("lambda").put_function_concurrency(FunctionName=a["function_name"],
-                                             ReservedConcurrentExecutions=int(a["reserved_concurrent_executions"]))
-    return {"id": a["function_name"], "function_name": a["function_name"], "arn": fn["FunctionArn"],
-            "environment": kwargs["Environment"]["Variables"],
-            "dead_letter_target_arn": kwargs.get("DeadLetterConfig", {}).get("TargetArn", "")}
+        c("lambda").put_function_concurrency(
+            FunctionName=a["function_name"], ReservedConcurrentExecutions=int(a["reserved_concurrent_executions"])
+        )
+    return {
+        "id": a["function_name"],
+        "function_name": a["function_name"],
+        "arn": fn["FunctionArn"],
+        "environment": kwargs["Environment"]["Variables"],
+        "dead_letter_target_arn": kwargs.get("DeadLetterConfig", {}).get("TargetArn", ""),
+    }
 
 
 @creator("aws_lambda_permission", "action", "function_name", "principal", "source_arn")
@@ -286,15 +378,21 @@ def _permission(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     import hashlib
 
     sid = "allow-" + a["principal"].split(".")[0] + "-" + hashlib.sha256(a["source_arn"].encode()).hexdigest()[:12]
-    c("lambda").add_permission(FunctionName=a["function_name"], StatementId=sid, Action=a["action"],
-                               Principal=a["principal"], SourceArn=a["source_arn"])
+    c("lambda").add_permission(
+        FunctionName=a["function_name"],
+        StatementId=sid,
+        Action=a["action"],
+        Principal=a["principal"],
+        SourceArn=a["source_arn"],
+    )
     return {"id": sid}
 
 
 @creator("aws_cloudwatch_event_rule", "name", "schedule_expression", "description")
 def _rule(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
-    arn = c("events").put_rule(Name=a["name"], ScheduleExpression=a["schedule_expression"],
-                               Description=a.get("description", ""))["RuleArn"]
+    arn = c("events").put_rule(
+        Name=a["name"], ScheduleExpression=a["schedule_expression"], Description=a.get("description", "")
+    )["RuleArn"]
     return {"id": a["name"], "name": a["name"], "arn": arn}
 
 
@@ -304,8 +402,18 @@ def _target(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     return {"id": f"{a['rule']}-{a['target_id']}"}
 
 
-@creator("aws_cloudwatch_metric_alarm", "alarm_name", "alarm_description", "comparison_operator", "threshold",
-         "evaluation_periods", "datapoints_to_alarm", "metric_query", "treat_missing_data", "alarm_actions")
+@creator(
+    "aws_cloudwatch_metric_alarm",
+    "alarm_name",
+    "alarm_description",
+    "comparison_operator",
+    "threshold",
+    "evaluation_periods",
+    "datapoints_to_alarm",
+    "metric_query",
+    "treat_missing_data",
+    "alarm_actions",
+)
 def _alarm(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     queries = []
     for q in a["metric_query"]:
@@ -317,16 +425,26 @@ def _alarm(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         if q.get("metric"):
             m = _one(q["metric"])
             query["MetricStat"] = {
-                "Metric": {"Namespace": m["namespace"], "MetricName": m["metric_name"],
-                           "Dimensions": [{"Name": k, "Value": v} for k, v in m.get("dimensions", {}).items()]},
-                "Period": int(m["period"]), "Stat": m["stat"]}
+                "Metric": {
+                    "Namespace": m["namespace"],
+                    "MetricName": m["metric_name"],
+                    "Dimensions": [{"Name": k, "Value": v} for k, v in m.get("dimensions", {}).items()],
+                },
+                "Period": int(m["period"]),
+                "Stat": m["stat"],
+            }
         queries.append(query)
     cw = c("cloudwatch")
     cw.put_metric_alarm(
-        AlarmName=a["alarm_name"], AlarmDescription=a.get("alarm_description", ""),
-        ComparisonOperator=a["comparison_operator"], Threshold=float(a["threshold"]),
-        EvaluationPeriods=int(a["evaluation_periods"]), DatapointsToAlarm=int(a["datapoints_to_alarm"]),
-        Metrics=queries, TreatMissingData=a["treat_missing_data"], AlarmActions=list(a.get("alarm_actions", [])),
+        AlarmName=a["alarm_name"],
+        AlarmDescription=a.get("alarm_description", ""),
+        ComparisonOperator=a["comparison_operator"],
+        Threshold=float(a["threshold"]),
+        EvaluationPeriods=int(a["evaluation_periods"]),
+        DatapointsToAlarm=int(a["datapoints_to_alarm"]),
+        Metrics=queries,
+        TreatMissingData=a["treat_missing_data"],
+        AlarmActions=list(a.get("alarm_actions", [])),
     )
     arn = cw.describe_alarms(AlarmNames=[a["alarm_name"]])["MetricAlarms"][0]["AlarmArn"]
     return {"id": a["alarm_name"], "alarm_name": a["alarm_name"], "arn": arn}

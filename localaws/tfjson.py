@@ -58,7 +58,7 @@ class Stack:
         for name in self.doc.get("data", {}).get("terraform_remote_state", {}):
             if not name.startswith(REMOTE_STATE_PREFIX):
                 raise UnsupportedTerraform(f"{self.name}: remote state {name!r} is not a cdktf cross-stack reference")
-            out[name] = name[len(REMOTE_STATE_PREFIX):]
+            out[name] = name[len(REMOTE_STATE_PREFIX) :]
         other = set(self.doc.get("data", {})) - {"terraform_remote_state"}
         if other:
             raise UnsupportedTerraform(f"{self.name}: data sources {sorted(other)} are not modelled")

@@ -30,31 +30,48 @@ class QueueIdleAlarm(Construct):
     """
 
     def __init__(
-        self, scope: Construct, id: str, *, name: str, queue_name: str, window_minutes: int,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        name: str,
+        queue_name: str,
+        window_minutes: int,
         target: PythonFunction,
     ) -> None:
         super().__init__(scope, id)
         periods = window_minutes * 60 // PERIOD_SECONDS
         queries = [
             CloudwatchMetricAlarmMetricQuery(
-                id=key, return_data=False,
+                id=key,
+                return_data=False,
                 metric=CloudwatchMetricAlarmMetricQueryMetric(
-                    namespace="AWS/SQS", metric_name=metric, dimensions={"QueueName": queue_name},
-                    period=PERIOD_SECONDS, stat="Maximum",
+                    namespace="AWS/SQS",
+                    metric_name=metric,
+                    dimensions={"QueueName": queue_name},
+                    period=PERIOD_SECONDS,
+                    stat="Maximum",
                 ),
             )
             for key, metric in _DEPTH_METRICS.items()
         ]
-        queries.append(CloudwatchMetricAlarmMetricQuery(
-            id="messages", label="Messages in the queue (visible + in flight + delayed)",
-            expression="visible + in_flight + delayed", return_data=True,
-        ))
+        queries.append(
+            CloudwatchMetricAlarmMetricQuery(
+                id="messages",
+                label="Messages in the queue (visible + in flight + delayed)",
+                expression="visible + in_flight + delayed",
+                return_data=True,
+            )
+        )
         self.alarm = CloudwatchMetricAlarm(
-            self, "alarm",
+            self,
+            "alarm",
             alarm_name=name,
-            alarm_description=(f"No task message visible, in flight or delayed for {window_minutes} minutes: "
-                               "invoke the shutdown Lambda, which checks the queue, table and instance directly "
-                               "before it stops anything."),
+            alarm_description=(
+                f"No task message visible, in flight or delayed for {window_minutes} minutes: "
+                "invoke the shutdown Lambda, which checks the queue, table and instance directly "
+                "before it stops anything."
+            ),
             comparison_operator="LessThanOrEqualToThreshold",
             threshold=0,
             evaluation_periods=periods,
@@ -86,7 +103,10 @@ class Schedule(Construct):
         super().__init__(scope, id)
         unit = "minute" if rate_minutes == 1 else "minutes"
         self.rule = CloudwatchEventRule(
-            self, "rule", name=name, schedule_expression=f"rate({rate_minutes} {unit})",
+            self,
+            "rule",
+            name=name,
+            schedule_expression=f"rate({rate_minutes} {unit})",
             description="Backstop for the idle alarm: re-evaluate the GPU's state on a fixed rate.",
         )
         CloudwatchEventTarget(self, "target", rule=self.rule.name, arn=target.arn, target_id="shutdown-lambda")

@@ -33,7 +33,8 @@ class EnvironmentStack(TerraformStack):
         super().__init__(scope, stack_name)
         self.config = config
         AwsProvider(
-            self, "aws",
+            self,
+            "aws",
             region=config.region,
             # Terraform stops before touching any other account: credentials for the wrong account fail fast.
             allowed_account_ids=[config.account],

@@ -17,12 +17,16 @@ from modules.github_oidc import GithubDeployAccess
 from modules.layout import BOOTSTRAP
 
 
-
 class BootstrapStack(TerraformStack):
     def __init__(self, scope: Construct, *, config: EnvironmentConfig, outdir: str) -> None:
         super().__init__(scope, BOOTSTRAP)
-        AwsProvider(self, "aws", region=config.region, allowed_account_ids=[config.account],
-                    default_tags=[AwsProviderDefaultTags(tags=default_tags(config))])
+        AwsProvider(
+            self,
+            "aws",
+            region=config.region,
+            allowed_account_ids=[config.account],
+            default_tags=[AwsProviderDefaultTags(tags=default_tags(config))],
+        )
         LocalBackend(self, path=local_state_path(outdir, BOOTSTRAP, f"bootstrap/{config.name}"))
         state = PrivateBucket(self, "state", name=config.resolved_state_bucket, noncurrent_days=90)
         # Losing this bucket loses every stack's state: no plan may delete it.
@@ -30,12 +34,28 @@ class BootstrapStack(TerraformStack):
         TerraformOutput(self, "StateBucketName", value=state.name, description="Terraform state of this environment")
         if config.github_repository:
             access = GithubDeployAccess(
-                self, "github", repository=config.github_repository, environments=[config.name],
-                state_bucket_arn=state.arn, existing_provider_arn=config.github_oidc_provider_arn or None,
+                self,
+                "github",
+                repository=config.github_repository,
+                environments=[config.name],
+                state_bucket_arn=state.arn,
+                existing_provider_arn=config.github_oidc_provider_arn or None,
             )
-            TerraformOutput(self, "DeployRoleArn", value=access.role_arns[config.name],
-                            description="Role the apply workflow assumes (GitHub environment of the same name)")
-            TerraformOutput(self, "PlanRoleArn", value=access.plan_role_arns[config.name],
-                            description="Read-only role the pull-request plan assumes")
-            TerraformOutput(self, "OidcProviderArn", value=access.provider_arn,
-                            description="Pass as github_oidc_provider_arn to other environments of this account")
+            TerraformOutput(
+                self,
+                "DeployRoleArn",
+                value=access.role_arns[config.name],
+                description="Role the apply workflow assumes (GitHub environment of the same name)",
+            )
+            TerraformOutput(
+                self,
+                "PlanRoleArn",
+                value=access.plan_role_arns[config.name],
+                description="Read-only role the pull-request plan assumes",
+            )
+            TerraformOutput(
+                self,
+                "OidcProviderArn",
+                value=access.provider_arn,
+                description="Pass as github_oidc_provider_arn to other environments of this account",
+            )

@@ -53,8 +53,15 @@ class PrivateBucket(Construct):
     """
 
     def __init__(
-        self, scope: Construct, id: str, *, name: str, force_destroy: bool = False,
-        expire_prefix: str | None = None, expire_days: int = 30, noncurrent_days: int = 30,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        name: str,
+        force_destroy: bool = False,
+        expire_prefix: str | None = None,
+        expire_days: int = 30,
+        noncurrent_days: int = 30,
         sse_algorithm: str = "aws:kms",
     ) -> None:
         super().__init__(scope, id)
@@ -62,46 +69,74 @@ class PrivateBucket(Construct):
             raise ValueError(f"bucket name {name!r} is longer than S3's 63 characters")
         self.bucket = S3Bucket(self, "bucket", bucket=name, force_destroy=force_destroy)
         S3BucketVersioningA(
-            self, "versioning", bucket=self.bucket.id,
+            self,
+            "versioning",
+            bucket=self.bucket.id,
             versioning_configuration=S3BucketVersioningVersioningConfiguration(status="Enabled"),
         )
         S3BucketServerSideEncryptionConfigurationA(
-            self, "encryption", bucket=self.bucket.id,
-            rule=[S3BucketServerSideEncryptionConfigurationRuleA(
-                apply_server_side_encryption_by_default=(
-                    S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
-                        sse_algorithm=sse_algorithm)),
-                bucket_key_enabled=sse_algorithm == "aws:kms",
-            )],
+            self,
+            "encryption",
+            bucket=self.bucket.id,
+            rule=[
+                S3BucketServerSideEncryptionConfigurationRuleA(
+                    apply_server_side_encryption_by_default=(
+                        S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
+                            sse_algorithm=sse_algorithm
+                        )
+                    ),
+                    bucket_key_enabled=sse_algorithm == "aws:kms",
+                )
+            ],
         )
         S3BucketPublicAccessBlock(
-            self, "public-access", bucket=self.bucket.id, block_public_acls=True, block_public_policy=True,
-            ignore_public_acls=True, restrict_public_buckets=True,
+            self,
+            "public-access",
+            bucket=self.bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
         )
         S3BucketOwnershipControls(
-            self, "ownership", bucket=self.bucket.id,
+            self,
+            "ownership",
+            bucket=self.bucket.id,
             rule=S3BucketOwnershipControlsRule(object_ownership="BucketOwnerEnforced"),
         )
-        self._policy_statements: list[dict[str, Any]] = [{
-            "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-            "Resource": [self.bucket.arn, f"{self.bucket.arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }]
+        self._policy_statements: list[dict[str, Any]] = [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [self.bucket.arn, f"{self.bucket.arn}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ]
         self.policy = S3BucketPolicy(self, "tls-only", bucket=self.bucket.id, policy=self._policy_document())
-        rules = [S3BucketLifecycleConfigurationRule(
-            id="expire-old-versions", status="Enabled",
-            filter=[S3BucketLifecycleConfigurationRuleFilter(prefix="")],
-            noncurrent_version_expiration=[
-                S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=noncurrent_days)],
-            abort_incomplete_multipart_upload=[
-                S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=7)],
-        )]
+        rules = [
+            S3BucketLifecycleConfigurationRule(
+                id="expire-old-versions",
+                status="Enabled",
+                filter=[S3BucketLifecycleConfigurationRuleFilter(prefix="")],
+                noncurrent_version_expiration=[
+                    S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=noncurrent_days)
+                ],
+                abort_incomplete_multipart_upload=[
+                    S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=7)
+                ],
+            )
+        ]
         if expire_prefix is not None:
-            rules.append(S3BucketLifecycleConfigurationRule(
-                id=f"expire-{expire_prefix.strip('/') or 'everything'}", status="Enabled",
-                filter=[S3BucketLifecycleConfigurationRuleFilter(prefix=expire_prefix)],
-                expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=expire_days)],
-            ))
+            rules.append(
+                S3BucketLifecycleConfigurationRule(
+                    id=f"expire-{expire_prefix.strip('/') or 'everything'}",
+                    status="Enabled",
+                    filter=[S3BucketLifecycleConfigurationRuleFilter(prefix=expire_prefix)],
+                    expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=expire_days)],
+                )
+            )
         S3BucketLifecycleConfiguration(self, "lifecycle", bucket=self.bucket.id, rule=rules)
 
     @property
@@ -124,13 +159,19 @@ class PrivateBucket(Construct):
     def log_access_to(self, target: PrivateBucket, *, prefix: str, account: str) -> None:
         """Send this bucket's server access logs to `target` under `prefix`, and let S3's log delivery write
         there on behalf of this bucket and account only (a bucket policy: ACLs are off, BucketOwnerEnforced)."""
-        S3BucketLoggingA(self, "access-logging", bucket=self.bucket.id, target_bucket=target.bucket.id,
-                         target_prefix=prefix)
-        target._add_policy_statement({
-            "Sid": "S3ServerAccessLogDelivery", "Effect": "Allow", "Principal": {"Service": LOG_DELIVERY_PRINCIPAL},
-            "Action": "s3:PutObject", "Resource": target.arn_for_objects(prefix),
-            "Condition": {"ArnLike": {"aws:SourceArn": self.arn}, "StringEquals": {"aws:SourceAccount": account}},
-        })
+        S3BucketLoggingA(
+            self, "access-logging", bucket=self.bucket.id, target_bucket=target.bucket.id, target_prefix=prefix
+        )
+        target._add_policy_statement(
+            {
+                "Sid": "S3ServerAccessLogDelivery",
+                "Effect": "Allow",
+                "Principal": {"Service": LOG_DELIVERY_PRINCIPAL},
+                "Action": "s3:PutObject",
+                "Resource": target.arn_for_objects(prefix),
+                "Condition": {"ArnLike": {"aws:SourceArn": self.arn}, "StringEquals": {"aws:SourceAccount": account}},
+            }
+        )
 
     def _add_policy_statement(self, statement: dict[str, Any]) -> None:
         self._policy_statements.append(statement)

@@ -146,19 +146,25 @@ def validate(c: EnvironmentConfig) -> None:
     if not _ACCOUNT.match(c.account):
         raise ConfigError(c.name, "account", f"{c.account!r} is not a 12-digit AWS account id")
     if not c.gpu_instance_ids:
-        raise ConfigError(c.name, "gpu_instance_ids",
-                          "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)")
+        raise ConfigError(
+            c.name, "gpu_instance_ids", "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)"
+        )
     for instance in c.gpu_instance_ids:
         if not _INSTANCE_ID.match(instance):
-            raise ConfigError(c.name, "gpu_instance_ids", f"{instance!r} is not an EC2 instance id (i-0123456789abcdef0)")
+            raise ConfigError(
+                c.name, "gpu_instance_ids", f"{instance!r} is not an EC2 instance id (i-0123456789abcdef0)"
+            )
     if len(set(c.gpu_instance_ids)) != len(c.gpu_instance_ids):
         raise ConfigError(c.name, "gpu_instance_ids", "lists an instance twice")
     if c.remote_state and not _BUCKET.match(c.resolved_state_bucket):
         raise ConfigError(c.name, "state_bucket", f"{c.resolved_state_bucket!r} is not a valid S3 bucket name")
     if not _SUFFIX.match(c.suffix):
         raise ConfigError(c.name, "name_suffix", f"{c.suffix!r}: up to 16 letters, digits, '-' or '_'")
-    for key, low, high in (("idle_window_minutes", 5, 24 * 60), ("min_uptime_minutes", 0, 24 * 60),
-                           ("results_expire_days", 1, 3650)):
+    for key, low, high in (
+        ("idle_window_minutes", 5, 24 * 60),
+        ("min_uptime_minutes", 0, 24 * 60),
+        ("results_expire_days", 1, 3650),
+    ):
         value = getattr(c, key)
         if not low <= value <= high:
             raise ConfigError(c.name, key, f"{value} is outside {low}..{high}")

@@ -54,29 +54,43 @@ def policy_document(statements: Iterable[Statement]) -> str:
 
 
 def trust_policy(service: str) -> str:
-    return json.dumps({
-        "Version": POLICY_VERSION,
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "Version": POLICY_VERSION,
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        },
+        sort_keys=True,
+    )
 
 
 class Role(Construct):
     """An IAM role assumable by one AWS service, with an inline policy built from grants."""
 
     def __init__(
-        self, scope: Construct, id: str, *, name: str, assumed_by: str, description: str,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        name: str,
+        assumed_by: str,
+        description: str,
         instance_profile_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         self._statements: list[Statement] = []
         self._policy: IamRolePolicy | None = None
         self.resource = IamRole(
-            self, "role", name=name, description=description, assume_role_policy=trust_policy(assumed_by),
+            self,
+            "role",
+            name=name,
+            description=description,
+            assume_role_policy=trust_policy(assumed_by),
             max_session_duration=3600,
         )
         self.profile = (
             IamInstanceProfile(self, "profile", name=instance_profile_name, role=self.resource.name)
-            if instance_profile_name else None
+            if instance_profile_name
+            else None
         )
 
     @property
@@ -91,15 +105,20 @@ class Role(Construct):
     def statements(self) -> Sequence[Statement]:
         return tuple(self._statements)
 
-    def add(self, actions: Iterable[str], resources: Iterable[str], *, conditions: Mapping[str, Any] | None = None,
-            sid: str = "") -> None:
+    def add(
+        self,
+        actions: Iterable[str],
+        resources: Iterable[str],
+        *,
+        conditions: Mapping[str, Any] | None = None,
+        sid: str = "",
+    ) -> None:
         actions, resources = tuple(actions), tuple(resources)
         if not actions or not resources:
             raise ValueError(f"{self.node.path}: a statement needs actions and resources")
         self._statements.append(Statement(actions, resources, conditions or {}, sid))
         document = policy_document(self._statements)
         if self._policy is None:
-            self._policy = IamRolePolicy(self, "policy", name="least-privilege", role=self.resource.id,
-                                         policy=document)
+            self._policy = IamRolePolicy(self, "policy", name="least-privilege", role=self.resource.id, policy=document)
         else:
             self._policy.policy = document

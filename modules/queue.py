@@ -29,19 +29,32 @@ class TaskQueue(Construct):
     """
 
     def __init__(
-        self, scope: Construct, id: str, *, name: str, dlq_name: str,
-        visibility_timeout_seconds: int = 300, receive_wait_seconds: int = 20, retention_seconds: int = DAY,
-        dlq_retention_seconds: int = 14 * DAY, max_receive_count: int = 3,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        name: str,
+        dlq_name: str,
+        visibility_timeout_seconds: int = 300,
+        receive_wait_seconds: int = 20,
+        retention_seconds: int = DAY,
+        dlq_retention_seconds: int = 14 * DAY,
+        max_receive_count: int = 3,
     ) -> None:
         super().__init__(scope, id)
         self.max_receive_count = max_receive_count
         self.dlq = SqsQueue(
-            self, "dlq", name=dlq_name, message_retention_seconds=dlq_retention_seconds,
+            self,
+            "dlq",
+            name=dlq_name,
+            message_retention_seconds=dlq_retention_seconds,
             sqs_managed_sse_enabled=True,
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
         )
         self.queue = SqsQueue(
-            self, "queue", name=name,
+            self,
+            "queue",
+            name=name,
             visibility_timeout_seconds=visibility_timeout_seconds,
             receive_wait_time_seconds=receive_wait_seconds,
             message_retention_seconds=retention_seconds,
@@ -50,7 +63,9 @@ class TaskQueue(Construct):
         )
         # Only our queue may move messages into the DLQ (a separate resource: inline it would be a cycle).
         SqsQueueRedriveAllowPolicy(
-            self, "dlq-allow", queue_url=self.dlq.url,
+            self,
+            "dlq-allow",
+            queue_url=self.dlq.url,
             redrive_allow_policy=json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [self.queue.arn]}),
         )
 

@@ -24,24 +24,42 @@ READ_PARAMETER_ACTIONS = ("ssm:GetParameter",)
 
 class AdapterRelease(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, bucket: PrivateBucket, parameter_prefix: str,
-        config: Mapping[str, str], region: str, account: str,
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        bucket: PrivateBucket,
+        parameter_prefix: str,
+        config: Mapping[str, str],
+        region: str,
+        account: str,
     ) -> None:
         super().__init__(scope, id)
         self.code = ZipAsset(self, "bundle", name="adapter", sources=[(ROOT, "adapter"), (ROOT, "functions")])
         self.key = f"{ADAPTER_PREFIX}adapter-{self.code.bundle.short_hash}.zip"
         self.object = S3Object(
-            self, "object", bucket=bucket.bucket.id, key=self.key, source=self.code.path,
-            source_hash=self.code.bundle.sha256_hex, content_type="application/zip",
+            self,
+            "object",
+            bucket=bucket.bucket.id,
+            key=self.key,
+            source=self.code.path,
+            source_hash=self.code.bundle.sha256_hex,
+            content_type="application/zip",
         )
         self.uri = f"s3://{bucket.name}/{self.key}"
         self.bundle_parameter = SsmParameter(
-            self, "bundle-parameter", name=f"{parameter_prefix}/adapter/bundle", type="String",
+            self,
+            "bundle-parameter",
+            name=f"{parameter_prefix}/adapter/bundle",
+            type="String",
             value=f"s3://{self.object.bucket}/{self.object.key}",
             description="The adapter bundle GPU instances install (set by terraform apply).",
         )
         self.config_parameter = SsmParameter(
-            self, "config-parameter", name=f"{parameter_prefix}/adapter/config", type="String",
+            self,
+            "config-parameter",
+            name=f"{parameter_prefix}/adapter/config",
+            type="String",
             value=json.dumps(dict(config), sort_keys=True),
             description="The adapter's environment (queue, table, bucket...), as JSON.",
         )

@@ -28,8 +28,9 @@ ACCESS_LOG_DAYS = 365
 class SqsStack(EnvironmentStack):
     def __init__(self, scope: Construct, *, config: EnvironmentConfig) -> None:
         super().__init__(scope, SQS, config=config)
-        self.queue = TaskQueue(self, "tasks", name=self.name_of("gpu_tasks_queue"),
-                               dlq_name=self.name_of("gpu_tasks_queue_dlq"))
+        self.queue = TaskQueue(
+            self, "tasks", name=self.name_of("gpu_tasks_queue"), dlq_name=self.name_of("gpu_tasks_queue_dlq")
+        )
         self.output("QueueUrl", self.queue.url, "URL of the task queue")
         self.output("QueueArn", self.queue.arn, "ARN of the task queue")
         self.output("DLQUrl", self.queue.dlq_url, "URL of the dead-letter queue (retained on destroy)")
@@ -50,18 +51,30 @@ class ArtifactsStack(EnvironmentStack):
         # Who read or replaced an adapter bundle (code every GPU instance runs) or a task's inputs and results.
         # SSE-S3: S3's log delivery cannot write with the aws/s3 managed key the artifacts bucket uses.
         self.access_logs = PrivateBucket(
-            self, "access-logs", name=f"{name}-logs", force_destroy=config.artifacts_force_destroy,
-            expire_prefix="", expire_days=ACCESS_LOG_DAYS, sse_algorithm="AES256",
+            self,
+            "access-logs",
+            name=f"{name}-logs",
+            force_destroy=config.artifacts_force_destroy,
+            expire_prefix="",
+            expire_days=ACCESS_LOG_DAYS,
+            sse_algorithm="AES256",
         )
         self.bucket = PrivateBucket(
-            self, "artifacts", name=name,
+            self,
+            "artifacts",
+            name=name,
             force_destroy=config.artifacts_force_destroy,
-            expire_prefix=RESULTS_PREFIX, expire_days=config.results_expire_days,
+            expire_prefix=RESULTS_PREFIX,
+            expire_days=config.results_expire_days,
         )
         self.bucket.log_access_to(self.access_logs, prefix="artifacts/", account=config.account)
         self.release = AdapterRelease(
-            self, "adapter", bucket=self.bucket, parameter_prefix=f"/gpu-orchestrator/{config.name}",
-            region=config.region, account=config.account,
+            self,
+            "adapter",
+            bucket=self.bucket,
+            parameter_prefix=f"/gpu-orchestrator/{config.name}",
+            region=config.region,
+            account=config.account,
             config=runtime_environment(config, queue=queue, table=table, bucket=self.bucket),
         )
         self.output("BucketName", self.bucket.name, "Bucket for adapter bundles, task inputs and results")
@@ -70,26 +83,39 @@ class ArtifactsStack(EnvironmentStack):
 
 class IamStack(EnvironmentStack):
     def __init__(
-        self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable,
+        self,
+        scope: Construct,
+        *,
+        config: EnvironmentConfig,
+        queue: TaskQueue,
+        table: TaskTable,
         artifacts: ArtifactsStack,
     ) -> None:
         super().__init__(scope, IAM, config=config)
         gpu = GpuInstances(instance_ids=config.gpu_instance_ids, region=config.region, account=config.account)
         bucket = artifacts.bucket
 
-        self.orchestrator = Role(self, "orchestrator", name=self.name_of("orchestrator-task-role"),
-                                 assumed_by="ecs-tasks.amazonaws.com",
-                                 description="The orchestrator service: accepts tasks and starts the GPU.")
+        self.orchestrator = Role(
+            self,
+            "orchestrator",
+            name=self.name_of("orchestrator-task-role"),
+            assumed_by="ecs-tasks.amazonaws.com",
+            description="The orchestrator service: accepts tasks and starts the GPU.",
+        )
         queue.grant_send_messages(self.orchestrator)
         queue.grant_read_depth(self.orchestrator, include_dlq=True)  # /healthz reports both depths
         table.grant_submit(self.orchestrator)
         gpu.grant_describe(self.orchestrator)
         gpu.grant_start(self.orchestrator)
 
-        self.gpu_instance = Role(self, "gpu-instance", name=self.name_of("gpu-instance-role"),
-                                 assumed_by="ec2.amazonaws.com",
-                                 description="The adapter on the GPU instance: runs tasks, writes results.",
-                                 instance_profile_name=self.name_of("gpu-instance-profile"))
+        self.gpu_instance = Role(
+            self,
+            "gpu-instance",
+            name=self.name_of("gpu-instance-role"),
+            assumed_by="ec2.amazonaws.com",
+            description="The adapter on the GPU instance: runs tasks, writes results.",
+            instance_profile_name=self.name_of("gpu-instance-profile"),
+        )
         queue.grant_consume_messages(self.gpu_instance)
         queue.grant_dead_letter_handling(self.gpu_instance)
         table.grant_worker(self.gpu_instance)
@@ -98,18 +124,24 @@ class IamStack(EnvironmentStack):
         bucket.grant_write(self.gpu_instance, RESULTS_PREFIX)
         artifacts.release.grant_install(self.gpu_instance, bucket)
 
-        self.shutdown = Role(self, "shutdown", name=self.name_of("lambda-gpu-shutdown-role"),
-                             assumed_by="lambda.amazonaws.com",
-                             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.")
+        self.shutdown = Role(
+            self,
+            "shutdown",
+            name=self.name_of("lambda-gpu-shutdown-role"),
+            assumed_by="lambda.amazonaws.com",
+            description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
+        )
         gpu.grant_describe(self.shutdown)
         gpu.grant_stop(self.shutdown)
         gpu.grant_start(self.shutdown)
         queue.grant_read_depth(self.shutdown)
         table.grant_index_read(self.shutdown)
-        grant_logs(self.shutdown, region=config.region, account=config.account,
-                   function_name=self.name_of(SHUTDOWN_FUNCTION))
-        grant_dead_letter(self.shutdown, region=config.region, account=config.account,
-                          queue_name=self.name_of(SHUTDOWN_DLQ))
+        grant_logs(
+            self.shutdown, region=config.region, account=config.account, function_name=self.name_of(SHUTDOWN_FUNCTION)
+        )
+        grant_dead_letter(
+            self.shutdown, region=config.region, account=config.account, queue_name=self.name_of(SHUTDOWN_DLQ)
+        )
 
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
@@ -120,13 +152,26 @@ class IamStack(EnvironmentStack):
 
 class LambdaStack(EnvironmentStack):
     def __init__(
-        self, scope: Construct, *, config: EnvironmentConfig, iam: IamStack, queue: TaskQueue, table: TaskTable,
+        self,
+        scope: Construct,
+        *,
+        config: EnvironmentConfig,
+        iam: IamStack,
+        queue: TaskQueue,
+        table: TaskTable,
     ) -> None:
         super().__init__(scope, LAMBDA, config=config)
         self.function = PythonFunction(
-            self, "shutdown", name=self.name_of(SHUTDOWN_FUNCTION), package="shutdown",
-            handler="shutdown.handler.handler", role=iam.shutdown, region=config.region, account=config.account,
-            memory_mb=128, timeout_seconds=60,
+            self,
+            "shutdown",
+            name=self.name_of(SHUTDOWN_FUNCTION),
+            package="shutdown",
+            handler="shutdown.handler.handler",
+            role=iam.shutdown,
+            region=config.region,
+            account=config.account,
+            memory_mb=128,
+            timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
             dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
             environment={
@@ -139,27 +184,41 @@ class LambdaStack(EnvironmentStack):
                 "QUEUED_TASK_MAX_AGE_SECONDS": str(DAY),  # the queue's retention: older QUEUED items lost their message
             },
         )
-        Schedule(self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=5,
-                 target=self.function)
+        Schedule(
+            self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=5, target=self.function
+        )
         self.output("FunctionArn", self.function.arn, "ARN of the shutdown Lambda")
         self.output("FunctionName", self.function.name, "Name of the shutdown Lambda")
 
 
 class AlarmStack(EnvironmentStack):
     def __init__(
-        self, scope: Construct, *, config: EnvironmentConfig, function: PythonFunction, queue: TaskQueue,
+        self,
+        scope: Construct,
+        *,
+        config: EnvironmentConfig,
+        function: PythonFunction,
+        queue: TaskQueue,
     ) -> None:
         super().__init__(scope, ALARM, config=config)
         self.alarm = QueueIdleAlarm(
-            self, "idle", name=self.name_of(f"QueueEmptyFor{config.idle_window_minutes}Min"),
-            queue_name=queue.name, window_minutes=config.idle_window_minutes, target=function,
+            self,
+            "idle",
+            name=self.name_of(f"QueueEmptyFor{config.idle_window_minutes}Min"),
+            queue_name=queue.name,
+            window_minutes=config.idle_window_minutes,
+            target=function,
         )
         self.output("AlarmName", self.alarm.name, "Name of the idle alarm")
         self.output("AlarmArn", self.alarm.arn, "ARN of the idle alarm")
 
 
 def runtime_environment(
-    config: EnvironmentConfig, *, queue: TaskQueue, table: TaskTable, bucket: PrivateBucket,
+    config: EnvironmentConfig,
+    *,
+    queue: TaskQueue,
+    table: TaskTable,
+    bucket: PrivateBucket,
 ) -> dict[str, str]:
     """The environment the adapter runs with (published as an SSM parameter; names as the runtime code reads)."""
     return {

@@ -34,7 +34,8 @@ class TaskTable(Construct):
         super().__init__(scope, id)
         self.index_name = STATUS_INDEX
         self.table = DynamodbTable(
-            self, "table",
+            self,
+            "table",
             name=name,
             billing_mode="PAY_PER_REQUEST",
             hash_key="task_id",
@@ -45,7 +46,10 @@ class TaskTable(Construct):
             ],
             global_secondary_index=[
                 DynamodbTableGlobalSecondaryIndex(
-                    name=STATUS_INDEX, hash_key="status", range_key="created_at", projection_type="ALL",
+                    name=STATUS_INDEX,
+                    hash_key="status",
+                    range_key="created_at",
+                    projection_type="ALL",
                 ),
             ],
             point_in_time_recovery=DynamodbTablePointInTimeRecovery(enabled=True),

@@ -32,8 +32,15 @@ class StackSummary:
 def _label(change: Mapping[str, Any]) -> str:
     after = (change.get("change") or {}).get("after") or {}
     before = (change.get("change") or {}).get("before") or {}
-    name = next((v for k in ("name", "bucket", "function_name", "alarm_name", "key")
-                 for v in (after.get(k), before.get(k)) if isinstance(v, str)), None)
+    name = next(
+        (
+            v
+            for k in ("name", "bucket", "function_name", "alarm_name", "key")
+            for v in (after.get(k), before.get(k))
+            if isinstance(v, str)
+        ),
+        None,
+    )
     return f"{change['address']} ({name})" if name else str(change["address"])
 
 
@@ -67,20 +74,30 @@ def summarize(stack: str, plan: Mapping[str, Any]) -> StackSummary:
 
 def render(environment: str, summaries: Sequence[StackSummary]) -> str:
     totals = {k: sum(len(getattr(s, k)) for s in summaries) for k in ("create", "update", "replace", "delete")}
-    lines = [f"# Plan for `{environment}`", "",
-             f"**{totals['create']} to add, {totals['update']} to change, {totals['replace']} to replace, "
-             f"{totals['delete']} to destroy** across {len(summaries)} stacks.", ""]
+    lines = [
+        f"# Plan for `{environment}`",
+        "",
+        f"**{totals['create']} to add, {totals['update']} to change, {totals['replace']} to replace, "
+        f"{totals['delete']} to destroy** across {len(summaries)} stacks.",
+        "",
+    ]
     warnings = [f"- **{s.stack}**: {w}" for s in summaries for w in s.warnings]
     if warnings:
         lines += ["## ⚠ Stateful resources replaced or destroyed", "", *warnings, ""]
     lines += ["| stack | add | change | replace | destroy |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {s.stack} | {len(s.create)} | {len(s.update)} | {len(s.replace)} | {len(s.delete)} |"
-              for s in summaries]
+    lines += [
+        f"| {s.stack} | {len(s.create)} | {len(s.update)} | {len(s.replace)} | {len(s.delete)} |" for s in summaries
+    ]
     for s in summaries:
         if not s.has_changes:
             continue
         lines += ["", f"## {s.stack}"]
-        for title, items in (("add", s.create), ("change", s.update), ("replace", s.replace),
-                             ("destroy", s.delete), ("outputs changed", s.outputs_changed)):
+        for title, items in (
+            ("add", s.create),
+            ("change", s.update),
+            ("replace", s.replace),
+            ("destroy", s.delete),
+            ("outputs changed", s.outputs_changed),
+        ):
             lines += [f"- {title}: `{item}`" for item in items]
     return "\n".join(lines) + "\n"

@@ -72,8 +72,13 @@ class Suppression:
     environments: tuple[str, ...] = ENVIRONMENTS
 
     def matches(self, finding: Finding) -> bool:
-        return (not finding.passed and finding.check_id == self.check and finding.stack == self.stack
-                and finding.environment in self.environments and fnmatchcase(finding.address, self.resource))
+        return (
+            not finding.passed
+            and finding.check_id == self.check
+            and finding.stack == self.stack
+            and finding.environment in self.environments
+            and fnmatchcase(finding.address, self.resource)
+        )
 
     def describe(self) -> str:
         return f"{self.check} {self.stack} {self.resource}"
@@ -94,9 +99,12 @@ class Outcome:
     def counts(self, environment: str | None = None) -> tuple[int, int, int]:
         def mine(env: str) -> bool:
             return environment is None or env == environment
-        return (sum(n for env, n in self.passed.items() if mine(env)),
-                sum(1 for f in self.failed if mine(f.environment)),
-                sum(1 for f, _ in self.suppressed if mine(f.environment)))
+
+        return (
+            sum(n for env, n in self.passed.items() if mine(env)),
+            sum(1 for f in self.failed if mine(f.environment)),
+            sum(1 for f, _ in self.suppressed if mine(f.environment)),
+        )
 
 
 def load_suppressions(path: Path) -> list[Suppression]:
@@ -109,9 +117,13 @@ def load_suppressions(path: Path) -> list[Suppression]:
         if unknown:
             raise ScanError(f"{where}: unknown key(s) {sorted(unknown)}")
         reason = " ".join(str(item.get("reason", "")).split())
-        entry = Suppression(check=str(item.get("check", "")), stack=str(item.get("stack", "")),
-                            resource=str(item.get("resource", "")), reason=reason,
-                            environments=tuple(item.get("environments", ENVIRONMENTS)))
+        entry = Suppression(
+            check=str(item.get("check", "")),
+            stack=str(item.get("stack", "")),
+            resource=str(item.get("resource", "")),
+            reason=reason,
+            environments=tuple(item.get("environments", ENVIRONMENTS)),
+        )
         if not _CHECK_ID.match(entry.check):
             raise ScanError(f"{where}: check {entry.check!r} is not a checkov check id")
         if entry.stack not in STACK_ORDER:
@@ -119,8 +131,9 @@ def load_suppressions(path: Path) -> list[Suppression]:
         if not _RESOURCE.match(entry.resource):
             raise ScanError(f"{where}: resource {entry.resource!r} must be '<aws type>.<construct id>[*]'")
         if len(entry.reason) < MIN_REASON:
-            raise ScanError(f"{where} ({entry.describe()}): write a reason a reviewer can judge "
-                            f"(at least {MIN_REASON} characters)")
+            raise ScanError(
+                f"{where} ({entry.describe()}): write a reason a reviewer can judge (at least {MIN_REASON} characters)"
+            )
         if not entry.environments or set(entry.environments) - set(ENVIRONMENTS):
             raise ScanError(f"{where}: environments must be a non-empty subset of {', '.join(ENVIRONMENTS)}")
         if any((e.check, e.stack, e.resource) == (entry.check, entry.stack, entry.resource) for e in entries):
@@ -162,12 +175,13 @@ def findings_from_report(report: Any, files: Mapping[Path, tuple[str, str]]) -> 
                     doc = json.loads(path.read_text())
                     types[path] = {name: rtype for rtype, items in doc.get("resource", {}).items() for name in items}
                 address = item["resource"]
-                if address.startswith("resource.") and address[len("resource."):] in types[path]:
-                    name = address[len("resource."):]
+                if address.startswith("resource.") and address[len("resource.") :] in types[path]:
+                    name = address[len("resource.") :]
                     address = f"{types[path][name]}.{name}"
                 environment, stack = files[path]
-                findings.append(Finding(environment, stack, item["check_id"], item.get("check_name", ""),
-                                        address, passed))
+                findings.append(
+                    Finding(environment, stack, item["check_id"], item.get("check_name", ""), address, passed)
+                )
     return findings
 
 
@@ -200,10 +214,13 @@ def evaluate(findings: Iterable[Finding], suppressions: Sequence[Suppression], e
 
 def report_lines(outcome: Outcome, *, verbose: bool = False) -> list[str]:
     lines = [f"FAILED  {f.describe()}" for f in outcome.failed]
-    lines += [f"STALE   suppression {s.describe()} matches no failure in {env}: fix or delete it"
-              for s, env in outcome.stale]
-    lines += [f"BROAD   suppression {s.describe()} matches {len(a)} resources in {env}: {', '.join(a)}"
-              for s, env, a in outcome.too_broad]
+    lines += [
+        f"STALE   suppression {s.describe()} matches no failure in {env}: fix or delete it" for s, env in outcome.stale
+    ]
+    lines += [
+        f"BROAD   suppression {s.describe()} matches {len(a)} resources in {env}: {', '.join(a)}"
+        for s, env, a in outcome.too_broad
+    ]
     if verbose:
         lines += [f"skip    {f.describe()}\n        reason: {s.reason}" for f, s in outcome.suppressed]
     for environment in outcome.passed:
@@ -215,6 +232,7 @@ def report_lines(outcome: Outcome, *, verbose: bool = False) -> list[str]:
 
 
 # -- the checkov virtualenv and run -------------------------------------------------------------------------------
+
 
 def lock_digest(lock: Path = LOCK) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()
@@ -230,8 +248,10 @@ def install(venv: Path = VENV, lock: Path = LOCK) -> None:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # --no-deps: the lock lists every package (pip freeze), so exactly it is installed; `pip check` proves it whole.
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "-r", str(lock)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "-r", str(lock)],
+        check=True,
+    )
     subprocess.run([str(python), "-m", "pip", "check", "--disable-pip-version-check"], check=True)
     stamp.write_text(lock_digest(lock) + "\n")
 
@@ -239,8 +259,16 @@ def install(venv: Path = VENV, lock: Path = LOCK) -> None:
 def run_checkov(files: Iterable[Path], checkov: Path) -> Any:
     if not checkov.exists():
         raise ScanError(f"{checkov} is missing: run `make scan` (or scripts/scan.py --install)")
-    command = [str(checkov), "--framework", "terraform_json", "--skip-download", "--output", "json",
-               "--file", *(str(p) for p in sorted(files))]
+    command = [
+        str(checkov),
+        "--framework",
+        "terraform_json",
+        "--skip-download",
+        "--output",
+        "json",
+        "--file",
+        *(str(p) for p in sorted(files)),
+    ]
     env = {**os.environ, "ANSI_COLORS_DISABLED": "1", "LOG_LEVEL": "WARNING"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHECKOV_TIMEOUT_S, env=env, cwd=ROOT)
     if done.returncode not in (0, 1):  # 1: some check failed, which is ours to judge
@@ -248,8 +276,9 @@ def run_checkov(files: Iterable[Path], checkov: Path) -> Any:
     try:
         return json.loads(done.stdout)
     except json.JSONDecodeError as err:
-        raise ScanError(f"checkov printed no JSON report ({err}): {done.stdout[:500]!r} {done.stderr[-1000:]!r}") \
-            from err
+        raise ScanError(
+            f"checkov printed no JSON report ({err}): {done.stdout[:500]!r} {done.stderr[-1000:]!r}"
+        ) from err
 
 
 def synthesize(environments: Iterable[str], outdir: Path) -> dict[str, Path]:
@@ -273,8 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--install", action="store_true", help="create/refresh .venv-checkov from the lock first")
     parser.add_argument("--env", action="append", choices=ENVIRONMENTS, help="scan only these (default: all four)")
     parser.add_argument("--outdir", type=Path, default=DEFAULT_OUTDIR, help="where to synthesize (default build/scan)")
-    parser.add_argument("--synthesized", action="append", type=_pair, metavar="ENV=DIR",
-                        help="scan this already synthesized environment instead of synthesizing it")
+    parser.add_argument(
+        "--synthesized",
+        action="append",
+        type=_pair,
+        metavar="ENV=DIR",
+        help="scan this already synthesized environment instead of synthesizing it",
+    )
     parser.add_argument("--suppressions", type=Path, default=SUPPRESSIONS)
     parser.add_argument("--checkov", type=Path, default=VENV / "bin" / "checkov")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list each suppressed finding and reason")

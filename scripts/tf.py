@@ -28,7 +28,6 @@ from modules.layout import BOOTSTRAP, STACK_ORDER  # noqa: E402
 from scripts.plansummary import render, summarize  # noqa: E402
 
 
-
 class Refused(Exception):
     """One line for the operator: what is wrong and what to do. Exit status 2."""
 
@@ -40,16 +39,22 @@ def sha256(path: Path) -> str:
 def preflight(config: EnvironmentConfig) -> str:
     """Refuse early, in one line, when Terraform cannot possibly run against this environment."""
     if not config.remote_state:
-        raise Refused(f"environment '{config.name}' is emulated (no AWS): use `make local`, or pick ENV=dev|staging|prod")
+        raise Refused(
+            f"environment '{config.name}' is emulated (no AWS): use `make local`, or pick ENV=dev|staging|prod"
+        )
     terraform = shutil.which("terraform")
     if terraform is None:
-        raise Refused("terraform is not on PATH: install Terraform >= 1.10 "
-                      "(https://developer.hashicorp.com/terraform/install) and run again")
+        raise Refused(
+            "terraform is not on PATH: install Terraform >= 1.10 "
+            "(https://developer.hashicorp.com/terraform/install) and run again"
+        )
     import boto3
 
     if boto3.Session().get_credentials() is None:
-        raise Refused(f"no AWS credentials for environment '{config.name}' (account {config.account}): "
-                      "run `aws sso login` / export AWS_PROFILE, or use the deploy role from CI")
+        raise Refused(
+            f"no AWS credentials for environment '{config.name}' (account {config.account}): "
+            "run `aws sso login` / export AWS_PROFILE, or use the deploy role from CI"
+        )
     return terraform
 
 
@@ -69,8 +74,9 @@ def _rel(path: Path) -> str:
 
 
 def terraform(binary: str, cwd: Path, *args: str, capture: bool = False) -> str:
-    result = subprocess.run([binary, f"-chdir={cwd}", *args], check=False, text=True,
-                            stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run(
+        [binary, f"-chdir={cwd}", *args], check=False, text=True, stdout=subprocess.PIPE if capture else None
+    )
     if result.returncode != 0:
         raise Refused(f"terraform {args[0]} failed in {_rel(cwd)} (exit {result.returncode}); see above")
     return result.stdout or ""
@@ -91,9 +97,12 @@ def plan(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> P
         (plans / f"{stack}.json").write_text(json.dumps(shown, indent=1, sort_keys=True))
         summary = summarize(stack, shown)
         summaries.append(summary)
-        manifest["stacks"][stack] = {"config_sha256": sha256(cwd / "cdk.tf.json"), "plan_sha256": sha256(plan_file),
-                                     "has_changes": summary.has_changes,
-                                     "outputs_changed": summary.outputs_changed}
+        manifest["stacks"][stack] = {
+            "config_sha256": sha256(cwd / "cdk.tf.json"),
+            "plan_sha256": sha256(plan_file),
+            "has_changes": summary.has_changes,
+            "outputs_changed": summary.outputs_changed,
+        }
     (plans / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     text = render(config.name, summaries)
     (plans / "summary.md").write_text(text)
@@ -118,8 +127,10 @@ def check_plans(config: EnvironmentConfig, plans: Path, outdir: Path) -> dict[st
         if sha256(plan_file) != entry["plan_sha256"]:
             raise Refused(f"{_rel(plan_file)} changed after review: run `make plan ENV={config.name}`")
         if sha256(stack_dir(config, stack, outdir) / "cdk.tf.json") != entry["config_sha256"]:
-            raise Refused(f"{stack} was synthesized differently since its plan (stale plan): "
-                          f"run `make plan ENV={config.name}` and review again")
+            raise Refused(
+                f"{stack} was synthesized differently since its plan (stale plan): "
+                f"run `make plan ENV={config.name}` and review again"
+            )
     return manifest
 
 
@@ -134,12 +145,14 @@ def apply(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> 
         terraform(binary, cwd, "init", "-input=false", "-no-color")  # a fresh runner has no .terraform yet
         terraform(binary, cwd, "apply", "-input=false", "-no-color", str(plans / f"{stack}.tfplan"))
         (plans / f"{stack}.tfplan").unlink()  # applied: a plan is good for one apply
-        later = pending[index + 1:]
+        later = pending[index + 1 :]
         if manifest["stacks"][stack]["outputs_changed"] and later:
             # Later plans read this stack's outputs at plan time; applying them now would use the old values.
             (plans / "manifest.json").unlink()
-            raise Refused(f"{stack} changed outputs {manifest['stacks'][stack]['outputs_changed']} that "
-                          f"{', '.join(later)} read: run `make plan ENV={config.name}` and review the rest")
+            raise Refused(
+                f"{stack} changed outputs {manifest['stacks'][stack]['outputs_changed']} that "
+                f"{', '.join(later)} read: run `make plan ENV={config.name}` and review the rest"
+            )
     (plans / "manifest.json").unlink()
     print(f"applied {len(pending)} stack(s) of '{config.name}'")
 
@@ -147,7 +160,8 @@ def apply(config: EnvironmentConfig, binary: str, plans: Path, outdir: Path) -> 
 def retained(cwd: Path) -> tuple[list[str], list[str]]:
     """(addresses kept because of prevent_destroy, every other managed address) of one stack."""
     doc = json.loads((cwd / "cdk.tf.json").read_text())
-    kept, others = [], []
+    kept: list[str] = []
+    others: list[str] = []
     for rtype, items in sorted(doc.get("resource", {}).items()):
         for name, body in sorted(items.items()):
             (kept if body.get("lifecycle", {}).get("prevent_destroy") else others).append(f"{rtype}.{name}")
@@ -169,8 +183,10 @@ def destroy(config: EnvironmentConfig, binary: str, answer: str, outdir: Path) -
             kept_all += [f"{stack}: {address}" for address in kept]
         else:
             terraform(binary, cwd, "destroy", "-input=false", "-no-color", "-auto-approve")
-    print(f"destroyed '{config.name}' except these retained resources (prevent_destroy; delete them by hand "
-          "only if you mean to lose their data):")
+    print(
+        f"destroyed '{config.name}' except these retained resources (prevent_destroy; delete them by hand "
+        "only if you mean to lose their data):"
+    )
     for line in kept_all:
         print(f"  kept {line}")
 
@@ -196,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "apply":
             apply(config, binary, plans, default_outdir(config))
         elif args.command == "destroy":
-            print(f"This destroys environment '{config.name}' (account {config.account}, {config.region}), "
-                  "except the task table and the dead-letter queue.")
+            print(
+                f"This destroys environment '{config.name}' (account {config.account}, {config.region}), "
+                "except the task table and the dead-letter queue."
+            )
             answer = input(f"Type the environment name ({config.name}) to confirm: ").strip()
             destroy(config, binary, answer, default_outdir(config))
         elif args.command == "bootstrap":

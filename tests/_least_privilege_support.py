@@ -28,8 +28,11 @@ REGION = localaws.DEFAULT_REGION
 TOKEN = "least-privilege-token-0123"
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
 # A role is known by the service its trust policy names, not by its name.
-COMPONENT_OF = {"ecs-tasks.amazonaws.com": "orchestrator", "ec2.amazonaws.com": "adapter",
-                "lambda.amazonaws.com": "lambda"}
+COMPONENT_OF = {
+    "ecs-tasks.amazonaws.com": "orchestrator",
+    "ec2.amazonaws.com": "adapter",
+    "lambda.amazonaws.com": "lambda",
+}
 # The Lambda's own windows shrunk, so a test needs no waiting (what tests/test_shutdown_moto.py shrinks too).
 LAMBDA_OVERRIDES = {"IDLE_WINDOW_SECONDS": "0", "MIN_UPTIME_SECONDS": "0", "STOPPING_WAIT_SECONDS": "0"}
 
@@ -43,8 +46,11 @@ class World:
 
     def session(self, who: str) -> boto3.session.Session:
         k = self.keys[who]
-        return boto3.session.Session(region_name=REGION, aws_access_key_id=k["AWS_ACCESS_KEY_ID"],
-                                     aws_secret_access_key=k["AWS_SECRET_ACCESS_KEY"])
+        return boto3.session.Session(
+            region_name=REGION,
+            aws_access_key_id=k["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=k["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def client(self, who: str, service: str) -> Any:
         return self.session(who).client(service, endpoint_url=self.aws.endpoint_url)
@@ -95,8 +101,11 @@ def fresh(world: World) -> World:
 
 def warnings(caplog: pytest.LogCaptureFixture, component: str) -> list[tuple[str, Any]]:
     """What `component` logged at WARNING or above: where its code swallows an AWS error, a refusal shows here."""
-    return [(r.getMessage(), getattr(r, "fields", None)) for r in caplog.records
-            if r.name.startswith(component) and r.levelno >= logging.WARNING]
+    return [
+        (r.getMessage(), getattr(r, "fields", None))
+        for r in caplog.records
+        if r.name.startswith(component) and r.levelno >= logging.WARNING
+    ]
 
 
 def refused(call: Callable[[], Any]) -> str:
@@ -119,9 +128,11 @@ def orchestrator(world: World) -> Any:
 
     settings = Settings.from_env({**world.aws.env(), "ORCHESTRATOR_TOKEN": TOKEN})
     session = world.session("orchestrator")
-    clients = Clients(sqs=world.client("orchestrator", "sqs"), ec2=world.client("orchestrator", "ec2"),
-                      table=session.resource("dynamodb", endpoint_url=world.aws.endpoint_url).Table(
-                          world.aws.table_name))
+    clients = Clients(
+        sqs=world.client("orchestrator", "sqs"),
+        ec2=world.client("orchestrator", "ec2"),
+        table=session.resource("dynamodb", endpoint_url=world.aws.endpoint_url).Table(world.aws.table_name),
+    )
     return TestClient(create_app(settings, clients), headers={"Authorization": f"Bearer {TOKEN}"})
 
 
@@ -137,11 +148,24 @@ def install_adapter(world: World, root: Path) -> dict[str, str]:
     """adapter/deploy/install.sh as the instance runs it at boot, with the GPU role's key: reads the bundle and config
     parameters, downloads and unpacks the bundle; returns the environment file it writes for the adapter."""
     prefix = world.bundle_param.rsplit("/", 1)[0]
-    env = {"PATH": os.environ["PATH"], "PYTHON": sys.executable, "AWS_ENDPOINT_URL": world.aws.endpoint_url,
-           "AWS_REGION": REGION, **world.keys["adapter"], "ADAPTER_SSM_PREFIX": prefix,
-           "ADAPTER_ROOT": str(root / "opt"), "ADAPTER_ENV_FILE": str(root / "adapter.env")}
-    done = subprocess.run(["bash", str(REPO / "adapter" / "deploy" / "install.sh")], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHON": sys.executable,
+        "AWS_ENDPOINT_URL": world.aws.endpoint_url,
+        "AWS_REGION": REGION,
+        **world.keys["adapter"],
+        "ADAPTER_SSM_PREFIX": prefix,
+        "ADAPTER_ROOT": str(root / "opt"),
+        "ADAPTER_ENV_FILE": str(root / "adapter.env"),
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "adapter" / "deploy" / "install.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = {}
     for line in (root / "adapter.env").read_text().splitlines():  # KEY="value", with \ and " escaped
@@ -155,9 +179,18 @@ def adapter_worker(world: World, env: dict[str, str], work_dir: Path) -> Any:
     times shrunk, the on-node autostop off (it would power the machine off), the rollout check due at once."""
     from adapter.__main__ import build
 
-    env = {**env, "AWS_ENDPOINT_URL": world.aws.endpoint_url, "AWS_REGION": REGION, "WORK_DIR": str(work_dir),
-           "WAIT_TIME_SECONDS": "1", "HEARTBEAT_SECONDS": "0.2", "IDLE_WINDOW_SECONDS": "0",
-           "DLQ_SWEEP_SECONDS": "3600", "WORKER_ID": "gpu-1", "ROLLOUT_CHECK_SECONDS": "0"}
+    env = {
+        **env,
+        "AWS_ENDPOINT_URL": world.aws.endpoint_url,
+        "AWS_REGION": REGION,
+        "WORK_DIR": str(work_dir),
+        "WAIT_TIME_SECONDS": "1",
+        "HEARTBEAT_SECONDS": "0.2",
+        "IDLE_WINDOW_SECONDS": "0",
+        "DLQ_SWEEP_SECONDS": "3600",
+        "WORKER_ID": "gpu-1",
+        "ROLLOUT_CHECK_SECONDS": "0",
+    }
     return build(env, session=world.session("adapter"))
 
 
@@ -166,8 +199,14 @@ def invoke_lambda(world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     runtime puts them; the handler builds its clients from the default chain)."""
     from functions.shutdown.handler import handler
 
-    env = {**world.aws.lambda_env, **world.keys["lambda"], **LAMBDA_OVERRIDES,
-           "AWS_ENDPOINT_URL": world.aws.endpoint_url, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
+    env = {
+        **world.aws.lambda_env,
+        **world.keys["lambda"],
+        **LAMBDA_OVERRIDES,
+        "AWS_ENDPOINT_URL": world.aws.endpoint_url,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 import tests._adapter_support as support
-from adapter.queue import sweep_dlq
 from adapter.__main__ import build
 from adapter.autostop import AutoStop
 from adapter.model import TaskStore
+from adapter.queue import sweep_dlq
 from adapter.rollout import EXIT_NEW_BUNDLE
 from adapter.worker import Worker
 from tests._adapter_support import (

@@ -56,6 +56,14 @@ def test_reserved_lambda_environment_keys_are_refused() -> None:
 
     stack = TerraformStack(App(), "reserved")
     with pytest.raises(ValueError, match="AWS_REGION is reserved"):
-        PythonFunction(stack, "fn", name="f", package="shutdown", handler="shutdown.handler.handler",
-                       role="arn:aws:iam::123456789012:role/r", environment={"AWS_REGION": "us-east-1"},
-                       region="us-east-1", account="123456789012")
+        PythonFunction(
+            stack,
+            "fn",
+            name="f",
+            package="shutdown",
+            handler="shutdown.handler.handler",
+            role="arn:aws:iam::123456789012:role/r",
+            environment={"AWS_REGION": "us-east-1"},
+            region="us-east-1",
+            account="123456789012",
+        )

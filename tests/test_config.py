@@ -28,24 +28,34 @@ def test_local_is_the_default_and_needs_no_aws_account() -> None:
 
 
 def test_seed_overrides_win_over_the_file() -> None:
-    config = load_config("dev", env={**ACCOUNT, "CDK_DEFAULT_REGION": "eu-west-1",
-                                     "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0, i-0123456789abcdef1"})
+    config = load_config(
+        "dev",
+        env={
+            **ACCOUNT,
+            "CDK_DEFAULT_REGION": "eu-west-1",
+            "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0, i-0123456789abcdef1",
+        },
+    )
     assert config.account == "111111111111" and config.region == "eu-west-1"
     assert config.gpu_instance_ids == ("i-0123456789abcdef0", "i-0123456789abcdef1")
     assert config.resolved_state_bucket == "gpu-orchestrator-tfstate-dev-111111111111-eu-west-1"
     assert config.state_key("gpu-orchestrator-sqs") == "dev/gpu-orchestrator-sqs.tfstate"
 
 
-@pytest.mark.parametrize(("env_name", "env", "setting"), [
-    ("nope", {}, "environment"),
-    ("dev", {}, "account"),
-    ("dev", {"CDK_DEFAULT_ACCOUNT": "12345"}, "account"),
-    ("dev", {**ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-xyz"}, "gpu_instance_ids"),
-    ("dev", {**ACCOUNT, "CDK_DEFAULT_REGION": "moon-1"}, "region"),
-    ("staging", ACCOUNT, "gpu_instance_ids"),
-])
+@pytest.mark.parametrize(
+    ("env_name", "env", "setting"),
+    [
+        ("nope", {}, "environment"),
+        ("dev", {}, "account"),
+        ("dev", {"CDK_DEFAULT_ACCOUNT": "12345"}, "account"),
+        ("dev", {**ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-xyz"}, "gpu_instance_ids"),
+        ("dev", {**ACCOUNT, "CDK_DEFAULT_REGION": "moon-1"}, "region"),
+        ("staging", ACCOUNT, "gpu_instance_ids"),
+    ],
+)
 def test_bad_settings_fail_with_one_line_naming_setting_and_environment(
-        env_name: str, env: dict[str, str], setting: str) -> None:
+    env_name: str, env: dict[str, str], setting: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(env_name, env=env)
     message = str(err.value)
@@ -54,17 +64,28 @@ def test_bad_settings_fail_with_one_line_naming_setting_and_environment(
     assert err.value.setting == setting
 
 
-@pytest.mark.parametrize(("body", "setting"), [
-    ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nstate_bucket = "Bad_Bucket"\n',
-     "state_bucket"),
-    ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nidle_window_minutes = 7\n',
-     "idle_window_minutes"),
-    ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nidle_window_minutes = "30"\n',
-     "idle_window_minutes"),
-    ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\ncolour = "blue"\n', "colour"),
-    ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0", "i-0123456789abcdef0"]\n',
-     "gpu_instance_ids"),
-])
+@pytest.mark.parametrize(
+    ("body", "setting"),
+    [
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nstate_bucket = "Bad_Bucket"\n',
+            "state_bucket",
+        ),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nidle_window_minutes = 7\n',
+            "idle_window_minutes",
+        ),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nidle_window_minutes = "30"\n',
+            "idle_window_minutes",
+        ),
+        ('[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\ncolour = "blue"\n', "colour"),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0", "i-0123456789abcdef0"]\n',
+            "gpu_instance_ids",
+        ),
+    ],
+)
 def test_file_errors(tmp_path: Path, body: str, setting: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config("x", env={}, path=write(tmp_path, body))
@@ -75,11 +96,21 @@ def test_main_refuses_bad_config_before_writing_anything(tmp_path: Path) -> None
     outdir = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDK_")}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "main.py")], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**env, "ENV": "dev", "CDK_DEFAULT_ACCOUNT": "111111111111", "CDK_CONTEXT_GPU_INSTANCE_ID": "i-nope",
-             "CDKTF_OUTDIR": str(outdir)},
+        [sys.executable, str(ROOT / "main.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **env,
+            "ENV": "dev",
+            "CDK_DEFAULT_ACCOUNT": "111111111111",
+            "CDK_CONTEXT_GPU_INSTANCE_ID": "i-nope",
+            "CDKTF_OUTDIR": str(outdir),
+        },
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "config error: environment 'dev': gpu_instance_ids: 'i-nope' is not an EC2 instance id (i-0123456789abcdef0)"]
+        "config error: environment 'dev': gpu_instance_ids: 'i-nope' is not an EC2 instance id (i-0123456789abcdef0)"
+    ]
     assert not outdir.exists()

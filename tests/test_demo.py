@@ -11,14 +11,22 @@ from modules.config import ROOT
 
 def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "localaws.demo", "--tasks", "2", "--size", "32"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=420, start_new_session=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "localaws.demo", "--tasks", "2", "--size", "32"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        start_new_session=True,
+    )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     assert out.count(": SUCCEEDED after 1 attempt(s)") == 2
     assert out.count("result.json: {") == 2
     assert "lambda decision: STOP" in out
     assert "instance states seen: stopped -> running -> " in out and "adapter stopped: True" in out
-    leftovers = subprocess.run(["pgrep", "-f", "-m", "1", "-a", "python.* -m adapter"], capture_output=True,
-                               text=True, check=False)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "-m", "1", "-a", "python.* -m adapter"], capture_output=True, text=True, check=False
+    )
     assert str(ROOT) not in leftovers.stdout or "demo" not in leftovers.stdout

@@ -136,8 +136,10 @@ def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: d
     doc = policy_of(out, "gpu-orchestrator-deploy-staging")
     (identity_key,) = out["data"]["aws_caller_identity"]
     account = f"${{data.aws_caller_identity.{identity_key}.account_id}}"
-    assert statement(doc, "Queues")["Resource"] == [f"arn:aws:sqs:*:{account}:gpu_tasks_queue*-staging",
-                                                    f"arn:aws:sqs:*:{account}:shutdown-gpu-lambda-dlq*-staging"]
+    assert statement(doc, "Queues")["Resource"] == [
+        f"arn:aws:sqs:*:{account}:gpu_tasks_queue*-staging",
+        f"arn:aws:sqs:*:{account}:shutdown-gpu-lambda-dlq*-staging",
+    ]
     assert statement(doc, "TaskStore")["Resource"] == [f"arn:aws:dynamodb:*:{account}:table/task_store*-staging"]
     assert statement(doc, "Parameters")["Resource"] == [f"arn:aws:ssm:*:{account}:parameter/gpu-orchestrator/staging/*"]
     assert statement(doc, "ArtifactsBucket")["Resource"] == ["arn:aws:s3:::gpu-orchestrator-artifacts-staging-*"]

@@ -104,8 +104,11 @@ def test_shutdown_role_can_send_to_exactly_the_functions_dead_letter_queue(synth
     for env, region, account in (("local", "us-east-1", "123456789012"), ("prod", "us-east-1", "333333333333")):
         stacks = load(synthesized(env))
         queue = one(stacks[LAMBDA], "aws_sqs_queue")["name"]
-        sends = [st["Resource"] for st in policy_statements(stacks[IAM], f"lambda-gpu-shutdown-role-{env}")
-                 if "sqs:SendMessage" in st["Action"]]
+        sends = [
+            st["Resource"]
+            for st in policy_statements(stacks[IAM], f"lambda-gpu-shutdown-role-{env}")
+            if "sqs:SendMessage" in st["Action"]
+        ]
         assert sends == [[f"arn:aws:sqs:{region}:{account}:{queue}"]]
     assert DEAD_LETTER_ACTIONS == ("sqs:SendMessage",)
 
@@ -113,8 +116,12 @@ def test_shutdown_role_can_send_to_exactly_the_functions_dead_letter_queue(synth
 def test_action_lists_are_the_seeds(iam: dict[str, Any]) -> None:
     assert set(queue.SEND_ACTIONS) == {"sqs:SendMessage", "sqs:GetQueueAttributes"}
     assert set(queue.CONSUME_ACTIONS) >= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
-    assert set(table.SUBMIT_ACTIONS) == {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem",
-                                         "dynamodb:Query"}
+    assert set(table.SUBMIT_ACTIONS) == {
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+    }
     assert set(table.WORKER_ACTIONS) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     assert gpu.DESCRIBE_ACTIONS == ("ec2:DescribeInstances",)
     assert set(LOG_ACTIONS) == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}

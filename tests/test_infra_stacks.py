@@ -19,14 +19,22 @@ def stacks(synthesized: Any) -> dict[str, dict[str, Any]]:
 
 def test_stack_names_are_the_seeds_plus_artifacts(stacks: dict[str, Any]) -> None:
     assert sorted(stacks) == sorted(STACK_ORDER)
-    assert set(STACK_ORDER) == {"gpu-orchestrator-sqs", "gpu-orchestrator-dynamodb", "gpu-orchestrator-iam",
-                                "gpu-orchestrator-lambda", "gpu-orchestrator-alarm", "gpu-orchestrator-artifacts"}
+    assert set(STACK_ORDER) == {
+        "gpu-orchestrator-sqs",
+        "gpu-orchestrator-dynamodb",
+        "gpu-orchestrator-iam",
+        "gpu-orchestrator-lambda",
+        "gpu-orchestrator-alarm",
+        "gpu-orchestrator-artifacts",
+    }
 
 
 def test_dependencies_follow_the_seeds_diagram_through_remote_state(stacks: dict[str, Any]) -> None:
     for stack, doc in stacks.items():
-        reads = {name.removeprefix("cross-stack-reference-input-")
-                 for name in doc.get("data", {}).get("terraform_remote_state", {})}
+        reads = {
+            name.removeprefix("cross-stack-reference-input-")
+            for name in doc.get("data", {}).get("terraform_remote_state", {})
+        }
         assert reads == DEPENDENCIES[stack], stack
     # and the declared order applies every producer before its consumers
     for stack, producers in DEPENDENCIES.items():
@@ -42,7 +50,9 @@ def test_queue_and_dead_letter_queue(stacks: dict[str, Any]) -> None:
     assert queue["message_retention_seconds"] == 86400
     redrive = json.loads(queue["redrive_policy"])
     assert redrive["maxReceiveCount"] == 3
-    dlq_address = next(a for a, b in doc["resource"]["aws_sqs_queue"].items() if b["name"].startswith("gpu_tasks_queue_dlq"))
+    dlq_address = next(
+        a for a, b in doc["resource"]["aws_sqs_queue"].items() if b["name"].startswith("gpu_tasks_queue_dlq")
+    )
     assert redrive["deadLetterTargetArn"] == f"${{aws_sqs_queue.{dlq_address}.arn}}"
     assert dlq["message_retention_seconds"] == 14 * 86400
     assert queue["sqs_managed_sse_enabled"] is True and dlq["sqs_managed_sse_enabled"] is True
@@ -50,8 +60,9 @@ def test_queue_and_dead_letter_queue(stacks: dict[str, Any]) -> None:
     assert "lifecycle" not in queue
     allow = json.loads(one(doc, "aws_sqs_queue_redrive_allow_policy")["redrive_allow_policy"])
     assert allow["redrivePermission"] == "byQueue" and len(allow["sourceQueueArns"]) == 1
-    assert Testing.to_have_resource_with_properties(json.dumps(doc), "aws_sqs_queue", {
-        "name": "gpu_tasks_queue-local", "visibility_timeout_seconds": 300})
+    assert Testing.to_have_resource_with_properties(
+        json.dumps(doc), "aws_sqs_queue", {"name": "gpu_tasks_queue-local", "visibility_timeout_seconds": 300}
+    )
 
 
 def test_task_table(stacks: dict[str, Any]) -> None:
@@ -61,10 +72,14 @@ def test_task_table(stacks: dict[str, Any]) -> None:
     assert table["billing_mode"] == "PAY_PER_REQUEST"
     assert table["point_in_time_recovery"] == {"enabled": True}
     assert table["ttl"] == {"attribute_name": "ttl", "enabled": True}
-    assert {(a["name"], a["type"]) for a in table["attribute"]} == {("task_id", "S"), ("status", "S"),
-                                                                    ("created_at", "N")}
-    assert table["global_secondary_index"] == [{"name": "status-created_at-index", "hash_key": "status",
-                                                "range_key": "created_at", "projection_type": "ALL"}]
+    assert {(a["name"], a["type"]) for a in table["attribute"]} == {
+        ("task_id", "S"),
+        ("status", "S"),
+        ("created_at", "N"),
+    }
+    assert table["global_secondary_index"] == [
+        {"name": "status-created_at-index", "hash_key": "status", "range_key": "created_at", "projection_type": "ALL"}
+    ]
     assert table["lifecycle"] == {"prevent_destroy": True}
     assert table["deletion_protection_enabled"] is True
 
@@ -73,9 +88,14 @@ def bucket_parts(doc: dict[str, Any], name: str) -> tuple[str, dict[str, dict[st
     """(address, resource type -> the one part of that type configuring the bucket named `name`)."""
     (address,) = [a for a, b in doc["resource"]["aws_s3_bucket"].items() if b["bucket"] == name]
     parts = {}
-    for rtype in ("aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
-                  "aws_s3_bucket_public_access_block", "aws_s3_bucket_ownership_controls", "aws_s3_bucket_policy",
-                  "aws_s3_bucket_lifecycle_configuration"):
+    for rtype in (
+        "aws_s3_bucket_versioning",
+        "aws_s3_bucket_server_side_encryption_configuration",
+        "aws_s3_bucket_public_access_block",
+        "aws_s3_bucket_ownership_controls",
+        "aws_s3_bucket_policy",
+        "aws_s3_bucket_lifecycle_configuration",
+    ):
         parts[rtype] = one(doc, rtype, bucket=f"${{aws_s3_bucket.{address}.id}}")
     return address, parts
 
@@ -85,8 +105,10 @@ def assert_private(parts: dict[str, dict[str, Any]], sse_algorithm: str) -> None
     sse = parts["aws_s3_bucket_server_side_encryption_configuration"]["rule"][0]
     assert sse["apply_server_side_encryption_by_default"]["sse_algorithm"] == sse_algorithm
     block = parts["aws_s3_bucket_public_access_block"]
-    assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls",
-                                          "restrict_public_buckets"))
+    assert all(
+        block[k] is True
+        for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+    )
     assert parts["aws_s3_bucket_ownership_controls"]["rule"] == {"object_ownership": "BucketOwnerEnforced"}
     policy = json.loads(parts["aws_s3_bucket_policy"]["policy"])
     assert policy["Statement"][0]["Effect"] == "Deny"
@@ -108,18 +130,26 @@ def test_artifacts_access_logs_go_to_their_own_bucket_for_a_year(stacks: dict[st
     source, _ = bucket_parts(doc, "gpu-orchestrator-artifacts-local-123456789012")
     target, parts = bucket_parts(doc, "gpu-orchestrator-artifacts-local-123456789012-logs")
     logging = one(doc, "aws_s3_bucket_logging")
-    assert logging == {"bucket": f"${{aws_s3_bucket.{source}.id}}", "target_bucket": f"${{aws_s3_bucket.{target}.id}}",
-                       "target_prefix": "artifacts/"}
+    assert logging == {
+        "bucket": f"${{aws_s3_bucket.{source}.id}}",
+        "target_bucket": f"${{aws_s3_bucket.{target}.id}}",
+        "target_prefix": "artifacts/",
+    }
     assert_private(parts, "AES256")  # S3's log delivery cannot use the aws/s3 managed key
     rules = {r["id"]: r for r in parts["aws_s3_bucket_lifecycle_configuration"]["rule"]}
     assert rules["expire-everything"]["expiration"] == [{"days": 365}]
     assert rules["expire-everything"]["filter"] == [{"prefix": ""}]
     deny, delivery = json.loads(parts["aws_s3_bucket_policy"]["policy"])["Statement"]
     assert delivery == {
-        "Sid": "S3ServerAccessLogDelivery", "Effect": "Allow", "Principal": {"Service": "logging.s3.amazonaws.com"},
-        "Action": "s3:PutObject", "Resource": f"${{aws_s3_bucket.{target}.arn}}/artifacts/*",
-        "Condition": {"ArnLike": {"aws:SourceArn": f"${{aws_s3_bucket.{source}.arn}}"},
-                      "StringEquals": {"aws:SourceAccount": "123456789012"}},
+        "Sid": "S3ServerAccessLogDelivery",
+        "Effect": "Allow",
+        "Principal": {"Service": "logging.s3.amazonaws.com"},
+        "Action": "s3:PutObject",
+        "Resource": f"${{aws_s3_bucket.{target}.arn}}/artifacts/*",
+        "Condition": {
+            "ArnLike": {"aws:SourceArn": f"${{aws_s3_bucket.{source}.arn}}"},
+            "StringEquals": {"aws:SourceAccount": "123456789012"},
+        },
     }
 
 
@@ -156,8 +186,11 @@ def test_shutdown_function(stacks: dict[str, Any]) -> None:
 def test_failed_async_invocations_go_to_the_functions_dead_letter_queue(stacks: dict[str, Any]) -> None:
     doc = stacks[LAMBDA]
     dlq = one(doc, "aws_sqs_queue")
-    assert dlq == {"name": "shutdown-gpu-lambda-dlq-local", "message_retention_seconds": 14 * 86400,
-                   "sqs_managed_sse_enabled": True}
+    assert dlq == {
+        "name": "shutdown-gpu-lambda-dlq-local",
+        "message_retention_seconds": 14 * 86400,
+        "sqs_managed_sse_enabled": True,
+    }
     (address,) = doc["resource"]["aws_sqs_queue"]
     fn = one(doc, "aws_lambda_function")
     assert fn["dead_letter_config"] == {"target_arn": f"${{aws_sqs_queue.{address}.arn}}"}
@@ -169,10 +202,12 @@ def test_local_aws_builds_the_dead_letter_queue_the_role_names_and_the_access_lo
     (fn,) = local_aws.of_type("aws_lambda_function").values()
     queues = {q["name"]: q["arn"] for q in local_aws.of_type("aws_sqs_queue").values()}
     assert fn["dead_letter_target_arn"] == queues["shutdown-gpu-lambda-dlq-local"]
-    policy = local_aws.client("iam").get_role_policy(RoleName="lambda-gpu-shutdown-role-local",
-                                                     PolicyName="least-privilege")["PolicyDocument"]
+    policy = local_aws.client("iam").get_role_policy(
+        RoleName="lambda-gpu-shutdown-role-local", PolicyName="least-privilege"
+    )["PolicyDocument"]
     assert [st["Resource"] for st in policy["Statement"] if "sqs:SendMessage" in st["Action"]] == [
-        [fn["dead_letter_target_arn"]]]
+        [fn["dead_letter_target_arn"]]
+    ]
     (logging,) = local_aws.of_type("aws_s3_bucket_logging").values()
     assert (logging["id"], logging["target_bucket"]) == (local_aws.bucket, f"{local_aws.bucket}-logs")
 
@@ -185,8 +220,11 @@ def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[s
     assert alarm["threshold"] == 0 and alarm["comparison_operator"] == "LessThanOrEqualToThreshold"
     assert alarm["treat_missing_data"] == "breaching"
     metrics = {q["metric"]["metric_name"] for q in alarm["metric_query"] if "metric" in q}
-    assert metrics == {"ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible",
-                       "ApproximateNumberOfMessagesDelayed"}
+    assert metrics == {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    }
     assert all(q["metric"]["period"] == 300 for q in alarm["metric_query"] if "metric" in q)
     (expression,) = [q for q in alarm["metric_query"] if "expression" in q]
     assert expression["return_data"] is True
@@ -215,8 +253,9 @@ def test_outputs_per_stack(stacks: dict[str, Any]) -> None:
 def test_provider_default_tags_account_guard_and_local_state(stacks: dict[str, Any]) -> None:
     for stack, doc in stacks.items():
         (provider,) = doc["provider"]["aws"]
-        assert provider["default_tags"] == [{"tags": {"project": "gpu-orchestrator", "environment": "local",
-                                                      "managed-by": "cdktf"}}]
+        assert provider["default_tags"] == [
+            {"tags": {"project": "gpu-orchestrator", "environment": "local", "managed-by": "cdktf"}}
+        ]
         assert provider["allowed_account_ids"] == ["123456789012"]
         assert provider["region"] == "us-east-1"
         backend = doc["terraform"]["backend"]
@@ -227,9 +266,13 @@ def test_provider_default_tags_account_guard_and_local_state(stacks: dict[str, A
 def test_remote_environments_use_one_s3_key_per_stack_with_native_locking(synthesized: Any) -> None:
     for stack, doc in load(synthesized("prod")).items():
         backend = doc["terraform"]["backend"]["s3"]
-        assert backend == {"bucket": "gpu-orchestrator-tfstate-prod-333333333333-us-east-1",
-                           "key": f"prod/{stack}.tfstate", "region": "us-east-1", "encrypt": True,
-                           "use_lockfile": True}
+        assert backend == {
+            "bucket": "gpu-orchestrator-tfstate-prod-333333333333-us-east-1",
+            "key": f"prod/{stack}.tfstate",
+            "region": "us-east-1",
+            "encrypt": True,
+            "use_lockfile": True,
+        }
         for remote in doc.get("data", {}).get("terraform_remote_state", {}).values():
             assert remote["backend"] == "s3"
             assert remote["config"]["key"].startswith("prod/") and remote["config"]["encrypt"] is True

@@ -85,8 +85,10 @@ def test_adapter_installs_and_runs_tasks_end_to_end_with_its_own_role(
         item = fresh.item(task_id)
         assert item["status"] == "SUCCEEDED", item
         assert item["result_uri"] == f"s3://{aws.bucket}/results/{task_id}/"
-        keys = {o["Key"] for o in aws.client("s3").list_objects_v2(
-            Bucket=aws.bucket, Prefix=f"results/{task_id}/")["Contents"]}
+        keys = {
+            o["Key"]
+            for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix=f"results/{task_id}/")["Contents"]
+        }
         assert f"results/{task_id}/result.json" in keys, keys
     slow_item = fresh.item(slow)
     assert slow_item["heartbeat_at"] > slow_item["started_at"]  # the heartbeat's UpdateItem went through
@@ -101,9 +103,12 @@ def test_adapter_autostop_checks_run_with_its_own_role(fresh: World) -> None:
     ticks = iter(range(0, 10_000, 100))
     powered_off: list[bool] = []
     stop = AutoStop.from_env(
-        {**fresh.aws.env(), "IDLE_WINDOW_SECONDS": "1"}, sqs=fresh.client("adapter", "sqs"),
-        dynamodb=fresh.client("adapter", "dynamodb"), poweroff=lambda: powered_off.append(True),
-        clock=lambda: float(next(ticks)))
+        {**fresh.aws.env(), "IDLE_WINDOW_SECONDS": "1"},
+        sqs=fresh.client("adapter", "sqs"),
+        dynamodb=fresh.client("adapter", "dynamodb"),
+        poweroff=lambda: powered_off.append(True),
+        clock=lambda: float(next(ticks)),
+    )
     result = stop.maybe_stop()  # GetQueueAttributes + Query on the status index, then the OS poweroff
     assert result.outcome == Outcome.POWERED_OFF, result
     assert powered_off == [True]
@@ -146,8 +151,11 @@ def test_shutdown_lambda_stops_idle_and_starts_with_work_with_its_own_role(
     logs = fresh.client("lambda", "logs")  # what the runtime does with the role: write the function's own logs
     (group,) = [g["name"] for g in aws.of_type("aws_cloudwatch_log_group").values()]
     logs.create_log_stream(logGroupName=group, logStreamName="2026/01/01/[$LATEST]lp")
-    logs.put_log_events(logGroupName=group, logStreamName="2026/01/01/[$LATEST]lp",
-                        logEvents=[{"timestamp": 1767225600000, "message": "hello"}])
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName="2026/01/01/[$LATEST]lp",
+        logEvents=[{"timestamp": 1767225600000, "message": "hello"}],
+    )
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------
@@ -179,37 +187,47 @@ REFUSALS: dict[tuple[str, str], Callable[[World, Callable[[str], Any]], Any]] = 
     ("adapter", "describe instances"): lambda w, c: c("ec2").describe_instances(InstanceIds=_gpu(w)),
     ("adapter", "send a task"): lambda w, c: c("sqs").send_message(QueueUrl=w.aws.queue_url, MessageBody="{}"),
     ("adapter", "overwrite an adapter bundle"): lambda w, c: c("s3").put_object(
-        Bucket=w.aws.bucket, Key="adapter/adapter-0000000000000000.zip", Body=b"x"),
+        Bucket=w.aws.bucket, Key="adapter/adapter-0000000000000000.zip", Body=b"x"
+    ),
     ("adapter", "write inputs"): lambda w, c: c("s3").put_object(Bucket=w.aws.bucket, Key="inputs/x", Body=b"x"),
     ("adapter", "create a task"): lambda w, c: c("dynamodb").put_item(TableName=w.aws.table_name, Item=_item()),
     ("orchestrator", "stop the GPU"): lambda w, c: c("ec2").stop_instances(InstanceIds=_gpu(w)),
-    ("orchestrator", "start another instance"): lambda w, c: c("ec2").start_instances(
-        InstanceIds=[w.other_instance]),
+    ("orchestrator", "start another instance"): lambda w, c: c("ec2").start_instances(InstanceIds=[w.other_instance]),
     ("orchestrator", "delete a message"): lambda w, c: c("sqs").delete_message(
-        QueueUrl=w.aws.queue_url, ReceiptHandle=_receipt(w)),
+        QueueUrl=w.aws.queue_url, ReceiptHandle=_receipt(w)
+    ),
     ("orchestrator", "receive a message"): lambda w, c: c("sqs").receive_message(QueueUrl=w.aws.queue_url),
     ("orchestrator", "read a result"): lambda w, c: c("s3").get_object(Bucket=w.aws.bucket, Key=_result_key(w)),
     ("orchestrator", "list results"): lambda w, c: c("s3").list_objects_v2(Bucket=w.aws.bucket, Prefix="results/"),
     ("orchestrator", "delete a task"): lambda w, c: c("dynamodb").delete_item(
-        TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}),
+        TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}
+    ),
     ("orchestrator", "read the adapter config"): lambda w, c: c("ssm").get_parameter(Name=w.bundle_param),
     ("lambda", "send to the queue"): lambda w, c: c("sqs").send_message(QueueUrl=w.aws.queue_url, MessageBody="{}"),
     ("lambda", "delete a message"): lambda w, c: c("sqs").delete_message(
-        QueueUrl=w.aws.queue_url, ReceiptHandle=_receipt(w)),
+        QueueUrl=w.aws.queue_url, ReceiptHandle=_receipt(w)
+    ),
     ("lambda", "put a task"): lambda w, c: c("dynamodb").put_item(TableName=w.aws.table_name, Item=_item()),
     ("lambda", "update a task"): lambda w, c: c("dynamodb").update_item(
-        TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}, UpdateExpression="SET #s = :s",
-        ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "FAILED"}}),
+        TableName=w.aws.table_name,
+        Key={"task_id": {"S": "lp-probe"}},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "FAILED"}},
+    ),
     ("lambda", "write a task in a transaction"): lambda w, c: c("dynamodb").transact_write_items(
-        TransactItems=[{"Put": {"TableName": w.aws.table_name, "Item": _item()}}]),
+        TransactItems=[{"Put": {"TableName": w.aws.table_name, "Item": _item()}}]
+    ),
     ("lambda", "read the table beyond its index"): lambda w, c: c("dynamodb").get_item(
-        TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}),
+        TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}
+    ),
     ("lambda", "list the bucket"): lambda w, c: c("s3").list_objects_v2(Bucket=w.aws.bucket),
     ("lambda", "read a bundle"): lambda w, c: c("s3").get_object(Bucket=w.aws.bucket, Key=_bundle_key(w)),
     ("lambda", "write an object"): lambda w, c: c("s3").put_object(Bucket=w.aws.bucket, Key="results/x", Body=b"x"),
     ("lambda", "stop another instance"): lambda w, c: c("ec2").stop_instances(InstanceIds=[w.other_instance]),
     ("lambda", "write another function's logs"): lambda w, c: c("logs").create_log_stream(
-        logGroupName=_other_log_group(w), logStreamName="s"),
+        logGroupName=_other_log_group(w), logStreamName="s"
+    ),
 }
 
 
@@ -238,15 +256,25 @@ def test_multi_resource_requests_are_refused_whole(fresh: World) -> None:
     refused(lambda: fresh.client("lambda", "ec2").start_instances(InstanceIds=[gpu, fresh.other_instance]))
     assert fresh.state(gpu) == "stopped"
     table = fresh.aws.table_name
-    refused(lambda: fresh.client("orchestrator", "dynamodb").transact_write_items(TransactItems=[
-        {"Put": {"TableName": table, "Item": _item("lp-tx")}},
-        {"Delete": {"TableName": table, "Key": {"task_id": {"S": "lp-other"}}}}]))
+    refused(
+        lambda: fresh.client("orchestrator", "dynamodb").transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": table, "Item": _item("lp-tx")}},
+                {"Delete": {"TableName": table, "Key": {"task_id": {"S": "lp-other"}}}},
+            ]
+        )
+    )
     assert "Item" not in fresh.aws.client("dynamodb").get_item(TableName=table, Key={"task_id": {"S": "lp-tx"}})
 
 
 def test_unknown_keys_are_refused(world: World) -> None:
-    sqs = boto3.client("sqs", endpoint_url=world.aws.endpoint_url, region_name=REGION,
-                       aws_access_key_id="AKIAUNKNOWNKEY000000", aws_secret_access_key="nope")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=world.aws.endpoint_url,
+        region_name=REGION,
+        aws_access_key_id="AKIAUNKNOWNKEY000000",
+        aws_secret_access_key="nope",
+    )
     with pytest.raises(ClientError) as info:
         sqs.get_queue_attributes(QueueUrl=world.aws.queue_url, AttributeNames=["All"])
     assert info.value.response["Error"]["Code"] == "InvalidClientTokenId"

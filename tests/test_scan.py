@@ -23,17 +23,27 @@ TOTAL = re.compile(r"^checkov: (\d+) passed, (\d+) failed, (\d+) suppressed$", r
 
 
 def entry(**overrides: Any) -> scan.Suppression:
-    fields = {"check": "CKV_AWS_117", "stack": "gpu-orchestrator-lambda",
-              "resource": "aws_lambda_function.shutdown_function_*", "reason": "r" * scan.MIN_REASON}
+    fields = {
+        "check": "CKV_AWS_117",
+        "stack": "gpu-orchestrator-lambda",
+        "resource": "aws_lambda_function.shutdown_function_*",
+        "reason": "r" * scan.MIN_REASON,
+    }
     return scan.Suppression(**{**fields, **overrides})
 
 
-def finding(address: str = "aws_lambda_function.shutdown_function_080C6528", *, env: str = "local",
-            check: str = "CKV_AWS_117", passed: bool = False) -> scan.Finding:
+def finding(
+    address: str = "aws_lambda_function.shutdown_function_080C6528",
+    *,
+    env: str = "local",
+    check: str = "CKV_AWS_117",
+    passed: bool = False,
+) -> scan.Finding:
     return scan.Finding(env, "gpu-orchestrator-lambda", check, "", address, passed)
 
 
 # -- the real scan --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def installed() -> Path:
@@ -44,8 +54,9 @@ def installed() -> Path:
 
 def test_every_environment_scans_clean_with_only_the_reviewed_suppressions(synthesized: Any, installed: Path) -> None:
     pairs = [f"--synthesized={env}={synthesized(env)}" for env in ENVIRONMENTS]
-    done = subprocess.run([sys.executable, "scripts/scan.py", "--install", *pairs], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "scripts/scan.py", "--install", *pairs], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     for env in ENVIRONMENTS:
         assert re.search(rf"^checkov {env}: \d+ passed, 0 failed, \d+ suppressed$", done.stdout, re.M), done.stdout
@@ -90,12 +101,14 @@ def test_checkov_reports_are_read_with_full_addresses(local_report: Any) -> None
     report, files = local_report
     findings = scan.findings_from_report(report, files)
     assert {f.environment for f in findings} == {"local"}
-    assert all(re.match(r"^(aws_[a-z0-9_]+|provider)\.", f.address) for f in findings), \
-        sorted({f.address for f in findings})
+    assert all(re.match(r"^(aws_[a-z0-9_]+|provider)\.", f.address) for f in findings), sorted(
+        {f.address for f in findings}
+    )
     assert {f.stack for f in findings} <= set(scan.STACK_ORDER)
 
 
 # -- the rules, without checkov -------------------------------------------------------------------------------------
+
 
 def test_an_entry_suppresses_one_check_on_one_resource_of_one_stack() -> None:
     suppression = entry()
@@ -109,8 +122,9 @@ def test_an_entry_suppresses_one_check_on_one_resource_of_one_stack() -> None:
 def test_an_entry_matching_two_resources_is_too_broad() -> None:
     broad = entry(resource="aws_lambda_function.s*")
     outcome = scan.evaluate([finding(), finding("aws_lambda_function.shutdown_other_1234")], [broad], ["local"])
-    assert outcome.too_broad == [(broad, "local", ["aws_lambda_function.shutdown_function_080C6528",
-                                                    "aws_lambda_function.shutdown_other_1234"])]
+    assert outcome.too_broad == [
+        (broad, "local", ["aws_lambda_function.shutdown_function_080C6528", "aws_lambda_function.shutdown_other_1234"])
+    ]
     assert not outcome.ok
 
 
@@ -120,21 +134,40 @@ def test_staleness_is_judged_per_environment_the_entry_names() -> None:
     assert outcome.stale == [(everywhere, "dev")]  # prod was not scanned: its entry is not judged
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.x"\nreason = "ok"',
-     "write a reason"),
-    ('check = "*"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.x"\nreason = "{r}"',
-     "not a checkov check id"),
-    ('check = "CKV_AWS_117"\nstack = "*"\nresource = "aws_lambda_function.x"\nreason = "{r}"', "is not one of"),
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "*"\nreason = "{r}"', "must be"),
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_*.x"\nreason = "{r}"', "must be"),
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.*"\nreason = "{r}"',
-     "must be"),
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.x"\nreason = "{r}"\n'
-     'environments = ["qa"]', "environments"),
-    ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.x"\nreason = "{r}"\n'
-     'skip_all = true', "unknown key"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            'check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
+            'resource = "aws_lambda_function.x"\nreason = "ok"',
+            "write a reason",
+        ),
+        (
+            'check = "*"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_lambda_function.x"\nreason = "{r}"',
+            "not a checkov check id",
+        ),
+        ('check = "CKV_AWS_117"\nstack = "*"\nresource = "aws_lambda_function.x"\nreason = "{r}"', "is not one of"),
+        ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "*"\nreason = "{r}"', "must be"),
+        ('check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\nresource = "aws_*.x"\nreason = "{r}"', "must be"),
+        (
+            'check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
+            'resource = "aws_lambda_function.*"\nreason = "{r}"',
+            "must be",
+        ),
+        (
+            'check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
+            'resource = "aws_lambda_function.x"\nreason = "{r}"\n'
+            'environments = ["qa"]',
+            "environments",
+        ),
+        (
+            'check = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
+            'resource = "aws_lambda_function.x"\nreason = "{r}"\n'
+            "skip_all = true",
+            "unknown key",
+        ),
+    ],
+)
 def test_suppression_file_refuses_global_or_unexplained_entries(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "suppressions.toml"
     path.write_text("[[suppression]]\n" + text.replace("{r}", "r" * scan.MIN_REASON) + "\n")
@@ -143,8 +176,10 @@ def test_suppression_file_refuses_global_or_unexplained_entries(tmp_path: Path, 
 
 
 def test_duplicate_entries_are_refused(tmp_path: Path) -> None:
-    block = ('[[suppression]]\ncheck = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
-             f'resource = "aws_lambda_function.x"\nreason = "{"r" * scan.MIN_REASON}"\n')
+    block = (
+        '[[suppression]]\ncheck = "CKV_AWS_117"\nstack = "gpu-orchestrator-lambda"\n'
+        f'resource = "aws_lambda_function.x"\nreason = "{"r" * scan.MIN_REASON}"\n'
+    )
     path = tmp_path / "suppressions.toml"
     path.write_text(block + block)
     with pytest.raises(scan.ScanError, match="duplicate"):

@@ -22,7 +22,7 @@ from scripts import tf
 from scripts.plansummary import render, summarize
 from scripts.synth import GOLDEN_INPUTS
 
-FAKE = r'''#!{python}
+FAKE = r"""#!{python}
 import json, os, sys
 args = sys.argv[1:]
 cwd = args.pop(0).split("=", 1)[1]
@@ -35,13 +35,17 @@ if args[0] == "plan":
 elif args[0] == "show":
     plans = json.load(open(os.environ["FAKE_TF_PLANS"]))
     print(json.dumps(plans.get(stack, {{"format_version": "1.2", "resource_changes": []}})))
-'''
+"""
 
 
 def change(address: str, actions: list[str], name: str | None = None) -> dict[str, Any]:
     rtype = address.split(".")[0]
-    return {"address": address, "mode": "managed", "type": rtype,
-            "change": {"actions": actions, "before": None, "after": {"name": name} if name else {}}}
+    return {
+        "address": address,
+        "mode": "managed",
+        "type": rtype,
+        "change": {"actions": actions, "before": None, "after": {"name": name} if name else {}},
+    }
 
 
 @pytest.fixture
@@ -72,12 +76,18 @@ def calls(log: Path) -> list[list[str]]:
 def test_plan_keeps_files_manifest_and_a_readable_summary(dev: Any, fake_terraform: Any, tmp_path: Path) -> None:
     config, outdir = dev
     binary, log, plans_json = fake_terraform
-    plans_json.write_text(json.dumps({
-        SQS: {"resource_changes": [change("aws_sqs_queue.q", ["create"], "gpu_tasks_queue-dev")]},
-        DYNAMODB: {"resource_changes": [change("aws_dynamodb_table.t", ["delete", "create"], "task_store-dev")],
-                   "output_changes": {"TableArn": {"actions": ["update"]}}},
-        IAM: {"resource_changes": [change("aws_iam_role.r", ["update"]), change("aws_iam_role.x", ["no-op"])]},
-    }))
+    plans_json.write_text(
+        json.dumps(
+            {
+                SQS: {"resource_changes": [change("aws_sqs_queue.q", ["create"], "gpu_tasks_queue-dev")]},
+                DYNAMODB: {
+                    "resource_changes": [change("aws_dynamodb_table.t", ["delete", "create"], "task_store-dev")],
+                    "output_changes": {"TableArn": {"actions": ["update"]}},
+                },
+                IAM: {"resource_changes": [change("aws_iam_role.r", ["update"]), change("aws_iam_role.x", ["no-op"])]},
+            }
+        )
+    )
     plans = tmp_path / "plans"
     summary = tf.plan(config, binary, plans, outdir)
     text = summary.read_text()
@@ -92,10 +102,14 @@ def test_plan_keeps_files_manifest_and_a_readable_summary(dev: Any, fake_terrafo
 def test_apply_runs_exactly_the_reviewed_plans_in_order(dev: Any, fake_terraform: Any, tmp_path: Path) -> None:
     config, outdir = dev
     binary, log, plans_json = fake_terraform
-    plans_json.write_text(json.dumps({
-        SQS: {"resource_changes": [change("aws_sqs_queue.q", ["update"])]},
-        LAMBDA: {"resource_changes": [change("aws_lambda_function.f", ["update"])]},
-    }))
+    plans_json.write_text(
+        json.dumps(
+            {
+                SQS: {"resource_changes": [change("aws_sqs_queue.q", ["update"])]},
+                LAMBDA: {"resource_changes": [change("aws_lambda_function.f", ["update"])]},
+            }
+        )
+    )
     plans = tmp_path / "plans"
     tf.plan(config, binary, plans, outdir)
     log.write_text("")
@@ -114,7 +128,8 @@ def test_apply_refuses_a_stale_plan(dev: Any, fake_terraform: Any, tmp_path: Pat
     doc_path = outdir / "stacks" / ALARM / "cdk.tf.json"
     doc = json.loads(doc_path.read_text())
     doc["resource"]["aws_cloudwatch_metric_alarm"][next(iter(doc["resource"]["aws_cloudwatch_metric_alarm"]))][
-        "threshold"] = 1
+        "threshold"
+    ] = 1
     doc_path.write_text(json.dumps(doc))
     log.write_text("")
     with pytest.raises(tf.Refused, match="stale plan"):
@@ -136,24 +151,34 @@ def test_apply_refuses_a_missing_or_edited_plan_file(dev: Any, fake_terraform: A
 
 
 def test_apply_stops_when_an_applied_stack_changed_outputs_later_plans_read(
-        dev: Any, fake_terraform: Any, tmp_path: Path) -> None:
+    dev: Any, fake_terraform: Any, tmp_path: Path
+) -> None:
     config, outdir = dev
     binary, log, plans_json = fake_terraform
-    plans_json.write_text(json.dumps({
-        SQS: {"resource_changes": [change("aws_sqs_queue.q", ["delete", "create"])],
-              "output_changes": {"QueueArn": {"actions": ["update"]}}},
-        IAM: {"resource_changes": [change("aws_iam_role_policy.p", ["update"])]},
-    }))
+    plans_json.write_text(
+        json.dumps(
+            {
+                SQS: {
+                    "resource_changes": [change("aws_sqs_queue.q", ["delete", "create"])],
+                    "output_changes": {"QueueArn": {"actions": ["update"]}},
+                },
+                IAM: {"resource_changes": [change("aws_iam_role_policy.p", ["update"])]},
+            }
+        )
+    )
     plans = tmp_path / "plans"
     tf.plan(config, binary, plans, outdir)
     log.write_text("")
-    with pytest.raises(tf.Refused, match=r"changed outputs \['QueueArn'\] that gpu-orchestrator-iam read: run `make plan ENV=dev`"):
+    with pytest.raises(
+        tf.Refused, match=r"changed outputs \['QueueArn'\] that gpu-orchestrator-iam read: run `make plan ENV=dev`"
+    ):
         tf.apply(config, binary, plans, outdir)
     assert [c[0] for c in calls(log) if c[1] == "apply"] == [SQS]
 
 
 def test_destroy_needs_the_environment_name_and_keeps_the_table_and_dlq(
-        dev: Any, fake_terraform: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    dev: Any, fake_terraform: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, outdir = dev
     binary, log, _ = fake_terraform
     with pytest.raises(tf.Refused, match="type the environment name 'dev'"):
@@ -182,9 +207,15 @@ def test_preflight_says_what_to_do_in_one_line(monkeypatch: pytest.MonkeyPatch, 
     fake = tmp_path / "terraform"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
