@@ -46,6 +46,7 @@ from adapter import logs  # noqa: E402  (after the path fix: runnable as a scrip
 from adapter.__main__ import build  # noqa: E402
 from adapter.model import TaskStatus, TaskStore  # noqa: E402
 from adapter.procs import death_signal_prefix  # noqa: E402
+from bench.resources import create_task_resources  # noqa: E402
 
 REGION = "us-east-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
@@ -116,36 +117,11 @@ def moto_server() -> Iterator[str]:
 
 
 def create_resources(session: Any, endpoint: str, name: str) -> dict[str, str]:
-    """What the stacks declare for the adapter: queue (300 s, wait 20 s, redrive 3) + DLQ, table + GSI, bucket."""
-    sqs = session.client("sqs", endpoint_url=endpoint)
-    dlq = sqs.create_queue(QueueName=f"{name}_dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
-    attrs = {"VisibilityTimeout": "300", "ReceiveMessageWaitTimeSeconds": "20", "RedrivePolicy": redrive}
-    queue = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-    table = f"{name}_tasks"
-    session.client("dynamodb", endpoint_url=endpoint).create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": n, "AttributeType": t}
-            for n, t in (("task_id", "S"), ("status", "S"), ("created_at", "N"))
-        ],
-        KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "status-created_at-index",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    """What the stacks declare for the adapter: queue + DLQ and table (bench/resources.py), and a bucket."""
+    names = create_task_resources(session, endpoint, name)
     bucket = f"{name}-artifacts".replace("_", "-")
     session.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return {"TASK_QUEUE_URL": queue, "TASK_DLQ_URL": dlq, "TASK_TABLE_NAME": table, "ARTIFACTS_BUCKET": bucket}
+    return {**names, "ARTIFACTS_BUCKET": bucket}
 
 
 def submit(store: TaskStore, sqs: Any, queue_url: str, n: int) -> list[str]:

@@ -35,6 +35,11 @@ import boto3
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable as a script
+    sys.path.insert(0, str(REPO))
+
+from bench.resources import create_task_resources  # noqa: E402
+
 REGION = "us-east-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
 
@@ -75,35 +80,12 @@ def child(argv: list[str], env: dict[str, str], ready_url: str, timeout_s: float
 
 
 def create_resources(endpoint_url: str) -> dict[str, str]:
-    """Queue + DLQ, table with the status GSI, one running instance; returns the service's environment."""
+    """Queue + DLQ, table with the status GSI (bench/resources.py), one running instance; the service's env."""
     session = boto3.session.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
-    suffix = uuid.uuid4().hex[:8]
-    sqs = session.client("sqs", endpoint_url=endpoint_url)
-    dlq = sqs.create_queue(QueueName=f"bench_dlq-{suffix}")["QueueUrl"]
-    queue = sqs.create_queue(QueueName=f"bench_queue-{suffix}")["QueueUrl"]
-    table = f"bench_task_store-{suffix}"
-    session.client("dynamodb", endpoint_url=endpoint_url).create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": n, "AttributeType": t}
-            for n, t in (("task_id", "S"), ("status", "S"), ("created_at", "N"))
-        ],
-        KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "status-created_at-index",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    names = create_task_resources(session, endpoint_url, f"bench_{uuid.uuid4().hex[:8]}")
     ec2 = session.client("ec2", endpoint_url=endpoint_url)
     instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    return {"TASK_QUEUE_URL": queue, "TASK_DLQ_URL": dlq, "TASK_TABLE_NAME": table, "GPU_INSTANCE_IDS": instance}
+    return {**names, "GPU_INSTANCE_IDS": instance}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
