@@ -131,16 +131,18 @@ class GpuStarter:
     # -- internals -----------------------------------------------------------------------------------------------
     def _attempt(self) -> dict[str, InstanceState] | None:
         """Describe, start the stopped ones. Returns the states after acting, or None if EC2 could not be asked."""
+        step = "describe"
         try:
             states = self.describe()
             todo = plan(states)
             for instance_id in todo.broken:
                 log.error(_event("gpu_instance_unusable", instance_id=instance_id, state=states[instance_id].value))
             if todo.start:
+                step = "start"
                 self._start(todo.start, states)
             return states
         except (ClientError, BotoCoreError) as err:
-            log.warning(_event("gpu_describe_failed", error=str(err)))
+            log.warning(_event(f"gpu_{step}_failed", error=str(err)))
             return None
 
     def _start(self, instance_ids: list[str], states: dict[str, InstanceState]) -> None:
