@@ -72,6 +72,8 @@ golden: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/synth.py
+	$(PY) bench/idle_cost.py
+	$(PY) bench/lifecycle.py
 
 clean:
 	rm -rf cdktf.out build plans

@@ -5,7 +5,7 @@ tasks and cost against the floor (stopping the moment the last task ends). The m
 adapter.autostop on the node); `ours-lambda-only` switches the on-node autostop off to show the backstop alone;
 `ours-<N>min` is ours with a lower idle window. Exits 1 if any of ours kills a running task.
 
-Usage: PYTHONPATH=. python bench/idle_cost.py [--seed 7] [--start-min 3] [--metric-delay-min 3] [--sweep 8] ...
+Usage: python bench/idle_cost.py [--seed 7] [--start-min 3] [--metric-delay-min 3] [--sweep 8] ...
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
-from bench.idle_sim import DAY, Gpu, Params, Task, simulate, workload
-from functions.shutdown.decision import Policy
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a script from anywhere
+
+from bench.idle_sim import DAY, Gpu, Params, Task, simulate, workload  # noqa: E402
+from functions.shutdown.decision import Policy  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
