@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from adapter.__main__ import build  # noqa: E402
 from adapter.model import TaskStatus, TaskStore  # noqa: E402
 from adapter.procs import death_signal_prefix  # noqa: E402
 from bench.resources import create_task_resources  # noqa: E402
+from localaws.server import free_port  # noqa: E402
 
 REGION = "us-east-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
@@ -77,12 +77,6 @@ class AwsClock:
             self.calls[self.series] = self.calls.get(self.series, 0) + 1
             op = f"{self.series}.{model.name if model is not None else '?'}"
             self.by_op[op] = self.by_op.get(op, 0.0) + took
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

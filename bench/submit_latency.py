@@ -20,7 +20,6 @@ import json
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,15 +38,10 @@ if str(REPO) not in sys.path:  # runnable as a script
     sys.path.insert(0, str(REPO))
 
 from bench.resources import create_task_resources  # noqa: E402
+from localaws.server import free_port  # noqa: E402
 
 REGION = "us-east-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

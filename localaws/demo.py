@@ -22,8 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, redirect_stdout
+from contextlib import ExitStack, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +32,6 @@ DEADLINE_S = 600  # the whole demo, whatever happens: nothing it starts outlives
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per AWS call drowns the demo
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 class EmulatedInstance:
@@ -133,6 +108,7 @@ def cli(url: str, token: str, *args: str, timeout: float = 300) -> subprocess.Co
 
 def run(args: argparse.Namespace) -> int:
     import localaws
+    from localaws.server import moto_server
     from scripts.synth import synthesize
 
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")

@@ -26,20 +26,25 @@ def default_tags(config: EnvironmentConfig) -> dict[str, str]:
     return {"project": PROJECT, "environment": config.name, "managed-by": "cdktf"}
 
 
+def aws_provider(stack: TerraformStack, config: EnvironmentConfig) -> AwsProvider:
+    """The environment's region, tags on every resource, and a guard against the wrong account."""
+    return AwsProvider(
+        stack,
+        "aws",
+        region=config.region,
+        # Terraform stops before touching any other account: credentials for the wrong account fail fast.
+        allowed_account_ids=[config.account],
+        default_tags=[AwsProviderDefaultTags(tags=default_tags(config))],
+    )
+
+
 class EnvironmentStack(TerraformStack):
     """A stack bound to one environment. `stack_name` is the seed's name (gpu-orchestrator-sqs, ...)."""
 
     def __init__(self, scope: Construct, stack_name: str, *, config: EnvironmentConfig) -> None:
         super().__init__(scope, stack_name)
         self.config = config
-        AwsProvider(
-            self,
-            "aws",
-            region=config.region,
-            # Terraform stops before touching any other account: credentials for the wrong account fail fast.
-            allowed_account_ids=[config.account],
-            default_tags=[AwsProviderDefaultTags(tags=default_tags(config))],
-        )
+        aws_provider(self, config)
         if config.remote_state:
             S3Backend(
                 self,

@@ -7,10 +7,9 @@ Its own state is local (state/bootstrap/<env>.tfstate): the bucket cannot hold t
 from __future__ import annotations
 
 from cdktf import LocalBackend, TerraformOutput, TerraformStack
-from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
 from constructs import Construct
 
-from modules.base import default_tags, local_state_path
+from modules.base import aws_provider, local_state_path
 from modules.bucket import PrivateBucket
 from modules.config import EnvironmentConfig
 from modules.github_oidc import GithubDeployAccess
@@ -20,13 +19,7 @@ from modules.layout import BOOTSTRAP
 class BootstrapStack(TerraformStack):
     def __init__(self, scope: Construct, *, config: EnvironmentConfig, outdir: str) -> None:
         super().__init__(scope, BOOTSTRAP)
-        AwsProvider(
-            self,
-            "aws",
-            region=config.region,
-            allowed_account_ids=[config.account],
-            default_tags=[AwsProviderDefaultTags(tags=default_tags(config))],
-        )
+        aws_provider(self, config)
         LocalBackend(self, path=local_state_path(outdir, BOOTSTRAP, f"bootstrap/{config.name}"))
         state = PrivateBucket(self, "state", name=config.resolved_state_bucket, noncurrent_days=90)
         # Losing this bucket loses every stack's state: no plan may delete it.
