@@ -13,15 +13,14 @@ moto server (a child process on 127.0.0.1), in rounds whose order rotates so dri
            type's argv (`true`) as a real process, since running a process is what a command task is.
 A separate series times just spawning `true` the way the runner does, to show how much of the gap is that.
 
-Then, when bench/submit_latency.py exists (the orchestrator's), its `measure(endpoint_url, n)` reports POST /tasks
+Then bench/submit_latency.py's `measure(endpoint_url, n)` reports POST /tasks
 latency beside the raw PutItem + SendMessage it wraps, against the same moto server.
-Usage: PYTHONPATH=. python bench/lifecycle.py [--tasks 240] [--rounds 6] [--submit-n 100]
+Usage: python bench/lifecycle.py [--tasks 240] [--rounds 6] [--submit-n 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +44,7 @@ from adapter.__main__ import build  # noqa: E402
 from adapter.model import TaskStatus, TaskStore  # noqa: E402
 from adapter.procs import death_signal_prefix  # noqa: E402
 from bench.resources import create_task_resources  # noqa: E402
+from bench.submit_latency import child, measure  # noqa: E402
 from localaws.server import free_port  # noqa: E402
 
 REGION = "us-east-1"
@@ -81,33 +80,12 @@ class AwsClock:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
+    """moto's server in a child process on 127.0.0.1, started and stopped like the submit bench's servers."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env={"PATH": os.environ.get("PATH", ""), **CREDS},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("moto server did not start") from None
-                    time.sleep(0.1)
-            yield endpoint
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with child(argv, {"PATH": os.environ.get("PATH", ""), **CREDS}, f"{endpoint}/moto-api/", timeout_s=60):
+        yield endpoint
 
 
 def create_resources(session: Any, endpoint: str, name: str) -> dict[str, str]:
@@ -283,19 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         for k in SERIES:
             print(f"  {k:>8}: {ms[k]:7.2f} ms/task = {aws[k]:7.2f} in AWS calls + {other[k]:6.2f} other")
         print(f"  spawning the no-op process alone: {ms['spawn']:.2f} ms")
-        if importlib.util.find_spec("bench.submit_latency") is not None:
-            from bench.submit_latency import measure
-
-            latency = measure(endpoint, args.submit_n)
-            print(json.dumps({"submit_latency": latency}, indent=2))
-            for name in ("post", "post_keyed"):
-                s, raw = latency["ms"][name], latency["ms"]["raw"]
-                print(
-                    f"submit {name:>10}: p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms | raw PutItem+SendMessage "
-                    f"p50 {raw['p50']:.2f} ms p99 {raw['p99']:.2f} ms"
-                )
-        else:
-            print("submit latency: bench/submit_latency.py not present; skipped")
+        latency = measure(endpoint, args.submit_n)
+        print(json.dumps({"submit_latency": latency}, indent=2))
+        for name in ("post", "post_keyed"):
+            s, raw = latency["ms"][name], latency["ms"]["raw"]
+            print(
+                f"submit {name:>10}: p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms | raw PutItem+SendMessage "
+                f"p50 {raw['p50']:.2f} ms p99 {raw['p99']:.2f} ms"
+            )
     return 0
 
 
