@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from . import logs
+from core import contract as c
+from core import logs
+from core.store import TaskStore
+from core.task_types import load_registry
+
 from .config import from_env, read_queue_settings
-from .model import TaskStore
-from .task_types import load_registry
 from .worker import Worker
 
 log = logging.getLogger("adapter")
@@ -32,17 +34,19 @@ EXIT_CONFIG = 2
 def build(env: Mapping[str, str], session: Any = None) -> Worker:
     import boto3
 
-    session = session or boto3.session.Session(region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))
+    region = c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env)
+    session = session or boto3.session.Session(region_name=region)
     # Honour the given mapping's endpoint (boto3 itself only reads os.environ): tests and the local demo.
-    kw = {"endpoint_url": env["AWS_ENDPOINT_URL"]} if env.get("AWS_ENDPOINT_URL") else {}
+    endpoint = c.AWS_ENDPOINT_URL.read_optional(env)
+    kw = {"endpoint_url": endpoint} if endpoint else {}
     sqs = session.client("sqs", **kw)
-    visibility, max_receives = read_queue_settings(sqs, env["TASK_QUEUE_URL"])
+    visibility, max_receives = read_queue_settings(sqs, c.TASK_QUEUE_URL.read(env))
     config = from_env(env, queue_visibility_s=visibility, queue_max_receives=max_receives)
     store = TaskStore(session.resource("dynamodb", **kw).Table(config.table_name), status_index=config.status_index)
     autostop = None
     # Powering the OS off is only right on the GPU instance: the systemd unit opts in with ADAPTER_POWEROFF=1, so
     # `python -m adapter` on a laptop or CI runner never shuts its host down, whatever IDLE_WINDOW_SECONDS says.
-    if env.get("ADAPTER_POWEROFF") == "1" and float(env.get("IDLE_WINDOW_SECONDS", "1800")) > 0:
+    if c.ADAPTER_POWEROFF.read(env) and c.IDLE_WINDOW_SECONDS.read(env) > 0:
         from .autostop import AutoStop
 
         autostop = AutoStop.from_env(env, sqs=sqs, dynamodb=session.client("dynamodb", **kw))
@@ -89,12 +93,11 @@ def install_signals(worker: Worker) -> None:
 def main() -> int:
     try:
         worker = build(os.environ)
-    except KeyError as missing:
-        print(
-            json.dumps({"level": "error", "event": "config_missing", "task_id": None, "name": str(missing)}), flush=True
-        )
+    except c.SettingError as bad:
+        line = {"level": "error", "event": "config_invalid", "task_id": None, "name": bad.name, "error": str(bad)}
+        print(json.dumps(line), flush=True)
         return EXIT_CONFIG
-    logs.setup(worker.config.worker_id, os.environ.get("LOG_LEVEL", "INFO"))
+    logs.setup(c.LOG_LEVEL.read(os.environ), worker=worker.config.worker_id)
     if worker.autostop is None:
         logs.event(log, "autostop_off", reason="ADAPTER_POWEROFF is not 1 or IDLE_WINDOW_SECONDS <= 0")
     install_signals(worker)

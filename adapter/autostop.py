@@ -1,7 +1,7 @@
 """On-node autostop: the adapter powers its own machine off after `window_s` with no task, like SkyPilot's autostop.
 
 Precise to one loop turn and free of CloudWatch lag, because the adapter knows when it last held a task. Before it
-powers off it runs the same blocking checks as `shutdown-gpu-lambda` (functions/shutdown/decision.py: nothing
+powers off it runs the same blocking checks as `shutdown-gpu-lambda` (core/idle.py: nothing
 visible/delayed/in flight in the queue, no live RUNNING or young QUEUED task), read directly. It never calls
 ec2:StopInstances - the GPU role deliberately cannot start or stop instances - it shuts the OS down, and the
 instance is launched with shutdown behaviour = stop, so EC2 stops it. The Lambda stays as the backstop for a dead
@@ -22,7 +22,6 @@ Wiring (the adapter's main loop, single-threaded):
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import time
@@ -31,13 +30,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from functions.shutdown.decision import Policy, idle_blocker
-from functions.shutdown.observe import Sources, observe
+from core import contract as c
+from core import logs
+from core.idle import Policy, idle_blocker
+from core.observe import Sources, observe
 
 log = logging.getLogger("adapter.autostop")
 
 
-class Outcome(StrEnum):
+class AutoStopOutcome(StrEnum):
     DISABLED = "DISABLED"  # window <= 0: on-node autostop off, the Lambda alone decides
     WAITING = "WAITING"  # idle, but for less than the window (or a recent check said wait)
     BLOCKED = "BLOCKED"  # window passed, but the shared checks found work waiting or running
@@ -47,7 +48,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Result:
-    outcome: Outcome
+    outcome: AutoStopOutcome
     detail: str = ""
 
 
@@ -100,19 +101,14 @@ class AutoStop:
         clock: Callable[[], float] = time.monotonic,
         recheck_s: float = 60.0,
     ) -> AutoStop:
-        """Same variable names and defaults as the Lambda (IDLE_WINDOW_SECONDS etc.); 0 or less disables."""
-        policy = Policy(
-            idle_window_s=float(env.get("IDLE_WINDOW_SECONDS", "1800")),
-            min_uptime_s=float(env.get("MIN_UPTIME_SECONDS", "600")),
-            queued_max_age_s=float(env.get("QUEUED_TASK_MAX_AGE_SECONDS", "86400")),
-            heartbeat_stale_s=float(env.get("HEARTBEAT_STALE_SECONDS", "900")),
-        )
+        """The Lambda's policy, read from the same settings (Policy.from_env); a window of 0 or less disables."""
+        policy = Policy.from_env(env)
         src = Sources(
             sqs=sqs,
             dynamodb=dynamodb,
-            queue_url=env["TASK_QUEUE_URL"],
-            table_name=env["TASK_TABLE_NAME"],
-            status_index=env.get("TASK_STATUS_INDEX", "status-created_at-index"),
+            queue_url=c.TASK_QUEUE_URL.read(env),
+            table_name=c.TASK_TABLE_NAME.read(env),
+            status_index=c.TASK_STATUS_INDEX.read(env),
         )
         return cls(
             policy.idle_window_s, checks=shared_checks(src, policy), poweroff=poweroff, clock=clock, recheck_s=recheck_s
@@ -130,42 +126,39 @@ class AutoStop:
     def maybe_stop(self) -> Result:
         """Call once per loop turn while holding no task. Powers off at most once."""
         if self._powered_off:
-            return Result(Outcome.POWERED_OFF, "already powering off")
+            return Result(AutoStopOutcome.POWERED_OFF, "already powering off")
         if self.window_s <= 0:
-            return Result(Outcome.DISABLED)
+            return Result(AutoStopOutcome.DISABLED)
         now = self._clock()
         idle = now - self._idle_since
         if idle < self.window_s:
-            return Result(Outcome.WAITING, f"idle {idle:.0f}s < window {self.window_s:.0f}s")
+            return Result(AutoStopOutcome.WAITING, f"idle {idle:.0f}s < window {self.window_s:.0f}s")
         if now < self._next_check:
-            return Result(Outcome.WAITING, "last check blocked; rechecking later")
+            return Result(AutoStopOutcome.WAITING, "last check blocked; rechecking later")
         try:
             blocker = self._checks()
         except Exception as err:  # any read failure: keep running, the Lambda backstop still covers us
             self._next_check = now + self.recheck_s
-            return self._log(Result(Outcome.CHECK_FAILED, f"{type(err).__name__}: {err}"), idle)
+            return self._log(Result(AutoStopOutcome.CHECK_FAILED, f"{type(err).__name__}: {err}"), idle)
         if blocker is not None:
             self._next_check = now + self.recheck_s
-            return self._log(Result(Outcome.BLOCKED, blocker), idle)
-        self._log(Result(Outcome.POWERED_OFF, "no task locally for the window and none waiting or running"), idle)
+            return self._log(Result(AutoStopOutcome.BLOCKED, blocker), idle)
+        self._log(Result(AutoStopOutcome.POWERED_OFF, "no task locally for the window and none waiting or running"), idle)
         try:
             self._poweroff()
         except Exception as err:
             self._next_check = now + self.recheck_s
-            return self._log(Result(Outcome.CHECK_FAILED, f"poweroff failed: {type(err).__name__}: {err}"), idle)
+            return self._log(Result(AutoStopOutcome.CHECK_FAILED, f"poweroff failed: {type(err).__name__}: {err}"), idle)
         self._powered_off = True
-        return Result(Outcome.POWERED_OFF, "poweroff issued")
+        return Result(AutoStopOutcome.POWERED_OFF, "poweroff issued")
 
     def _log(self, result: Result, idle: float) -> Result:
-        log.info(
-            json.dumps(
-                {
-                    "event": "autostop",
-                    "outcome": result.outcome.value,
-                    "detail": result.detail,
-                    "idle_s": round(idle, 1),
-                    "window_s": self.window_s,
-                }
-            )
+        logs.event(
+            log,
+            "autostop",
+            outcome=result.outcome.value,
+            detail=result.detail,
+            idle_s=round(idle, 1),
+            window_s=self.window_s,
         )
         return result

@@ -1,8 +1,9 @@
-"""The adapter's configuration: contract env var names plus tunables that tests shrink to seconds.
+"""The adapter's configuration, read from the runtime contract (core/contract.py: names, types, defaults, meanings).
 
 On the instance the env comes from systemd (the env file install.sh writes from the SSM config parameter). The
 queue's own VisibilityTimeout and RedrivePolicy are read once at start, so the adapter and the queue cannot disagree
-about when a message comes back or when SQS gives up on it; env vars may override for tests.
+about when a message comes back or when SQS gives up on it; VISIBILITY_TIMEOUT and MAX_RECEIVES may override them
+for tests.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MAX_RECEIVES = 3  # the contract's maxReceiveCount, used only when the queue has no RedrivePolicy
+from core import contract as c
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryBackoff:
     """When a failed attempt is retried and how long the message waits before it is visible again.
 
     `max_receives` is the queue's maxReceiveCount: the receive that reaches it is the last attempt, and its failure
     moves the message to the DLQ (explicitly, at once) and marks the task FAILED."""
 
     max_receives: int
-    backoff_s: float = 5.0
-    backoff_cap_s: float = 300.0
+    backoff_s: float = c.RETRY_BACKOFF_SECONDS.default or 0.0
+    backoff_cap_s: float = c.RETRY_BACKOFF_CAP_SECONDS.default or 0.0
 
     def is_last(self, receive_count: int) -> bool:
         return receive_count >= self.max_receives
@@ -38,6 +39,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class AdapterConfig:
+    """Each field is the contract setting of the same meaning (see core/contract.py for its default)."""
+
     queue_url: str
     dlq_url: str
     table_name: str
@@ -45,18 +48,18 @@ class AdapterConfig:
     bucket: str
     worker_id: str
     visibility_s: int  # the queue's VisibilityTimeout: the heartbeat renews it; a heartbeat this old is stale
-    retry: RetryPolicy
-    wait_time_s: int = 20  # SQS long poll
+    retry: RetryBackoff
+    wait_time_s: int = c.WAIT_TIME_SECONDS.default or 0
     heartbeat_s: float = 60.0
-    stop_grace_s: float = 20.0  # SIGTERM -> SIGKILL for the task's process on cancel / instance stop
-    claim_grace_s: float = 5.0  # wait this long for a dead holder's heartbeat to turn stale before giving up
-    work_dir: str = "/var/lib/gpu-adapter/work"
+    stop_grace_s: float = c.STOP_GRACE_SECONDS.default or 0.0
+    claim_grace_s: float = c.CLAIM_GRACE_SECONDS.default or 0.0
+    work_dir: str = c.WORK_DIR.default or ""
     task_types_file: str | None = None
-    bundle_param: str | None = None  # SSM parameter naming the bundle to run (rollout check)
-    running_bundle: str | None = None  # what install.sh installed (the param's value at install time)
-    config_param: str | None = None  # SSM parameter holding the env as JSON (a change also restarts the adapter)
-    rollout_check_s: float = 60.0
-    dlq_sweep_s: float = 60.0
+    bundle_param: str | None = None
+    running_bundle: str | None = None
+    config_param: str | None = None
+    rollout_check_s: float = c.ROLLOUT_CHECK_SECONDS.default or 0.0
+    dlq_sweep_s: float = c.DLQ_SWEEP_SECONDS.default or 0.0
 
     @property
     def stale_after_ms(self) -> int:
@@ -72,37 +75,31 @@ def read_queue_settings(sqs: Any, queue_url: str) -> tuple[int, int | None]:
     return int(attrs.get("VisibilityTimeout", 300)), int(max_receives) if max_receives is not None else None
 
 
-def _num(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    return float(raw) if raw not in (None, "") else default
-
-
 def from_env(env: Mapping[str, str], *, queue_visibility_s: int, queue_max_receives: int | None) -> AdapterConfig:
-    visibility = int(_num(env, "VISIBILITY_TIMEOUT", queue_visibility_s))
-    max_receives = int(_num(env, "MAX_RECEIVES", queue_max_receives or DEFAULT_MAX_RECEIVES))
+    visibility = c.VISIBILITY_TIMEOUT.read(env, default=queue_visibility_s)
     return AdapterConfig(
-        queue_url=env["TASK_QUEUE_URL"],
-        dlq_url=env["TASK_DLQ_URL"],
-        table_name=env["TASK_TABLE_NAME"],
-        status_index=env.get("TASK_STATUS_INDEX") or "status-created_at-index",
-        bucket=env["ARTIFACTS_BUCKET"],
-        worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        queue_url=c.TASK_QUEUE_URL.read(env),
+        dlq_url=c.TASK_DLQ_URL.read(env),
+        table_name=c.TASK_TABLE_NAME.read(env),
+        status_index=c.TASK_STATUS_INDEX.read(env),
+        bucket=c.ARTIFACTS_BUCKET.read(env),
+        worker_id=c.WORKER_ID.read(env, default=f"{socket.gethostname()}-{os.getpid()}"),
         visibility_s=visibility,
-        retry=RetryPolicy(
-            max_receives=max_receives,
-            backoff_s=_num(env, "RETRY_BACKOFF_SECONDS", 5.0),
-            backoff_cap_s=_num(env, "RETRY_BACKOFF_CAP_SECONDS", 300.0),
+        retry=RetryBackoff(
+            max_receives=c.MAX_RECEIVES.read(env, default=queue_max_receives),
+            backoff_s=c.RETRY_BACKOFF_SECONDS.read(env),
+            backoff_cap_s=c.RETRY_BACKOFF_CAP_SECONDS.read(env),
         ),
-        wait_time_s=int(_num(env, "WAIT_TIME_SECONDS", 20)),
+        wait_time_s=c.WAIT_TIME_SECONDS.read(env),
         # Several heartbeats per visibility window, so one slow or failed call does not let the message go.
-        heartbeat_s=_num(env, "HEARTBEAT_SECONDS", max(0.2, min(60.0, visibility / 5))),
-        stop_grace_s=_num(env, "STOP_GRACE_SECONDS", 20.0),
-        claim_grace_s=_num(env, "CLAIM_GRACE_SECONDS", 5.0),
-        work_dir=env.get("WORK_DIR") or "/var/lib/gpu-adapter/work",
-        task_types_file=env.get("TASK_TYPES_FILE") or None,
-        bundle_param=env.get("ADAPTER_BUNDLE_PARAM") or None,
-        running_bundle=env.get("ADAPTER_BUNDLE_URI") or None,
-        config_param=env.get("ADAPTER_CONFIG_PARAM") or None,
-        rollout_check_s=_num(env, "ROLLOUT_CHECK_SECONDS", 60.0),
-        dlq_sweep_s=_num(env, "DLQ_SWEEP_SECONDS", 60.0),
+        heartbeat_s=c.HEARTBEAT_SECONDS.read(env, default=max(0.2, min(60.0, visibility / 5))),
+        stop_grace_s=c.STOP_GRACE_SECONDS.read(env),
+        claim_grace_s=c.CLAIM_GRACE_SECONDS.read(env),
+        work_dir=c.WORK_DIR.read(env),
+        task_types_file=c.TASK_TYPES_FILE.read_optional(env),
+        bundle_param=c.ADAPTER_BUNDLE_PARAM.read_optional(env),
+        running_bundle=c.ADAPTER_BUNDLE_URI.read_optional(env),
+        config_param=c.ADAPTER_CONFIG_PARAM.read_optional(env),
+        rollout_check_s=c.ROLLOUT_CHECK_SECONDS.read(env),
+        dlq_sweep_s=c.DLQ_SWEEP_SECONDS.read(env),
     )

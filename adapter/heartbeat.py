@@ -12,8 +12,10 @@ import logging
 import threading
 from typing import Any
 
-from . import logs
-from .model import TaskStore, TransitionRejected
+from core import logs
+from core.store import TaskStore, TransitionRejected
+from core.tasks import TaskRecord
+
 from .runner import Control
 
 log = logging.getLogger("adapter.heartbeat")
@@ -27,9 +29,7 @@ class Heartbeat:
         sqs: Any,
         queue_url: str,
         receipt: str,
-        task_id: str,
-        worker: str,
-        attempt: int,
+        held: TaskRecord,
         interval_s: float,
         visibility_s: int,
         control: Control,
@@ -38,14 +38,14 @@ class Heartbeat:
         self.sqs = sqs
         self.queue_url = queue_url
         self.receipt = receipt
-        self.task_id = task_id
-        self.worker = worker
-        self.attempt = attempt
+        self.held = held
+        self.task_id = held.task_id
+        self.attempt = held.attempts
         self.interval_s = interval_s
         self.visibility_s = visibility_s
         self.control = control
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{held.task_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -64,16 +64,16 @@ class Heartbeat:
         """One heartbeat. Transient AWS errors are logged and retried next interval (there are several per
         visibility window); a rejected heartbeat means the attempt is no longer ours."""
         try:
-            item = self.store.heartbeat(self.task_id, worker=self.worker, attempt=self.attempt)
+            item = self.store.heartbeat(self.held)
         except TransitionRejected as rejected:
-            current = rejected.item or {}
+            current = rejected.item
             logs.event(
                 log,
                 "heartbeat_lost",
                 logging.WARNING,
-                status=current.get("status"),
-                holder=current.get("worker"),
-                holder_attempt=current.get("attempts"),
+                status=current.status.value if current else None,
+                holder=current.worker if current else None,
+                holder_attempt=current.attempts if current else None,
                 attempt=self.attempt,
             )
             self.control.lost.set()
@@ -81,7 +81,7 @@ class Heartbeat:
         except Exception as err:
             logs.event(log, "heartbeat_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
             return
-        if item.get("cancel_requested") and not self.control.cancelled.is_set():
+        if item.cancel_requested and not self.control.cancelled.is_set():
             logs.event(log, "cancel_seen", attempt=self.attempt)
             self.control.cancelled.set()
         try:

@@ -1,46 +1,28 @@
-"""The SQS side: message parsing, the DLQ path, and the sweep that settles tasks whose message SQS itself moved.
-
-Message body (written by the orchestrator): `{"task_id": "<ulid>", "type": "<name>"}`; only task_id is trusted, the
-type is read from the task item.
+"""The SQS side: the adapter's queue client, the DLQ path, and the sweep that settles tasks whose message SQS itself
+moved. The message's shape is core.message's business alone.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from . import logs
-from .model import TaskStatus, TaskStore, TransitionRejected, now_ms
+from core import logs
+from core.message import MalformedMessage, TaskMessage
+from core.store import TaskStore, TransitionRejected
+from core.tasks import TaskStatus, now_ms
 
 log = logging.getLogger("adapter.queue")
-MAX_TASK_ID = 64
-
-
-class Poison(Exception):
-    """A message no attempt could ever process: it goes to the DLQ at once, without burning retries."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def parse_body(body: str) -> str:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise Poison("body is not valid JSON") from None
-    task_id = doc.get("task_id") if isinstance(doc, dict) else None
-    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID or task_id.startswith("idem#"):
-        raise Poison("body names no task_id")
-    return task_id
+SQS_MAX_VISIBILITY_S = 43200  # SQS caps a message's visibility timeout at 12 hours
 
 
 def receive_count(message: dict[str, Any]) -> int:
     return int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
 
 
-class TaskQueue:
+class QueueClient:
+    """The adapter's calls on the task queue and its DLQ (receipt handles in, nothing parsed)."""
+
     def __init__(self, sqs: Any, queue_url: str, dlq_url: str) -> None:
         self.sqs = sqs
         self.url = queue_url
@@ -63,7 +45,7 @@ class TaskQueue:
         self.sqs.change_message_visibility(
             QueueUrl=self.url,
             ReceiptHandle=message["ReceiptHandle"],
-            VisibilityTimeout=max(0, min(43200, int(seconds))),
+            VisibilityTimeout=max(0, min(SQS_MAX_VISIBILITY_S, int(seconds))),
         )
 
     def to_dlq(self, message: dict[str, Any], reason: str) -> None:
@@ -93,20 +75,20 @@ def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, 
     failed = 0
     for message in out.get("Messages", []):
         try:
-            task_id = parse_body(message["Body"])
-        except Poison:
+            task_id = TaskMessage.parse(message["Body"]).task_id
+        except MalformedMessage:
             continue
         with logs.task_scope(task_id):
             item = store.get(task_id)
-            if item is None or TaskStatus(item["status"]).terminal:
+            if item is None or item.terminal:
                 continue
-            if item["status"] == TaskStatus.RUNNING.value and item.get("heartbeat_at", 0) > now_ms() - stale_after_ms:
+            if item.status is TaskStatus.RUNNING and (item.heartbeat_at or 0) > now_ms() - stale_after_ms:
                 continue  # someone is still heartbeating it
-            last = item.get("error") or "the worker holding the last attempt stopped heartbeating"
+            last = item.error or "the worker holding the last attempt stopped heartbeating"
             try:
                 store.fail_unclaimed(task_id, error=f"gave up: message moved to the DLQ; last error: {last}")
             except TransitionRejected:
                 continue  # settled meanwhile
             failed += 1
-            logs.event(log, "dlq_sweep_failed_task", logging.WARNING, previous_status=item["status"])
+            logs.event(log, "dlq_sweep_failed_task", logging.WARNING, previous_status=item.status.value)
     return failed

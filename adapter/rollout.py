@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import logs
+from core import logs
+
 
 log = logging.getLogger("adapter.rollout")
 

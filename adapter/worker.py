@@ -15,14 +15,17 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from . import logs
+from core import logs
+from core.message import MalformedMessage, TaskMessage
+from core.store import TaskStore, TransitionRejected
+from core.task_types import Registry, TaskTypeError
+from core.tasks import TaskRecord, TaskStatus, now_ms
+
 from .config import AdapterConfig
 from .heartbeat import Heartbeat
-from .model import TaskStatus, TaskStore, TransitionRejected, now_ms
-from .queue import Poison, TaskQueue, parse_body, receive_count, sweep_dlq
+from .queue import SQS_MAX_VISIBILITY_S, QueueClient, receive_count, sweep_dlq
 from .rollout import EXIT_NEW_BUNDLE, RolloutWatch
-from .runner import Attempt, Control, Outcome, Runner
-from .task_types import Registry, TaskTypeError
+from .runner import Attempt, AttemptOutcome, Control, Runner
 
 log = logging.getLogger("adapter.worker")
 EXIT_STOPPED = 0
@@ -54,7 +57,7 @@ class Worker:
         self.sqs = sqs
         self.store = store
         self.registry = registry
-        self.queue = TaskQueue(sqs, config.queue_url, config.dlq_url)
+        self.queue = QueueClient(sqs, config.queue_url, config.dlq_url)
         self.runner = Runner(s3=s3, bucket=config.bucket, work_dir=config.work_dir, stop_grace_s=config.stop_grace_s)
         self.autostop = autostop
         self.rollout = None
@@ -123,7 +126,7 @@ class Worker:
                     self.sqs,
                     self.config.dlq_url,
                     stale_after_ms=self.config.stale_after_ms,
-                    hide_s=int(min(43200, max(30, 2 * self.config.dlq_sweep_s))),
+                    hide_s=int(min(SQS_MAX_VISIBILITY_S, max(30, 2 * self.config.dlq_sweep_s))),
                 )
             except Exception as err:
                 logs.event(log, "dlq_sweep_error", logging.WARNING, error=f"{type(err).__name__}: {err}")
@@ -134,8 +137,8 @@ class Worker:
     # -- one message ---------------------------------------------------------------------------------------------
     def handle(self, message: dict[str, Any]) -> None:
         try:
-            task_id = parse_body(message.get("Body", ""))
-        except Poison as poison:
+            task_id = TaskMessage.parse(message.get("Body", "")).task_id
+        except MalformedMessage as poison:
             logs.event(
                 log, "poison_message", logging.WARNING, reason=poison.reason, message_id=message.get("MessageId")
             )
@@ -150,19 +153,15 @@ class Worker:
                 logs.event(log, "handle_error", logging.ERROR, exc=True)
 
     def _handle(self, task_id: str, message: dict[str, Any]) -> None:
-        item = self.claim(task_id, message)
-        if item is None:
+        held = self.claim(task_id, message)
+        if held is None:
             return
-        attempt = int(item["attempts"])
-        count = receive_count(message)
-        logs.event(log, "claimed", attempt=attempt, receive_count=count, type=item.get("type"))
+        logs.event(log, "claimed", attempt=held.attempts, receive_count=receive_count(message), type=held.type)
         try:
-            task_type = self.registry.get(item.get("type", ""))
-            params = task_type.validate(item.get("params") or {})
+            task_type = self.registry.get(held.type)
+            params = task_type.validate(held.params)
         except TaskTypeError as err:  # retrying cannot help: straight to the DLQ path
-            self.store.finish(
-                task_id, worker=self.config.worker_id, attempt=attempt, status=TaskStatus.FAILED, error=str(err)
-            )
+            self.store.finish(held, TaskStatus.FAILED, error=str(err))
             self.queue.to_dlq(message, str(err))
             return
         control = Control(self.stopping)
@@ -171,9 +170,7 @@ class Worker:
             sqs=self.sqs,
             queue_url=self.config.queue_url,
             receipt=message["ReceiptHandle"],
-            task_id=task_id,
-            worker=self.config.worker_id,
-            attempt=attempt,
+            held=held,
             interval_s=self.config.heartbeat_s,
             visibility_s=self.config.visibility_s,
             control=control,
@@ -182,11 +179,11 @@ class Worker:
                 result = self.runner.run(task_id, task_type, params, control)
             except Exception as err:
                 logs.event(log, "attempt_error", logging.ERROR, exc=True)
-                result = Attempt(Outcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
-        self.settle(task_id, message, attempt, result, control)
+                result = Attempt(AttemptOutcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
+        self.settle(held, message, result, control)
 
-    def claim(self, task_id: str, message: dict[str, Any]) -> dict[str, Any] | None:
-        """The claimed item, or None when this message must not run (and has been dealt with)."""
+    def claim(self, task_id: str, message: dict[str, Any]) -> TaskRecord | None:
+        """The claimed record, or None when this message must not run (and has been dealt with)."""
         for first in (True, False):
             try:
                 return self.store.claim(
@@ -197,13 +194,12 @@ class Worker:
             if item is None:
                 self.queue.to_dlq(message, "names no known task")
                 return None
-            status = TaskStatus(item["status"])
-            if status.terminal:  # duplicate delivery, or cancelled while queued: never run twice
-                logs.event(log, "skipped_terminal", status=status.value, receive_count=receive_count(message))
+            if item.terminal:  # duplicate delivery, or cancelled while queued: never run twice
+                logs.event(log, "skipped_terminal", status=item.status.value, receive_count=receive_count(message))
                 self.queue.delete(message)
                 return None
-            if status is TaskStatus.RUNNING:
-                stale_in_ms = int(item.get("heartbeat_at", 0)) + self.config.stale_after_ms - now_ms()
+            if item.status is TaskStatus.RUNNING:
+                stale_in_ms = (item.heartbeat_at or 0) + self.config.stale_after_ms - now_ms()
                 # A holder that died right after its claim looks fresh for the few ms between SQS handing the
                 # message out and the claim's write; wait those out instead of burning a receive.
                 if first and stale_in_ms <= self.config.claim_grace_s * 1000:
@@ -211,60 +207,54 @@ class Worker:
                         self.queue.set_visibility(message, 0)
                         return None
                     continue
-                logs.event(log, "held_elsewhere", holder=item.get("worker"), stale_in_ms=stale_in_ms)
+                logs.event(log, "held_elsewhere", holder=item.worker, stale_in_ms=stale_in_ms)
                 self.queue.set_visibility(message, math.ceil(max(stale_in_ms, 1000) / 1000))
                 return None
             # QUEUED yet rejected: it was requeued between our calls; the second try sees it
         return None
 
-    def settle(self, task_id: str, message: dict[str, Any], attempt: int, result: Attempt, control: Control) -> None:
-        """Record the attempt's outcome on the item (fenced by `attempt`), then decide the message's fate."""
-        worker, count = self.config.worker_id, receive_count(message)
+    def settle(self, held: TaskRecord, message: dict[str, Any], result: Attempt, control: Control) -> None:
+        """Record the attempt's outcome on the item (fenced by the held attempt), then decide the message's fate."""
+        attempt, count = held.attempts, receive_count(message)
         if result.interrupted == "lost":
             logs.event(log, "attempt_lost", logging.WARNING, attempt=attempt)
             return  # another worker holds the task and its message now: touch neither
         try:
-            if result.outcome is Outcome.SUCCEEDED:
-                self.store.finish(
-                    task_id, worker=worker, attempt=attempt, status=TaskStatus.SUCCEEDED, result_uri=result.result_uri
-                )
+            if result.outcome is AttemptOutcome.SUCCEEDED:
+                self.store.finish(held, TaskStatus.SUCCEEDED, result_uri=result.result_uri)
                 self.queue.delete(message)
                 logs.event(log, "succeeded", attempt=attempt, result_uri=result.result_uri)
             elif control.cancelled.is_set():
-                self.store.finish(
-                    task_id, worker=worker, attempt=attempt, status=TaskStatus.CANCELLED, error=result.error
-                )
+                self.store.finish(held, TaskStatus.CANCELLED, error=result.error)
                 self.queue.delete(message)
                 logs.event(log, "cancelled", attempt=attempt)
             elif result.interrupted == "stopping":
                 stopped = f"the instance stopped during attempt {attempt} (receive {count})"
-                self._hand_back(task_id, message, attempt, count, stopped, now=True)
+                self._hand_back(held, message, count, stopped, now=True)
             elif self.config.retry.is_last(count):
-                self.store.finish(task_id, worker=worker, attempt=attempt, status=TaskStatus.FAILED, error=result.error)
+                self.store.finish(held, TaskStatus.FAILED, error=result.error)
                 logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
                 self.queue.to_dlq(message, result.error or "failed")
             else:
-                self._hand_back(task_id, message, attempt, count, result.error, now=False)
+                self._hand_back(held, message, count, result.error, now=False)
         except TransitionRejected as rejected:
-            current = rejected.item or {}
+            current = rejected.item
             logs.event(
                 log,
                 "settle_rejected",
                 logging.WARNING,
                 attempt=attempt,
-                status=current.get("status"),
-                holder_attempt=current.get("attempts"),
+                status=current.status.value if current else None,
+                holder_attempt=current.attempts if current else None,
             )
 
-    def _hand_back(
-        self, task_id: str, message: dict[str, Any], attempt: int, count: int, error: str | None, *, now: bool
-    ) -> None:
+    def _hand_back(self, held: TaskRecord, message: dict[str, Any], count: int, error: str | None, *, now: bool) -> None:
         """RUNNING -> QUEUED and make the message visible: at once (instance stopping) or after the retry delay."""
-        item = self.store.requeue(task_id, worker=self.config.worker_id, attempt=attempt, error=error)
-        if item.get("cancel_requested"):  # a cancel landed during the attempt: honour it instead of retrying
-            self.store.cancel(task_id)
+        item = self.store.requeue(held, error=error)
+        if item.cancel_requested:  # a cancel landed during the attempt: honour it instead of retrying
+            self.store.cancel(held.task_id)
             self.queue.delete(message)
-            logs.event(log, "cancelled", attempt=attempt)
+            logs.event(log, "cancelled", attempt=held.attempts)
             return
         # A stop on the last receive still uses that receive up: SQS moves the message to the DLQ on the next receive
         # and the DLQ sweep fails the task with this error. Re-sending a fresh message would keep the retry, but the
@@ -274,7 +264,7 @@ class Worker:
             log,
             "requeued",
             logging.INFO if now else logging.WARNING,
-            attempt=attempt,
+            attempt=held.attempts,
             receive_count=count,
             reason="instance stopping" if now else "retry",
             error=error,

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a script from anywhere
 
 from bench.idle_sim import DAY, Gpu, Params, Task, simulate, workload  # noqa: E402
-from functions.shutdown.decision import Policy  # noqa: E402
+from core.idle import Policy  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

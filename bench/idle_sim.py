@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapter.autostop import AutoStop
-from functions.shutdown.decision import Action, Instance, InstanceState, Observation, Policy, decide, idle_blocker
+from core.idle import Action, Observation, Policy, decide, idle_blocker
+from core.instances import Instance, InstanceState
 
 DAY = 24 * 3600
 MAX_RECEIVES = 3  # the queue's redrive: the 4th receive goes to the DLQ

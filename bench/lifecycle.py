@@ -39,9 +39,10 @@ import boto3
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adapter import logs  # noqa: E402  (after the path fix: runnable as a script)
+from core import logs  # noqa: E402  (after the path fix: runnable as a script)
 from adapter.__main__ import build  # noqa: E402
-from adapter.model import TaskStatus, TaskStore  # noqa: E402
+from core.store import TaskStore  # noqa: E402
+from core.tasks import TaskStatus  # noqa: E402
 from adapter.procs import death_signal_prefix  # noqa: E402
 from bench.resources import create_task_resources  # noqa: E402
 from bench.submit_latency import child, measure  # noqa: E402

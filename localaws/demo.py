@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack, redirect_stdout
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +222,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
-    from functions.shutdown.handler import Config
+    import logging
+
+    from core.logs import JsonFormatter
+    from core.observe import Sources
+    from functions.shutdown.handler import ShutdownSettings
     from functions.shutdown.handler import run as decide_and_act
-    from functions.shutdown.observe import Sources
 
     env = {**local.lambda_env, "IDLE_WINDOW_SECONDS": str(idle_seconds), "MIN_UPTIME_SECONDS": "0"}
-    config = Config.from_env(env)
+    config = ShutdownSettings.from_env(env)
+    # Its one JSON line per run goes to the log file, as the Lambda's would go to CloudWatch.
+    decisions = logging.FileHandler(log_path)
+    decisions.setFormatter(JsonFormatter())
+    logging.getLogger("shutdown").addHandler(decisions)
+    logging.getLogger("shutdown").setLevel(logging.INFO)
     src = Sources(
         sqs=local.client("sqs"),
         dynamodb=local.client("dynamodb"),
@@ -239,8 +247,7 @@ def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
     )
     deadline = time.monotonic() + idle_seconds + 60
     while time.monotonic() < deadline:
-        with log_path.open("a") as log, redirect_stdout(log):  # its one JSON line per run, as in CloudWatch
-            record = decide_and_act(config, src, trigger="demo")
+        record = decide_and_act(config, src, trigger="demo")
         decision = record["decision"]
         print(f"   lambda decision: {decision['action']} ({decision['reason']})", flush=True)
         if decision["action"] == "STOP":

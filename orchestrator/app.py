@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from adapter.model import TaskStatus, TaskStore
+from core import logs
+from core.store import TaskStore
+from core.tasks import TaskStatus
 
 from .gpu import GpuStarter
 from .http_guards import BearerAuth, BodyLimit
@@ -40,16 +42,67 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(parts)
 
 
+def service_of(request: Request) -> TaskService:
+    service: TaskService = request.app.state.service
+    return service
+
+
+Service = Annotated[TaskService, Depends(service_of)]
+routes = APIRouter()
+
+
+@routes.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
+def submit(body: SubmitRequest, response: Response, service: Service) -> dict[str, Any]:
+    """Queue a task and make sure the GPU is starting. A repeat with the same `idempotency_key` returns the
+    first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
+    out = service.submit(body.type, body.params, body.idempotency_key)
+    if out.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out.task
+
+
+@routes.get("/tasks/{task_id}", response_model=Task, **TASK_OUT)
+def get_task(task_id: str, service: Service) -> dict[str, Any]:
+    return service.get(task_id)
+
+
+@routes.get("/tasks", response_model=TaskPage, **TASK_OUT)
+def list_tasks(
+    service: Service,
+    status: Annotated[TaskStatus, Query(description="tasks in this status, newest first")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
+) -> dict[str, Any]:
+    items, next_cursor = service.list(status, limit, cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@routes.post("/tasks/{task_id}/cancel", response_model=Task, **TASK_OUT)
+def cancel_task(task_id: str, service: Service) -> dict[str, Any]:
+    """A QUEUED task becomes CANCELLED and never runs; a RUNNING one gets `cancel_requested` and its adapter
+    stops it. Cancelling a CANCELLED task returns it; other finished tasks answer 409."""
+    return service.cancel(task_id)
+
+
+@routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+def healthz(service: Service) -> JSONResponse:
+    ok, report = service.health()
+    return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
+
+
+async def api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+
+
+async def bad_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    status, code, message = _validation_message(exc)
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
 def create_app(settings: Settings, clients: Clients, *, validate: Validator | None = None) -> FastAPI:
     starter = GpuStarter(clients.ec2, settings.instance_ids, settings.gpu_retry)
-    service = TaskService(
-        store=TaskStore(clients.table, status_index=settings.status_index),
-        sqs=clients.sqs,
-        queue_url=settings.queue_url,
-        dlq_url=settings.dlq_url,
-        starter=starter,
-        validate=validate or registry_validator(),
-    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,53 +117,20 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         lifespan=lifespan,
         description="Queue GPU tasks of registered types; the GPU instance starts when work arrives.",
     )
-    app.state.service = service
+    app.state.service = TaskService(
+        store=TaskStore(clients.table, status_index=settings.status_index),
+        sqs=clients.sqs,
+        queue_url=settings.queue_url,
+        dlq_url=settings.dlq_url,
+        starter=starter,
+        validate=validate or registry_validator(),
+    )
     app.state.starter = starter
     if settings.insecure:
-        log.warning('{"event": "insecure_local_mode", "note": "no bearer token required"}')
-
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        status, code, message = _validation_message(exc)
-        return JSONResponse({"error": code, "message": message}, status_code=status)
-
-    @app.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
-    def submit(body: SubmitRequest, response: Response) -> dict[str, Any]:
-        """Queue a task and make sure the GPU is starting. A repeat with the same `idempotency_key` returns the
-        first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
-        out = service.submit(body.type, body.params, body.idempotency_key)
-        if out.replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        return out.task
-
-    @app.get("/tasks/{task_id}", response_model=Task, **TASK_OUT)
-    def get_task(task_id: str) -> dict[str, Any]:
-        return service.get(task_id)
-
-    @app.get("/tasks", response_model=TaskPage, **TASK_OUT)
-    def list_tasks(
-        status: Annotated[TaskStatus, Query(description="tasks in this status, newest first")],
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
-    ) -> dict[str, Any]:
-        items, next_cursor = service.list(status, limit, cursor)
-        return {"items": items, "next_cursor": next_cursor}
-
-    @app.post("/tasks/{task_id}/cancel", response_model=Task, **TASK_OUT)
-    def cancel_task(task_id: str) -> dict[str, Any]:
-        """A QUEUED task becomes CANCELLED and never runs; a RUNNING one gets `cancel_requested` and its adapter
-        stops it. Cancelling a CANCELLED task returns it; other finished tasks answer 409."""
-        return service.cancel(task_id)
-
-    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
-    def healthz() -> JSONResponse:
-        ok, report = service.health()
-        return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
-
+        logs.event(log, "insecure_local_mode", logging.WARNING, note="no bearer token required")
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, bad_request)
+    app.include_router(routes)
     # Added last = outermost: the token is checked before a body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuth, token=settings.token if not settings.insecure else None)
@@ -118,6 +138,6 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
 
 
 def app_from_env() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logs.setup()
     settings = Settings.from_env()
     return create_app(settings, Clients.from_settings(settings))

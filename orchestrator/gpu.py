@@ -12,32 +12,23 @@ shutdown Lambda stops each one that sits idle. Scaling out is a config change (G
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core import logs
+from core.instances import Change, InstanceState, change_state, read_instances
+
 log = logging.getLogger("orchestrator.gpu")
 
 
-class InstanceState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    SHUTTING_DOWN = "shutting-down"
-    TERMINATED = "terminated"
-    UNKNOWN = "unknown"  # absent from DescribeInstances, or the call failed
-
-
 @dataclass(frozen=True)
-class RetryPolicy:
+class StartRetry:
     """Backoff for the `stopping` retry loop. A g-class instance usually needs 1-3 minutes to stop."""
 
     first_delay_s: float = 2.0
@@ -67,10 +58,6 @@ def plan(states: Mapping[str, InstanceState]) -> Plan:
     return Plan(start, wait, broken)
 
 
-def _event(event: str, **fields: Any) -> str:
-    return json.dumps({"event": event, **fields}, default=str)
-
-
 class GpuStarter:
     """`ec2` is a boto3 EC2 client (injected); `instance_ids` the configured GPU instances."""
 
@@ -78,7 +65,7 @@ class GpuStarter:
         self,
         ec2: Any,
         instance_ids: Sequence[str],
-        policy: RetryPolicy = RetryPolicy(),
+        policy: StartRetry = StartRetry(),
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -96,13 +83,7 @@ class GpuStarter:
 
     def describe(self) -> dict[str, InstanceState]:
         """Current state of every configured instance (UNKNOWN where EC2 did not say)."""
-        states = dict.fromkeys(self.instance_ids, InstanceState.UNKNOWN)
-        out = self.ec2.describe_instances(InstanceIds=self.instance_ids)
-        for reservation in out.get("Reservations", []):
-            for inst in reservation.get("Instances", []):
-                if inst["InstanceId"] in states:
-                    states[inst["InstanceId"]] = InstanceState(inst["State"]["Name"])
-        return states
+        return {i.instance_id: i.state for i in read_instances(self.ec2, self.instance_ids)}
 
     def ensure_started(self) -> dict[str, InstanceState]:
         """One pass now; anything still not startable goes to the background retry. Never raises: the task is
@@ -136,29 +117,24 @@ class GpuStarter:
             states = self.describe()
             todo = plan(states)
             for instance_id in todo.broken:
-                log.error(_event("gpu_instance_unusable", instance_id=instance_id, state=states[instance_id].value))
+                logs.event(log, "gpu_instance_unusable", logging.ERROR, instance_id=instance_id, state=states[instance_id].value)
             if todo.start:
                 step = "start"
                 self._start(todo.start, states)
             return states
         except (ClientError, BotoCoreError) as err:
-            log.warning(_event(f"gpu_{step}_failed", error=str(err)))
+            logs.event(log, f"gpu_{step}_failed", logging.WARNING, error=str(err))
             return None
 
     def _start(self, instance_ids: list[str], states: dict[str, InstanceState]) -> None:
-        # One call per instance: a refusal for one (it began stopping after our describe) must not hold back another.
-        for instance_id in instance_ids:
-            try:
-                out = self.ec2.start_instances(InstanceIds=[instance_id])
-                now = out["StartingInstances"][0]["CurrentState"]["Name"]
-                states[instance_id] = InstanceState(now)
-                log.info(_event("gpu_start_requested", instance_id=instance_id, state=now))
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") != "IncorrectInstanceState":
-                    raise
-                # Described as stopped, but it is mid-transition again: treat as stopping and retry.
-                states[instance_id] = InstanceState.STOPPING
-                log.info(_event("gpu_start_refused", instance_id=instance_id, error=str(err)))
+        for result in change_state(self.ec2, Change.START, instance_ids):
+            if result.refused is None:
+                states[result.instance_id] = InstanceState(result.current)
+                logs.event(log, "gpu_start_requested", instance_id=result.instance_id, state=result.current)
+            else:
+                # Described as stopped, but it is mid-transition again (or gone): treat as stopping and retry.
+                states[result.instance_id] = InstanceState.STOPPING
+                logs.event(log, "gpu_start_refused", instance_id=result.instance_id, error=result.refused)
 
     def _retry_in_background(self) -> None:
         with self._lock:
@@ -180,12 +156,12 @@ class GpuStarter:
                     seen = self._generation
                     if remaining <= 0:
                         self._thread = None
-                        log.error(
-                            _event(
-                                "gpu_start_gave_up",
-                                instance_ids=self.instance_ids,
-                                note="the shutdown Lambda's next run starts it while the queue is not empty",
-                            )
+                        logs.event(
+                            log,
+                            "gpu_start_gave_up",
+                            logging.ERROR,
+                            instance_ids=self.instance_ids,
+                            note="the shutdown Lambda's next run starts it while the queue is not empty",
                         )
                         return
                 if self._stop.wait(min(delay, remaining)):
@@ -195,7 +171,7 @@ class GpuStarter:
                     with self._lock:
                         if self._generation == seen:
                             self._thread = None
-                            log.info(_event("gpu_start_retry_done", states={k: v.value for k, v in states.items()}))
+                            logs.event(log, "gpu_start_retry_done", states={k: v.value for k, v in states.items()})
                             return
         finally:
             with self._lock:

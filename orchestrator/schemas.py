@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapter.model import TaskStatus
+from core.tasks import TaskStatus
 
 
 class SubmitRequest(BaseModel):
@@ -16,7 +16,7 @@ class SubmitRequest(BaseModel):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="a task type registered in adapter/task_types.json",
+        description="a task type registered in core/task_types.json",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="checked against the type's declaration")
     idempotency_key: str | None = Field(

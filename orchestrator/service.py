@@ -2,7 +2,7 @@
 
 Crash safety of submit (write, then send, then mark):
 1. The item is written QUEUED first (with an idempotency key: item + `idem#<key>` marker in one transaction).
-2. The message `{"task_id", "type"}` is sent. If the send fails, the caller gets 503 and
+2. The task's message (core.message) is sent. If the send fails, the caller gets 503 and
    - without a key, the task is marked FAILED at once (nobody could ever re-send it, so it must not sit QUEUED);
    - with a key, it stays QUEUED without `enqueued_at`: repeating the request with the same key re-sends.
 3. `enqueued_at` is recorded. If that write fails the task is still queued; a repeat with the key re-sends, and the
@@ -24,9 +24,13 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from adapter.model import TaskStatus, TaskStore, TransitionRejected
+from core import logs
+from core.instances import InstanceState
+from core.message import TaskMessage
+from core.store import TaskStore, TransitionRejected
+from core.tasks import TaskRecord, TaskStatus
 
-from .gpu import GpuStarter, InstanceState
+from .gpu import GpuStarter
 
 log = logging.getLogger("orchestrator.service")
 AwsError = (ClientError, BotoCoreError)
@@ -48,9 +52,9 @@ class InvalidTask(Exception):
     """Unknown type or params that do not fit the type's declaration."""
 
 
-def public(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The task as callers see it: everything but DynamoDB's expiry bookkeeping."""
-    return {k: v for k, v in item.items() if k != "ttl"}
+def task_view(record: TaskRecord) -> dict[str, Any]:
+    """The task as the API shows it: every attribute it has, less DynamoDB's expiry bookkeeping."""
+    return {k: v for k, v in record.to_item().items() if k != "ttl"}
 
 
 def encode_cursor(key: Mapping[str, Any] | None) -> str | None:
@@ -113,34 +117,33 @@ class TaskService:
         except TransitionRejected as seen:
             return self._replay(seen, task_type, clean)
         except AwsError as err:
-            log.error(json.dumps({"event": "task_write_failed", "error": str(err)}))
+            logs.event(log, "task_write_failed", logging.ERROR, error=str(err))
             raise ApiError(503, "store_unavailable", "could not record the task; nothing was queued") from None
         self._enqueue(task, keyed=idempotency_key is not None)
-        return Submitted(public(task), False, self._start_gpu())
+        return Submitted(task_view(task), False, self._start_gpu())
 
     def _replay(self, seen: TransitionRejected, task_type: str, params: Mapping[str, Any]) -> Submitted:
         task = seen.item
         if task is None:  # the marker exists but its task does not: should not happen; let the client retry
             raise ApiError(503, "idempotency_conflict", "idempotency key is being used concurrently; retry")
-        if task.get("type") != task_type or task.get("params") != params:
+        if task.type != task_type or dict(task.params) != dict(params):
             raise ApiError(
                 409,
                 "idempotency_key_reused",
-                f"idempotency_key was already used for a different request (task {task['task_id']})",
+                f"idempotency_key was already used for a different request (task {task.task_id})",
             )
-        if task["status"] == TaskStatus.QUEUED.value and "enqueued_at" not in task:
+        if task.status is TaskStatus.QUEUED and task.enqueued_at is None:
             # The first request wrote the task but its send failed or it crashed before marking: send it now.
             self._enqueue(task, keyed=True)
-            return Submitted(public(task), True, self._start_gpu())
-        return Submitted(public(task), True, {})
+            return Submitted(task_view(task), True, self._start_gpu())
+        return Submitted(task_view(task), True, {})
 
-    def _enqueue(self, task: Mapping[str, Any], *, keyed: bool) -> None:
-        task_id = task["task_id"]
-        body = json.dumps({"task_id": task_id, "type": task["type"]})
+    def _enqueue(self, task: TaskRecord, *, keyed: bool) -> None:
+        task_id = task.task_id
         try:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=TaskMessage(task_id).encode())
         except AwsError as err:
-            log.error(json.dumps({"event": "enqueue_failed", "task_id": task_id, "error": str(err)}))
+            logs.event(log, "enqueue_failed", logging.ERROR, task_id=task_id, error=str(err))
             if keyed:
                 raise ApiError(
                     503,
@@ -151,13 +154,13 @@ class TaskService:
             try:
                 self.store.fail_unclaimed(task_id, error=f"enqueue failed: {err}")
             except (TransitionRejected, *AwsError) as fail_err:
-                log.error(json.dumps({"event": "mark_failed_failed", "task_id": task_id, "error": str(fail_err)}))
+                logs.event(log, "mark_failed_failed", logging.ERROR, task_id=task_id, error=str(fail_err))
             raise ApiError(503, "enqueue_failed", f"task {task_id} could not be queued and was marked FAILED") from None
         try:
             self.store.mark_enqueued(task_id)
         except AwsError as err:  # queued all the same; a keyed repeat would re-send, which the claim makes harmless
-            log.warning(json.dumps({"event": "mark_enqueued_failed", "task_id": task_id, "error": str(err)}))
-        log.info(json.dumps({"event": "task_enqueued", "task_id": task_id, "type": task["type"]}))
+            logs.event(log, "mark_enqueued_failed", logging.WARNING, task_id=task_id, error=str(err))
+        logs.event(log, "task_enqueued", task_id=task_id, type=task.type)
 
     def _start_gpu(self) -> dict[str, str]:
         return {k: v.value for k, v in self.starter.ensure_started().items()}
@@ -166,22 +169,22 @@ class TaskService:
         item = self.store.get(task_id) if TASK_ID.match(task_id) else None
         if item is None:
             raise ApiError(404, "not_found", f"no task {task_id}")
-        return public(item)
+        return task_view(item)
 
     def list(self, status: TaskStatus, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         start = decode_cursor(cursor, status) if cursor else None
         page = self.store.list_by_status(status, limit=limit, cursor=start)
-        return [public(i) for i in page.items], encode_cursor(page.cursor)
+        return [task_view(i) for i in page.items], encode_cursor(page.cursor)
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         self.get(task_id)  # 404 for ids that do not exist (and for marker items)
         try:
-            return public(self.store.cancel(task_id))
+            return task_view(self.store.cancel(task_id))
         except TransitionRejected as rejected:
             item = rejected.item
-            if item is not None and item.get("status") == TaskStatus.CANCELLED.value:
-                return public(item)  # cancelling twice is not an error
-            status = item.get("status") if item else "absent"
+            if item is not None and item.status is TaskStatus.CANCELLED:
+                return task_view(item)  # cancelling twice is not an error
+            status = item.status.value if item else "absent"
             raise ApiError(409, "not_cancellable", f"task {task_id} is {status}") from None
 
     def health(self) -> tuple[bool, dict[str, Any]]:

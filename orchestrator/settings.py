@@ -7,23 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapter.model import STATUS_INDEX
+from core import contract as c
+from core.contract import SettingError
+from core.tasks import STATUS_INDEX
 
-from .gpu import RetryPolicy
-
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
-
-
-class ConfigError(Exception):
-    """The service cannot start with this configuration."""
-
-
-def _split_ids(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+from .gpu import StartRetry
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The service's settings; each is the contract setting of the same meaning (core/contract.py)."""
+
     queue_url: str
     dlq_url: str
     table_name: str
@@ -32,46 +26,35 @@ class Settings:
     insecure: bool = False
     status_index: str = STATUS_INDEX
     region: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    gpu_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_body_bytes: int = c.MAX_BODY_BYTES.default or 0
+    gpu_retry: StartRetry = field(default_factory=StartRetry)
 
     def __post_init__(self) -> None:
         if not self.instance_ids:
-            raise ConfigError("GPU_INSTANCE_IDS names no instance")
+            raise SettingError(c.GPU_INSTANCE_IDS.name, "names no instance")
         if self.token is None and not self.insecure:
-            raise ConfigError(
-                "ORCHESTRATOR_TOKEN is required (or start with --insecure-local / ORCHESTRATOR_INSECURE=1)"
+            raise SettingError(
+                c.ORCHESTRATOR_TOKEN.name, "required (or start with --insecure-local / ORCHESTRATOR_INSECURE=1)"
             )
         if self.token is not None and not self.token.strip():
-            raise ConfigError("ORCHESTRATOR_TOKEN is empty")
+            raise SettingError(c.ORCHESTRATOR_TOKEN.name, "is empty")
         if self.max_body_bytes < 1024:
-            raise ConfigError("MAX_BODY_BYTES must be at least 1024")
+            raise SettingError(c.MAX_BODY_BYTES.name, "must be at least 1024")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, insecure: bool | None = None) -> Settings:
         env = os.environ if env is None else env
-        required = ("TASK_QUEUE_URL", "TASK_DLQ_URL", "TASK_TABLE_NAME", "GPU_INSTANCE_IDS")
-        missing = [k for k in required if not env.get(k)]
-        if missing:
-            raise ConfigError(f"missing environment variables: {', '.join(missing)}")
-        if insecure is None:
-            insecure = env.get("ORCHESTRATOR_INSECURE", "") == "1"
-        try:
-            max_body = int(env.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-            deadline = float(env.get("GPU_START_DEADLINE_S", RetryPolicy.deadline_s))
-        except ValueError as err:
-            raise ConfigError(f"bad number in environment: {err}") from None
         return cls(
-            queue_url=env["TASK_QUEUE_URL"],
-            dlq_url=env["TASK_DLQ_URL"],
-            table_name=env["TASK_TABLE_NAME"],
-            instance_ids=_split_ids(env["GPU_INSTANCE_IDS"]),
-            token=env.get("ORCHESTRATOR_TOKEN") or None,
-            insecure=insecure,
-            status_index=env.get("TASK_STATUS_INDEX") or STATUS_INDEX,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-            max_body_bytes=max_body,
-            gpu_retry=RetryPolicy(deadline_s=deadline),
+            queue_url=c.TASK_QUEUE_URL.read(env),
+            dlq_url=c.TASK_DLQ_URL.read(env),
+            table_name=c.TASK_TABLE_NAME.read(env),
+            instance_ids=c.GPU_INSTANCE_IDS.read(env),
+            token=c.ORCHESTRATOR_TOKEN.read_optional(env),
+            insecure=c.ORCHESTRATOR_INSECURE.read(env) if insecure is None else insecure,
+            status_index=c.TASK_STATUS_INDEX.read(env),
+            region=c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env),
+            max_body_bytes=c.MAX_BODY_BYTES.read(env),
+            gpu_retry=StartRetry(deadline_s=c.GPU_START_DEADLINE_S.read(env)),
         )
 
 
@@ -81,7 +64,7 @@ class Clients:
 
     sqs: Any
     ec2: Any
-    table: Any  # a DynamoDB Table resource (what adapter.model.TaskStore takes)
+    table: Any  # a DynamoDB Table resource (what core.store.TaskStore takes)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> Clients:

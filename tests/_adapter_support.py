@@ -1,5 +1,5 @@
 """Helpers shared by the adapter tests: env for a worker with times shrunk to seconds, submitting the way the
-orchestrator does (item, then a `{"task_id", "type"}` message), bounded waits, and a counting local HTTP server.
+orchestrator does (item, then its core.message message), bounded waits, and a counting local HTTP server.
 
 `aws` is the lead's `local_aws` (the synthesized `local` environment in moto) built once per test module instead of
 once per test - a build costs seconds and these tests run dozens of them. Each test gets its own copy of the
@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from adapter.model import TaskStore
+from core.message import TaskMessage
+from core.store import TaskStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +98,8 @@ def store_for(aws: Any) -> TaskStore:
 
 def submit(aws: Any, store: TaskStore, task_type: str, params: dict[str, Any]) -> str:
     item = store.create(task_type=task_type, params=params)
-    aws.client("sqs").send_message(
-        QueueUrl=aws.queue_url, MessageBody=json.dumps({"task_id": item["task_id"], "type": task_type})
-    )
-    return str(item["task_id"])
+    aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody=TaskMessage(item.task_id).encode())
+    return str(item.task_id)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
@@ -149,7 +148,7 @@ def alive(pid: int) -> bool:
 
 def registry_with(path: Path, extra: dict[str, Any]) -> Path:
     """The bundled task types plus test-only ones, written to `path` (for TASK_TYPES_FILE)."""
-    doc = json.loads((REPO / "adapter" / "task_types.json").read_text())
+    doc = json.loads((REPO / "core" / "task_types.json").read_text())
     doc["types"].update(extra)
     path.write_text(json.dumps(doc))
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import tests._adapter_support as support
-from adapter.model import TaskStore
+from core.store import TaskStore
 from tests._adapter_support import (
     REPO,
     alive,
@@ -58,7 +58,7 @@ def log_lines(path: Path) -> list[dict[str, Any]]:
 
 def running_job(store: TaskStore, task_id: str, proc: subprocess.Popen[bytes]) -> list[int]:
     """Wait until the adapter runs the task; return the job's pid (the adapter's child)."""
-    wait_for("RUNNING", lambda: (store.get(task_id) or {}).get("status") == "RUNNING")
+    wait_for("RUNNING", lambda: getattr(store.get(task_id), "status", None) == "RUNNING")
     return list(wait_for("the job process", lambda: children_of(proc.pid)))
 
 
@@ -72,14 +72,14 @@ def test_sigkill_mid_task_loses_nothing(aws: Any, tmp_path: Path) -> None:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     wait_for("the orphaned job to die with its adapter", lambda: not any(alive(j) for j in jobs), timeout=10)
-    assert store.get(task_id)["status"] == "RUNNING"  # type: ignore[index]  # nobody settled it
+    assert store.get(task_id).status == "RUNNING"  # type: ignore[index]  # nobody settled it
     with adapter_process(worker_env(aws, tmp_path / "b", WORKER_ID="second"), log) as second:
-        wait_for("SUCCEEDED", lambda: store.get(task_id)["status"] == "SUCCEEDED", timeout=30)  # type: ignore
+        wait_for("SUCCEEDED", lambda: store.get(task_id).status == "SUCCEEDED", timeout=30)  # type: ignore
         wait_for("the message deleted", lambda: queue_counts(aws, aws.queue_url) == (0, 0))
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=15) == 0
     item = store.get(task_id)
-    assert item["attempts"] == 2 and item["worker"] == "second"  # type: ignore[index]  # taken over once
+    assert item.attempts == 2 and item.worker == "second"  # type: ignore[index]  # taken over once
     assert queue_counts(aws, aws.dlq_url) == (0, 0)
     events = [(d["worker"], d["event"]) for d in log_lines(log) if d["task_id"] == task_id]
     assert ("second", "claimed") in events and events.count(("second", "succeeded")) == 1
@@ -97,7 +97,7 @@ def test_sigterm_requeues_the_running_task_at_once(aws: Any, tmp_path: Path) -> 
     assert not any(alive(j) for j in jobs)
     item = store.get(task_id)
     assert item is not None
-    assert item["status"] == "QUEUED" and item["attempts"] == 1 and "worker" not in item
+    assert item.status == "QUEUED" and item.attempts == 1 and item.worker is None
     again = aws.client("sqs").receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0)
     assert [json.loads(m["Body"])["task_id"] for m in again.get("Messages", [])] == [task_id]
     events = [d["event"] for d in log_lines(log)]

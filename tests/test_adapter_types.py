@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from adapter.config import RetryPolicy, from_env
-from adapter.queue import Poison, parse_body
-from adapter.task_types import InvalidParams, RegistryError, UnknownTaskType, load_registry
+from adapter.config import RetryBackoff, from_env
+from core.message import MalformedMessage, TaskMessage
+from core.task_types import InvalidParams, RegistryError, UnknownTaskType, load_registry
 
 
 def write(tmp_path: Path, types: dict[str, Any]) -> Path:
@@ -93,7 +93,7 @@ def test_malformed_registry_fails_at_load(tmp_path: Path, spec: dict[str, Any], 
 
 
 def test_retry_policy_backoff_and_last_receive() -> None:
-    policy = RetryPolicy(max_receives=3, backoff_s=5, backoff_cap_s=12)
+    policy = RetryBackoff(max_receives=3, backoff_s=5, backoff_cap_s=12)
     assert [policy.delay_s(n) for n in (1, 2, 3)] == [5, 10, 12]
     assert [policy.is_last(n) for n in (1, 2, 3, 4)] == [False, False, True, True]
 
@@ -113,14 +113,20 @@ def test_config_takes_the_queue_settings_unless_overridden() -> None:
     ("body", "reason"),
     [
         ("{", "not valid JSON"),
-        ("[1]", "no task_id"),
+        ("[1]", "not a JSON object"),
+        ('{"v": 2, "task_id": "01ABC"}', "unknown message version"),
         ('{"task_id": 7}', "no task_id"),
         ('{"task_id": "idem#k"}', "no task_id"),
         ('{"task_id": ""}', "no task_id"),
     ],
 )
 def test_poison_bodies(body: str, reason: str) -> None:
-    with pytest.raises(Poison) as err:
-        parse_body(body)
+    with pytest.raises(MalformedMessage) as err:
+        TaskMessage.parse(body)
     assert reason in err.value.reason
-    assert parse_body('{"task_id": "01ABC", "type": "noop"}') == "01ABC"
+
+
+def test_message_round_trips_and_reads_version_0() -> None:
+    assert TaskMessage.parse(TaskMessage("01ABC").encode()) == TaskMessage("01ABC", 1)
+    # as queued before the version field existed: still read, so a rollout strands nothing
+    assert TaskMessage.parse('{"task_id": "01ABC", "type": "noop"}') == TaskMessage("01ABC", 0)

@@ -13,7 +13,7 @@ import pytest
 import tests._adapter_support as support
 from adapter.__main__ import build
 from adapter.autostop import AutoStop
-from adapter.model import TaskStore
+from core.store import TaskStore
 from adapter.queue import sweep_dlq
 from adapter.rollout import EXIT_NEW_BUNDLE
 from adapter.worker import Worker
@@ -54,8 +54,8 @@ def test_submit_run_results_in_s3(aws: Any, store: TaskStore, make_worker: Any) 
     assert make_worker().turn() is None
     item = store.get(task_id)
     assert item is not None
-    assert item["status"] == "SUCCEEDED" and item["attempts"] == 1 and item["worker"] == "w-test"
-    assert item["result_uri"] == f"s3://{aws.bucket}/results/{task_id}/"
+    assert item.status == "SUCCEEDED" and item.attempts == 1 and item.worker == "w-test"
+    assert item.result_uri == f"s3://{aws.bucket}/results/{task_id}/"
     result = json.loads(s3_text(aws, f"results/{task_id}/result.json"))
     assert result["device"] == "cpu:python" and result["size"] == 6 and result["elapsed_s"] >= 0
     assert json.loads(s3_text(aws, f"results/{task_id}/stdout.txt")) == result  # stdout kept too
@@ -66,7 +66,7 @@ def test_s3_input_is_downloaded_and_passed_as_a_path(aws: Any, store: TaskStore,
     aws.client("s3").put_object(Bucket=aws.bucket, Key="inputs/docs/a.txt", Body=b"one\ntwo\n")
     task_id = submit(aws, store, "digest", {"input": "inputs/docs/a.txt"})
     make_worker().turn()
-    assert store.get(task_id)["status"] == "SUCCEEDED"  # type: ignore[index]
+    assert store.get(task_id).status == "SUCCEEDED"  # type: ignore[index]
     result = json.loads(s3_text(aws, f"results/{task_id}/result.json"))
     assert result == {"sha256": hashlib.sha256(b"one\ntwo\n").hexdigest(), "bytes": 8, "lines": 2}
 
@@ -88,7 +88,7 @@ def test_http_task_posts_to_the_local_server(aws: Any, store: TaskStore, make_wo
         task_id = submit(aws, store, "infer_test", {"prompt": "hi"})
         make_worker(TASK_TYPES_FILE=str(types)).turn()
     assert server["requests"] == [{"task_id": task_id, "params": {"prompt": "hi"}}]
-    assert store.get(task_id)["status"] == "SUCCEEDED"  # type: ignore[index]
+    assert store.get(task_id).status == "SUCCEEDED"  # type: ignore[index]
     assert json.loads(s3_text(aws, f"results/{task_id}/result.json")) == {"echo": {"prompt": "hi"}, "tokens": 3}
 
 
@@ -97,7 +97,7 @@ def test_cancel_queued_never_runs(aws: Any, store: TaskStore, make_worker: Any) 
     store.cancel(task_id)
     make_worker().turn()
     item = store.get(task_id)
-    assert item["status"] == "CANCELLED" and item["attempts"] == 0  # type: ignore[index]
+    assert item.status == "CANCELLED" and item.attempts == 0  # type: ignore[index]
     assert queue_counts(aws, aws.queue_url) == (0, 0)
 
 
@@ -114,7 +114,7 @@ def test_cancel_running_stops_the_process(aws: Any, store: TaskStore, make_worke
         turn.join(timeout=20)
     assert not turn.is_alive()
     item = store.get(task_id)
-    assert item["status"] == "CANCELLED" and item["attempts"] == 1  # type: ignore[index]
+    assert item.status == "CANCELLED" and item.attempts == 1  # type: ignore[index]
     assert job is not None and not alive(job)
     assert queue_counts(aws, aws.queue_url) == (0, 0)
 
@@ -143,7 +143,7 @@ def test_duplicate_delivery_runs_once(aws: Any, store: TaskStore, make_worker: A
         worker.turn()
     assert len(server["requests"]) == 1
     item = store.get(task_id)
-    assert item["status"] == "SUCCEEDED" and item["attempts"] == 1  # type: ignore[index]
+    assert item.status == "SUCCEEDED" and item.attempts == 1  # type: ignore[index]
     assert queue_counts(aws, aws.queue_url) == (0, 0)  # the duplicate was deleted unrun
 
 
@@ -160,12 +160,12 @@ def test_duplicate_while_running_is_left_to_the_holder(aws: Any, store: TaskStor
         other = make_worker(WORKER_ID="other", CLAIM_GRACE_SECONDS="0")
         other.turn()  # heartbeat fresh: not taken over, not deleted, hidden until it could be stale
         item = store.get(task_id)
-        assert item["worker"] == "holder" and item["attempts"] == 1  # type: ignore[index]
+        assert item.worker == "holder" and item.attempts == 1  # type: ignore[index]
         assert queue_counts(aws, aws.queue_url) == (0, 2)
     finally:
         store.cancel(task_id)
         turn.join(timeout=20)
-    assert store.get(task_id)["status"] == "CANCELLED"  # type: ignore[index]
+    assert store.get(task_id).status == "CANCELLED"  # type: ignore[index]
 
 
 def test_stale_running_task_is_taken_over(aws: Any, store: TaskStore, make_worker: Any) -> None:
@@ -173,13 +173,13 @@ def test_stale_running_task_is_taken_over(aws: Any, store: TaskStore, make_worke
     store.claim(task_id, worker="dead", stale_after_ms=1, at_ms=1)  # claimed long ago, never heartbeated since
     make_worker().turn()
     item = store.get(task_id)
-    assert item["status"] == "SUCCEEDED" and item["attempts"] == 2 and item["worker"] == "w-test"  # type: ignore
+    assert item.status == "SUCCEEDED" and item.attempts == 2 and item.worker == "w-test"  # type: ignore
 
 
 def test_poison_messages_go_to_the_dlq_and_the_loop_survives(aws: Any, store: TaskStore, make_worker: Any) -> None:
     sqs = aws.client("sqs")
-    unknown_type = store.create(task_type="no_such_type", params={})["task_id"]
-    bad_params = store.create(task_type="sleep", params={"seconds": "soon", "exit_code": 0})["task_id"]
+    unknown_type = store.create(task_type="no_such_type", params={}).task_id
+    bad_params = store.create(task_type="sleep", params={"seconds": "soon", "exit_code": 0}).task_id
     bodies = [
         "{not json",
         json.dumps({"hello": 1}),
@@ -201,7 +201,7 @@ def test_poison_messages_go_to_the_dlq_and_the_loop_survives(aws: Any, store: Ta
     assert "unknown task type" in reasons[bodies[3]] and "seconds: expected number" in reasons[bodies[4]]
     for task_id in (unknown_type, bad_params):
         item = store.get(task_id)
-        assert item["status"] == "FAILED" and item["error"] == reasons[json.dumps({"task_id": task_id})]  # type: ignore
+        assert item.status == "FAILED" and item.error == reasons[json.dumps({"task_id": task_id})]  # type: ignore
 
 
 def test_retries_then_dlq_with_the_last_error(aws: Any, store: TaskStore, make_worker: Any) -> None:
@@ -210,12 +210,12 @@ def test_retries_then_dlq_with_the_last_error(aws: Any, store: TaskStore, make_w
     for receive in (1, 2):
         worker.turn()
         item = store.get(task_id)
-        assert item["status"] == "QUEUED" and item["attempts"] == receive  # type: ignore[index]
-        assert item["error"].startswith("exit code 3")  # type: ignore[index]
+        assert item.status == "QUEUED" and item.attempts == receive  # type: ignore[index]
+        assert item.error.startswith("exit code 3")  # type: ignore[index]
     worker.turn()
     item = store.get(task_id)
-    assert item["status"] == "FAILED" and item["attempts"] == 3  # type: ignore[index]
-    assert item["error"] == "exit code 3: exiting with 3 as asked"  # type: ignore[index]
+    assert item.status == "FAILED" and item.attempts == 3  # type: ignore[index]
+    assert item.error == "exit code 3: exiting with 3 as asked"  # type: ignore[index]
     assert queue_counts(aws, aws.queue_url) == (0, 0)
     assert queue_counts(aws, aws.dlq_url) == (1, 0)
 
@@ -223,13 +223,13 @@ def test_retries_then_dlq_with_the_last_error(aws: Any, store: TaskStore, make_w
 def test_dlq_sweep_fails_a_task_whose_holder_died_on_its_last_attempt(
     aws: Any, store: TaskStore, make_worker: Any
 ) -> None:
-    task_id = store.create(task_type="sleep", params={"seconds": 0, "exit_code": 0})["task_id"]
+    task_id = store.create(task_type="sleep", params={"seconds": 0, "exit_code": 0}).task_id
     store.claim(task_id, worker="dead", stale_after_ms=1, at_ms=1)
     aws.client("sqs").send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"task_id": task_id}))
     worker = make_worker(DLQ_SWEEP_SECONDS="0")
     assert worker.idle() is None
     item = store.get(task_id)
-    assert item["status"] == "FAILED" and "moved to the DLQ" in item["error"]  # type: ignore[index]
+    assert item.status == "FAILED" and "moved to the DLQ" in item.error  # type: ignore[index]
 
 
 def test_rollout_exits_with_its_code_when_a_parameter_changes(aws: Any, make_worker: Any) -> None:
@@ -289,7 +289,7 @@ def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_wo
     finally:
         turn.join(timeout=20)
     item = store.get(task_id)
-    assert item["status"] == "QUEUED" and item["attempts"] == 1 and "worker" not in item  # type: ignore
+    assert item.status == "QUEUED" and item.attempts == 1 and item.worker is None  # type: ignore
     assert job is not None and not alive(job)
     assert queue_counts(aws, aws.queue_url) == (1, 0)  # visible at once, not in 300 s
     assert worker.run() == 0  # the loop does not start another turn once stopping
@@ -316,12 +316,12 @@ def test_stop_on_the_last_receive_ends_failed_with_a_clear_error_and_sends_nothi
     finally:
         turn.join(timeout=20)
     item = store.get(task_id)
-    assert item["status"] == "QUEUED" and "instance stopped during attempt 1" in item["error"]  # type: ignore[index]
+    assert item.status == "QUEUED" and "instance stopped during attempt 1" in item.error  # type: ignore[index]
     assert sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0).get("Messages", []) == []  # SQS moved it
     assert queue_counts(aws, aws.dlq_url)[0] == 1
     assert sweep_dlq(store, sqs, aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
     failed = store.get(task_id)
-    assert failed["status"] == "FAILED" and "instance stopped during attempt 1" in failed["error"]  # type: ignore
+    assert failed.status == "FAILED" and "instance stopped during attempt 1" in failed.error  # type: ignore
 
 
 def test_only_the_systemd_unit_opts_in_to_powering_the_host_off(aws: Any, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from adapter.autostop import AutoStop, Outcome
+from adapter.autostop import AutoStop, AutoStopOutcome
 from tests.test_shutdown_moto import Stack, stack_from
 
 
@@ -51,27 +51,27 @@ def test_powers_off_once_after_the_window_measured_from_the_last_task() -> None:
     clock, checks = Clock(), Checks(None)
     auto, powered = make(checks, clock)
     clock.t += 59
-    assert auto.maybe_stop().outcome == Outcome.WAITING and checks.calls == 0  # no AWS reads before the window
+    assert auto.maybe_stop().outcome == AutoStopOutcome.WAITING and checks.calls == 0  # no AWS reads before the window
     auto.note_busy()  # a task started...
     clock.t += 3600
     auto.note_busy()  # ...and ended an hour later
     clock.t += 59
-    assert auto.maybe_stop().outcome == Outcome.WAITING
+    assert auto.maybe_stop().outcome == AutoStopOutcome.WAITING
     clock.t += 1
-    assert auto.maybe_stop().outcome == Outcome.POWERED_OFF and powered == [clock.t]
+    assert auto.maybe_stop().outcome == AutoStopOutcome.POWERED_OFF and powered == [clock.t]
     clock.t += 600
-    assert auto.maybe_stop().outcome == Outcome.POWERED_OFF and len(powered) == 1 and checks.calls == 1
+    assert auto.maybe_stop().outcome == AutoStopOutcome.POWERED_OFF and len(powered) == 1 and checks.calls == 1
 
 
 def test_blocked_check_waits_then_rechecks() -> None:
     clock, checks = Clock(), Checks("1 message(s) in flight", None)
     auto, powered = make(checks, clock)
     clock.t += 60
-    assert auto.maybe_stop().outcome == Outcome.BLOCKED
-    assert auto.maybe_stop().outcome == Outcome.WAITING  # no new read until recheck_s has passed
+    assert auto.maybe_stop().outcome == AutoStopOutcome.BLOCKED
+    assert auto.maybe_stop().outcome == AutoStopOutcome.WAITING  # no new read until recheck_s has passed
     assert checks.calls == 1 and not powered
     clock.t += 30
-    assert auto.maybe_stop().outcome == Outcome.POWERED_OFF and checks.calls == 2 and powered
+    assert auto.maybe_stop().outcome == AutoStopOutcome.POWERED_OFF and checks.calls == 2 and powered
 
 
 def test_failed_read_or_poweroff_never_counts_as_stopped() -> None:
@@ -84,19 +84,19 @@ def test_failed_read_or_poweroff_never_counts_as_stopped() -> None:
 
     auto = AutoStop(10.0, checks=checks, poweroff=poweroff, clock=clock, recheck_s=5.0)
     clock.t += 10
-    assert auto.maybe_stop().outcome == Outcome.CHECK_FAILED
+    assert auto.maybe_stop().outcome == AutoStopOutcome.CHECK_FAILED
     clock.t += 5
     result = auto.maybe_stop()
-    assert result.outcome == Outcome.CHECK_FAILED and "poweroff failed" in result.detail
+    assert result.outcome == AutoStopOutcome.CHECK_FAILED and "poweroff failed" in result.detail
     clock.t += 5
-    assert auto.maybe_stop().outcome == Outcome.POWERED_OFF
+    assert auto.maybe_stop().outcome == AutoStopOutcome.POWERED_OFF
 
 
 def test_zero_window_disables_on_node_autostop() -> None:
     clock, checks = Clock(), Checks(None)
     auto, powered = make(checks, clock, window=0)
     clock.t += 10**6
-    assert auto.maybe_stop().outcome == Outcome.DISABLED and checks.calls == 0 and not powered
+    assert auto.maybe_stop().outcome == AutoStopOutcome.DISABLED and checks.calls == 0 and not powered
 
 
 # -- against moto ------------------------------------------------------------------------------------------------------
@@ -122,9 +122,9 @@ def real_autostop(stack: Stack, window_s: float) -> tuple[AutoStop, list[float]]
     return holder[0], powered
 
 
-def loop_until(auto: AutoStop, done: Callable[[], bool], turns: int) -> list[Outcome]:
+def loop_until(auto: AutoStop, done: Callable[[], bool], turns: int) -> list[AutoStopOutcome]:
     """The adapter's idle loop turns, shortened: one maybe_stop per turn, bounded."""
-    seen: list[Outcome] = []
+    seen: list[AutoStopOutcome] = []
     for _ in range(turns):
         seen.append(auto.maybe_stop().outcome)
         if done():
@@ -136,10 +136,10 @@ def loop_until(auto: AutoStop, done: Callable[[], bool], turns: int) -> list[Out
 def test_adapter_stops_its_own_idle_machine_after_the_window(stack: Stack) -> None:
     auto, powered = real_autostop(stack, window_s=1.0)
     seen = loop_until(auto, lambda: bool(powered), turns=100)
-    assert seen[-1] == Outcome.POWERED_OFF
+    assert seen[-1] == AutoStopOutcome.POWERED_OFF
     assert len(powered) == 1 and powered[0] >= 1.0  # it waited the whole window of idleness
     assert stack.state() == "stopped"
-    assert auto.maybe_stop().outcome == Outcome.POWERED_OFF and len(powered) == 1
+    assert auto.maybe_stop().outcome == AutoStopOutcome.POWERED_OFF and len(powered) == 1
 
 
 def test_adapter_does_not_stop_while_a_task_runs_elsewhere_then_does(stack: Stack) -> None:
@@ -149,7 +149,7 @@ def test_adapter_does_not_stop_while_a_task_runs_elsewhere_then_does(stack: Stac
     task_id = stack.put_task("RUNNING", heartbeat_at=int(time.time() * 1000))
     auto, powered = real_autostop(stack, window_s=0.5)
     seen = loop_until(auto, lambda: bool(powered), turns=30)
-    assert Outcome.BLOCKED in seen and not powered and stack.state() == "running"
+    assert AutoStopOutcome.BLOCKED in seen and not powered and stack.state() == "running"
     # The task finishes: row terminal, message deleted. The next recheck powers off.
     stack.ddb.update_item(
         TableName=stack.table,
@@ -160,4 +160,4 @@ def test_adapter_does_not_stop_while_a_task_runs_elsewhere_then_does(stack: Stac
     )
     stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=msg["ReceiptHandle"])
     seen = loop_until(auto, lambda: bool(powered), turns=100)
-    assert seen[-1] == Outcome.POWERED_OFF and stack.state() == "stopped"
+    assert seen[-1] == AutoStopOutcome.POWERED_OFF and stack.state() == "stopped"

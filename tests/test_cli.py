@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from adapter.model import TaskStatus, TaskStore
+from core.store import TaskStore
+from core.tasks import TaskStatus
 from orchestrator.app import create_app
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings
@@ -75,7 +76,7 @@ def test_submit_status_and_json_output(service: dict[str, str]) -> None:
 
 def test_list_all_pages_and_cancel(service: dict[str, str], local_aws: Any) -> None:
     ids = [
-        store(local_aws).create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i)["task_id"] for i in range(5)
+        store(local_aws).create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i).task_id for i in range(5)
     ]
     listed = cli(service, "list", "--status", "QUEUED", "--limit", "2", "--all")
     assert listed.returncode == 0, listed.stderr
@@ -88,7 +89,7 @@ def test_list_all_pages_and_cancel(service: dict[str, str], local_aws: Any) -> N
 
 def test_wait_shows_progress_and_exits_0_on_success(service: dict[str, str], local_aws: Any) -> None:
     tasks = store(local_aws)
-    task_id = tasks.create(task_type="noop", params={})["task_id"]
+    task_id = tasks.create(task_type="noop", params={}).task_id
     claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000)
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "wait", task_id, "--interval", "0.05", "--timeout", "60"],
@@ -102,13 +103,7 @@ def test_wait_shows_progress_and_exits_0_on_success(service: dict[str, str], loc
         assert proc.stderr is not None
         first = proc.stderr.readline()  # one line per change when stderr is not a terminal
         assert f"{task_id} RUNNING attempts=1 elapsed=" in first
-        tasks.finish(
-            task_id,
-            worker="gpu-1",
-            attempt=claimed["attempts"],
-            status=TaskStatus.SUCCEEDED,
-            result_uri=f"s3://{local_aws.bucket}/results/{task_id}/",
-        )
+        tasks.finish(claimed, TaskStatus.SUCCEEDED, result_uri=f"s3://{local_aws.bucket}/results/{task_id}/")
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -121,7 +116,7 @@ def test_wait_shows_progress_and_exits_0_on_success(service: dict[str, str], loc
 
 def test_wait_exit_codes_for_timeout_cancel_and_failure(service: dict[str, str], local_aws: Any) -> None:
     tasks = store(local_aws)
-    queued = tasks.create(task_type="noop", params={})["task_id"]
+    queued = tasks.create(task_type="noop", params={}).task_id
     timed_out = cli(service, "wait", queued, "--interval", "0.05", "--timeout", "0.2")
     assert timed_out.returncode == 3 and "timed out" in timed_out.stderr
     tasks.cancel(queued)
@@ -137,9 +132,7 @@ def test_wait_exit_codes_for_timeout_cancel_and_failure(service: dict[str, str],
             for msg in got:
                 task_id = json.loads(msg["Body"])["task_id"]
                 claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000)
-                tasks.finish(
-                    task_id, worker="gpu-1", attempt=claimed["attempts"], status=TaskStatus.FAILED, error="exit code 3"
-                )
+                tasks.finish(claimed, TaskStatus.FAILED, error="exit code 3")
                 sqs.delete_message(QueueUrl=local_aws.queue_url, ReceiptHandle=msg["ReceiptHandle"])
             stop.wait(0.05)
 

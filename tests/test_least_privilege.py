@@ -83,8 +83,8 @@ def test_adapter_installs_and_runs_tasks_end_to_end_with_its_own_role(
 
     for task_id in (digest, slow):
         item = fresh.item(task_id)
-        assert item["status"] == "SUCCEEDED", item
-        assert item["result_uri"] == f"s3://{aws.bucket}/results/{task_id}/"
+        assert item.status == "SUCCEEDED", item
+        assert item.result_uri == f"s3://{aws.bucket}/results/{task_id}/"
         keys = {
             o["Key"]
             for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix=f"results/{task_id}/")["Contents"]
@@ -115,7 +115,7 @@ def test_adapter_autostop_checks_run_with_its_own_role(fresh: World) -> None:
 
 
 def test_adapter_dlq_path_with_its_own_role(fresh: World, tmp_path: Path) -> None:
-    from adapter.model import TaskStore
+    from core.store import TaskStore
     from adapter.queue import sweep_dlq
 
     aws = fresh.aws
@@ -125,9 +125,9 @@ def test_adapter_dlq_path_with_its_own_role(fresh: World, tmp_path: Path) -> Non
     assert fresh.depth(aws.dlq_url)[0] == 1 and fresh.depth(aws.queue_url) == (0, 0)
     # A task whose last attempt died with its worker: SQS itself moved the message; the sweep fails the task.
     task = TaskStore(aws.resource("dynamodb").Table(aws.table_name)).create(task_type="noop", params={})
-    aws.client("sqs").send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"task_id": task["task_id"]}))
+    aws.client("sqs").send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"task_id": task.task_id}))
     assert sweep_dlq(worker.store, fresh.client("adapter", "sqs"), aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
-    assert worker.store.get(task["task_id"])["status"] == "FAILED"  # type: ignore[index]
+    assert worker.store.get(task.task_id).status == "FAILED"  # type: ignore[union-attr]
 
 
 # -- the shutdown Lambda -----------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_shutdown_lambda_stops_idle_and_starts_with_work_with_its_own_role(
     assert out["action"] == "STOP" and out["outcome"][0]["instance_id"] == gpu and "error" not in out["outcome"][0]
     assert fresh.state(gpu) == "stopped"
 
-    from adapter.model import TaskStore
+    from core.store import TaskStore
 
     task = TaskStore(aws.resource("dynamodb").Table(aws.table_name)).create(task_type="noop", params={})
-    aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"task_id": task["task_id"]}))
+    aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"task_id": task.task_id}))
     out = invoke_lambda(fresh, monkeypatch, capsys)
     assert out["action"] == "START" and out["outcome"][0]["instance_id"] == gpu, out
     assert fresh.state(gpu) == "running"

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 import tests._adapter_support as support
-from adapter.model import TaskStatus, TaskStore, TransitionRejected, new_task_id
+from core.store import TaskStore, TransitionRejected
+from core.tasks import TaskStatus, new_task_id
 from tests._adapter_support import store_for
 
 module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
@@ -19,7 +20,7 @@ def store(aws: Any) -> TaskStore:
 
 
 def new(store: TaskStore, **params: Any) -> str:
-    return str(store.create(task_type="sleep", params=params or {"seconds": 1.5, "exit_code": 0})["task_id"])
+    return str(store.create(task_type="sleep", params=params or {"seconds": 1.5, "exit_code": 0}).task_id)
 
 
 def test_ids_sort_by_creation_time() -> None:
@@ -31,73 +32,74 @@ def test_create_then_get_round_trips_numbers(store: TaskStore) -> None:
     task_id = new(store)
     item = store.get(task_id)
     assert item is not None
-    assert item["status"] == "QUEUED" and item["attempts"] == 0
-    assert item["params"] == {"seconds": 1.5, "exit_code": 0}  # float back as float, int as int
+    assert item.status == "QUEUED" and item.attempts == 0
+    assert item.params == {"seconds": 1.5, "exit_code": 0}  # float back as float, int as int
     assert store.get("01NOSUCHTASK0000000000000") is None
 
 
 def test_claim_is_exclusive_and_counts_attempts(store: TaskStore) -> None:
     task_id = new(store)
     item = store.claim(task_id, worker="a", stale_after_ms=60_000)
-    assert item["status"] == "RUNNING" and item["attempts"] == 1 and item["worker"] == "a"
+    assert item.status == "RUNNING" and item.attempts == 1 and item.worker == "a"
     with pytest.raises(TransitionRejected) as rejected:
         store.claim(task_id, worker="b", stale_after_ms=60_000)
-    assert rejected.value.item is not None and rejected.value.item["worker"] == "a"
+    assert rejected.value.item is not None and rejected.value.item.worker == "a"
 
 
 def test_stale_holder_is_taken_over_and_fenced_out(store: TaskStore) -> None:
     task_id = new(store)
-    store.claim(task_id, worker="a", stale_after_ms=1000, at_ms=10_000)
+    first = store.claim(task_id, worker="a", stale_after_ms=1000, at_ms=10_000)
     with pytest.raises(TransitionRejected):  # heartbeat 999 ms old: still fresh
         store.claim(task_id, worker="b", stale_after_ms=1000, at_ms=10_999)
     taken = store.claim(task_id, worker="b", stale_after_ms=1000, at_ms=11_001)
-    assert taken["attempts"] == 2 and taken["worker"] == "b"
+    assert taken.attempts == 2 and taken.worker == "b"
     # The presumed-dead worker wakes up: it can neither heartbeat nor finish attempt 1.
     with pytest.raises(TransitionRejected):
-        store.heartbeat(task_id, worker="a", attempt=1)
+        store.heartbeat(first)
     with pytest.raises(TransitionRejected):
-        store.finish(task_id, worker="a", attempt=1, status=TaskStatus.SUCCEEDED, result_uri="s3://x/")
-    done = store.finish(task_id, worker="b", attempt=2, status=TaskStatus.SUCCEEDED, result_uri="s3://b/r/")
-    assert done["status"] == "SUCCEEDED" and done["result_uri"] == "s3://b/r/" and done["finished_at"] > 0
+        store.finish(first, TaskStatus.SUCCEEDED, result_uri="s3://x/")
+    done = store.finish(taken, TaskStatus.SUCCEEDED, result_uri="s3://b/r/")
+    assert store.get(task_id) == done  # what finish returns is what the item now holds
+    assert done.status == "SUCCEEDED" and done.result_uri == "s3://b/r/" and done.finished_at > 0
 
 
 def test_finish_needs_a_terminal_status_and_happens_once(store: TaskStore) -> None:
     task_id = new(store)
-    store.claim(task_id, worker="a", stale_after_ms=60_000)
+    held = store.claim(task_id, worker="a", stale_after_ms=60_000)
     with pytest.raises(ValueError):
-        store.finish(task_id, worker="a", attempt=1, status=TaskStatus.QUEUED)
-    store.finish(task_id, worker="a", attempt=1, status=TaskStatus.FAILED, error="boom")
+        store.finish(held, TaskStatus.QUEUED)
+    store.finish(held, TaskStatus.FAILED, error="boom")
     with pytest.raises(TransitionRejected):
-        store.finish(task_id, worker="a", attempt=1, status=TaskStatus.SUCCEEDED)
-    assert store.get(task_id)["error"] == "boom"  # type: ignore[index]
+        store.finish(held, TaskStatus.SUCCEEDED)
+    assert store.get(task_id).error == "boom"  # type: ignore[union-attr]
 
 
 def test_requeue_returns_the_task_to_the_queue(store: TaskStore) -> None:
     task_id = new(store)
-    store.claim(task_id, worker="a", stale_after_ms=60_000)
-    item = store.requeue(task_id, worker="a", attempt=1, error="exit code 1")
-    assert item["status"] == "QUEUED" and "worker" not in item and "heartbeat_at" not in item
-    assert item["error"] == "exit code 1" and item["attempts"] == 1
-    assert store.claim(task_id, worker="b", stale_after_ms=60_000)["attempts"] == 2
+    held = store.claim(task_id, worker="a", stale_after_ms=60_000)
+    item = store.requeue(held, error="exit code 1")
+    assert item.status == "QUEUED" and item.worker is None and item.heartbeat_at is None
+    assert item.error == "exit code 1" and item.attempts == 1
+    assert store.claim(task_id, worker="b", stale_after_ms=60_000).attempts == 2
 
 
 def test_cancel_queued_is_immediate_running_is_a_request(store: TaskStore) -> None:
     queued, running = new(store), new(store)
-    assert store.cancel(queued)["status"] == "CANCELLED"
+    assert store.cancel(queued).status == "CANCELLED"
     with pytest.raises(TransitionRejected):
         store.claim(queued, worker="a", stale_after_ms=60_000)  # a cancelled task never runs
-    store.claim(running, worker="a", stale_after_ms=60_000)
+    held = store.claim(running, worker="a", stale_after_ms=60_000)
     asked = store.cancel(running)
-    assert asked["status"] == "RUNNING" and asked["cancel_requested"] is True
-    assert store.heartbeat(running, worker="a", attempt=1)["cancel_requested"] is True  # the adapter sees it
-    store.finish(running, worker="a", attempt=1, status=TaskStatus.CANCELLED)
+    assert asked.status == "RUNNING" and asked.cancel_requested is True
+    assert store.heartbeat(held).cancel_requested is True  # the adapter sees it
+    store.finish(held, TaskStatus.CANCELLED)
     with pytest.raises(TransitionRejected):
         store.cancel(running)  # terminal
 
 
 def test_fail_unclaimed_only_moves_live_tasks(store: TaskStore) -> None:
     task_id = new(store)
-    assert store.fail_unclaimed(task_id, error="poison")["status"] == "FAILED"
+    assert store.fail_unclaimed(task_id, error="poison").status == "FAILED"
     with pytest.raises(TransitionRejected):
         store.fail_unclaimed(task_id, error="again")
 
@@ -106,17 +108,17 @@ def test_idempotency_key_creates_one_task(store: TaskStore) -> None:
     first = store.create(task_type="noop", params={}, idempotency_key="k-1")
     with pytest.raises(TransitionRejected) as again:
         store.create(task_type="noop", params={}, idempotency_key="k-1")
-    assert again.value.item is not None and again.value.item["task_id"] == first["task_id"]
-    assert store.find_by_idempotency_key("k-1")["task_id"] == first["task_id"]  # type: ignore[index]
+    assert again.value.item is not None and again.value.item.task_id == first.task_id
+    assert store.find_by_idempotency_key("k-1").task_id == first.task_id  # type: ignore[union-attr]
     assert store.find_by_idempotency_key("k-2") is None
 
 
 def test_list_by_status_newest_first_with_cursor(local_aws: Any) -> None:
     store = store_for(local_aws)  # a table of its own: the listing sees every task in it
-    ids = [str(store.create(task_type="noop", params={}, at_ms=1_000 + i)["task_id"]) for i in range(3)]
+    ids = [str(store.create(task_type="noop", params={}, at_ms=1_000 + i).task_id) for i in range(3)]
     store.claim(ids[0], worker="a", stale_after_ms=60_000)
     page = store.list_by_status(TaskStatus.QUEUED, limit=1)
-    assert [i["task_id"] for i in page.items] == [ids[2]] and page.cursor is not None
+    assert [i.task_id for i in page.items] == [ids[2]] and page.cursor is not None
     rest = store.list_by_status(TaskStatus.QUEUED, limit=5, cursor=page.cursor)
-    assert [i["task_id"] for i in rest.items] == [ids[1]]
-    assert [i["task_id"] for i in store.list_by_status(TaskStatus.RUNNING).items] == [ids[0]]
+    assert [i.task_id for i in rest.items] == [ids[1]]
+    assert [i.task_id for i in store.list_by_status(TaskStatus.RUNNING).items] == [ids[0]]

@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from adapter.model import TaskStatus, TaskStore, TransitionRejected
+from core.store import TaskStore, TransitionRejected
+from core.tasks import TaskStatus
 from orchestrator.app import create_app
 from orchestrator.server import serve_in_thread
-from orchestrator.settings import Clients, ConfigError, Settings
+from core.contract import SettingError
+from orchestrator.settings import Clients, Settings
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,11 +64,11 @@ def test_submit_queues_task_sends_message_starts_gpu_and_is_idempotent(api: http
     assert resp.status_code == 202, resp.text
     task = resp.json()
     assert task["status"] == "QUEUED" and task["type"] == "matmul" and task["params"] == {"size": 64, "repeat": 2}
-    assert messages(local_aws) == [{"task_id": task["task_id"], "type": "matmul"}]
+    assert messages(local_aws) == [{"v": 1, "task_id": task["task_id"]}]
     stored = store(local_aws).get(task["task_id"])
-    assert stored is not None and stored["status"] == "QUEUED" and stored["enqueued_at"] >= stored["created_at"]
+    assert stored is not None and stored.status == "QUEUED" and stored.enqueued_at >= stored.created_at
     assert gpu_state(local_aws) == "running"
-    assert api.get(f"/tasks/{task['task_id']}").json()["enqueued_at"] == stored["enqueued_at"]
+    assert api.get(f"/tasks/{task['task_id']}").json()["enqueued_at"] == stored.enqueued_at
 
     body = {"type": "sleep", "params": {"seconds": 1.5, "exit_code": 0}, "idempotency_key": "job-42"}
     first = api.post("/tasks", json=body)
@@ -74,7 +76,7 @@ def test_submit_queues_task_sends_message_starts_gpu_and_is_idempotent(api: http
     assert first.status_code == again.status_code == 202
     assert again.json()["task_id"] == first.json()["task_id"]
     assert again.headers.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first.headers
-    assert messages(local_aws) == [{"task_id": first.json()["task_id"], "type": "sleep"}]  # one message, not two
+    assert messages(local_aws) == [{"v": 1, "task_id": first.json()["task_id"]}]  # one message, not two
     conflict = api.post("/tasks", json={**body, "params": {"seconds": 2, "exit_code": 0}})
     assert conflict.status_code == 409 and first.json()["task_id"] in conflict.json()["message"]
     assert messages(local_aws) == []
@@ -125,8 +127,8 @@ def test_get_and_list_pages_newest_first_through_the_gsi(api: httpx.Client, loca
     assert api.get("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
     assert api.get("/tasks/not-an-id").status_code == 404
     tasks = store(local_aws)
-    ids = [tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i)["task_id"] for i in range(5)]
-    tasks.cancel(tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_010)["task_id"])
+    ids = [tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i).task_id for i in range(5)]
+    tasks.cancel(tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_010).task_id)
     assert api.get(f"/tasks/{ids[0]}").json()["status"] == "QUEUED"
     seen: list[str] = []
     cursor = None
@@ -163,9 +165,9 @@ def test_cancel_queued_and_running_tasks(api: httpx.Client, local_aws: Any) -> N
     resp = api.post(f"/tasks/{running_id}/cancel")
     assert resp.status_code == 200
     assert resp.json()["status"] == "RUNNING" and resp.json()["cancel_requested"] is True
-    beat = store(local_aws).heartbeat(running_id, worker="gpu-1", attempt=claimed["attempts"])
-    assert beat["cancel_requested"] is True  # what the adapter sees next; stopping the work is its job
-    store(local_aws).finish(running_id, worker="gpu-1", attempt=claimed["attempts"], status=TaskStatus.SUCCEEDED)
+    beat = store(local_aws).heartbeat(claimed)
+    assert beat.cancel_requested is True  # what the adapter sees next; stopping the work is its job
+    store(local_aws).finish(claimed, TaskStatus.SUCCEEDED)
     done = api.post(f"/tasks/{running_id}/cancel")
     assert done.status_code == 409 and "SUCCEEDED" in done.json()["message"]
     assert api.post("/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel").status_code == 404
@@ -205,7 +207,7 @@ def test_auth_required_unless_insecure_local_mode(local_aws: Any) -> None:
         assert client.get("/openapi.json").status_code == 200  # the API description is public
         assert client.get("/docs").status_code == 200
 
-    with pytest.raises(ConfigError, match="ORCHESTRATOR_TOKEN"):
+    with pytest.raises(SettingError, match="ORCHESTRATOR_TOKEN"):
         Settings.from_env(local_aws.env())
     assert Settings.from_env(local_aws.env(), insecure=True).insecure  # the --insecure-local flag
     settings = Settings.from_env({**local_aws.env(), "ORCHESTRATOR_INSECURE": "1"})

@@ -13,11 +13,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from orchestrator.app import create_app
-from orchestrator.gpu import GpuStarter, InstanceState, RetryPolicy
+from core.instances import InstanceState
+from orchestrator.gpu import GpuStarter, StartRetry
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings
 
-FAST = RetryPolicy(first_delay_s=0.01, factor=2.0, max_delay_s=0.05, deadline_s=30.0)
+FAST = StartRetry(first_delay_s=0.01, factor=2.0, max_delay_s=0.05, deadline_s=30.0)
 
 
 class StoppingEc2:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from adapter.model import TaskStore
+from core.store import TaskStore
 from orchestrator.app import create_app
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings
@@ -32,7 +32,8 @@ def queued(aws: Any) -> list[dict[str, Any]]:
 
 def tasks(aws: Any) -> list[dict[str, Any]]:
     table = aws.resource("dynamodb").Table(aws.table_name)
-    return [TaskStore(table).get(i["task_id"]) or {} for i in table.scan()["Items"] if "status" in i]
+    found = (TaskStore(table).get(i["task_id"]) for i in table.scan()["Items"] if "status" in i)
+    return [record.to_item() for record in found if record is not None]
 
 
 def test_send_failure_without_key_marks_the_task_failed_and_store_failure_sends_nothing(local_aws: Any) -> None:
@@ -59,7 +60,7 @@ def test_send_failure_with_key_is_repaired_by_repeating_the_request(local_aws: A
     app = make_app(local_aws)
     repaired = post(app, body)
     assert repaired.status_code == 202 and repaired.json()["task_id"] == task["task_id"]
-    assert queued(local_aws) == [{"task_id": task["task_id"], "type": "noop"}]
+    assert queued(local_aws) == [{"v": 1, "task_id": task["task_id"]}]
     [task] = tasks(local_aws)
     assert "enqueued_at" in task
     again = post(app, body)  # now marked: a further repeat sends nothing

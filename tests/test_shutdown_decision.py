@@ -6,17 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from functions.shutdown.decision import (
-    Action,
-    Decision,
-    Instance,
-    InstanceState,
-    Observation,
-    Policy,
-    confirm_stop,
-    decide,
-    idle_blocker,
-)
+from core.idle import Action, Decision, Observation, Policy, confirm_stop, decide, idle_blocker
+from core.instances import Instance, InstanceState
 
 NOW = 1_700_000_000.0
 MIN = 60.0
@@ -173,7 +164,7 @@ CASES = [
     ),
     Case(
         "missing instance: no error",
-        obs(visible=3, instances=(state(InstanceState.MISSING),)),
+        obs(visible=3, instances=(state(InstanceState.UNKNOWN),)),
         Action.NONE,
         reason="missing",
     ),

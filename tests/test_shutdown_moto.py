@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from functions.shutdown.decision import Policy
-from functions.shutdown.handler import Config, handler, run
-from functions.shutdown.observe import Sources, observe
+from core.idle import Policy
+from functions.shutdown.handler import ShutdownSettings, handler, run
+from core.observe import Sources, observe
 
 
 @dataclass
@@ -160,7 +160,7 @@ def test_missing_instance_is_not_an_error(
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{}")
     record = invoke(capsys)
     states = {i["instance_id"]: i["state"] for i in record["observation"]["instances"]}
-    assert states == {"i-0000000000000dead": "missing", stack.instance_id: "stopped"}
+    assert states == {"i-0000000000000dead": "unknown", stack.instance_id: "stopped"}
     assert record["decision"]["instance_ids"] == [stack.instance_id] and stack.state() == "running"
 
 
@@ -206,7 +206,7 @@ def test_recheck_vetoes_a_stop_when_a_task_arrives_between_the_looks(
             stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{}")
         return time.time()
 
-    config = Config.from_env(stack.env)
+    config = ShutdownSettings.from_env(stack.env)
     record = run(config, sources(stack), clock=clock_that_submits_on_second_look)
     assert record["first_decision"]["action"] == "STOP"
     assert record["decision"]["action"] == "NONE" and "re-check" in record["decision"]["reason"]

@@ -1,1 +1,1 @@
-"""shutdown-gpu-lambda: idle stop / work-waiting start for the GPU instance(s). See decision.py for the rule."""
+"""shutdown-gpu-lambda: idle stop / work-waiting start for the GPU instance(s). The rule is core/idle.py."""

@@ -5,16 +5,14 @@ makes the seed's failures 2-4 harmless: a stuck or silent alarm no longer matter
 the instance was stopping is started on the next run). Every invocation is idempotent: it reads the world, decides,
 re-reads right before a stop, acts, and prints exactly one JSON line with the inputs and the decision.
 
-Environment: GPU_INSTANCE_ID (comma-separated ids), TASK_QUEUE_URL, TASK_TABLE_NAME, TASK_STATUS_INDEX,
-IDLE_WINDOW_SECONDS (1800), MIN_UPTIME_SECONDS (600), QUEUED_TASK_MAX_AGE_SECONDS (86400),
-HEARTBEAT_STALE_SECONDS (900), STOPPING_WAIT_SECONDS (40). The region comes from the runtime (AWS_REGION).
+Environment: the settings `core.contract.LAMBDA` lists (names, defaults and meanings are declared there). The region
+comes from the runtime (AWS_REGION).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -22,18 +20,19 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
 
-from .decision import Action, Decision, InstanceState, Observation, Policy, confirm_stop, decide
-from .observe import Sources, observe, read_instances
+from core import contract as c
+from core import logs
+from core.idle import Action, Decision, Observation, Policy, confirm_stop, decide
+from core.instances import Change, InstanceState, change_state, read_instances
+from core.observe import Sources, observe
 
-# Instance-level errors that mean "not now / not there": logged, never raised, the next run tries again.
-BENIGN_EC2_ERRORS = frozenset({"IncorrectInstanceState", "InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+log = logging.getLogger("shutdown")
 LAMBDA_MARGIN_S = 10.0  # leave this much of the Lambda's timeout for the act + log after any wait
 
 
 @dataclass(frozen=True)
-class Config:
+class ShutdownSettings:
     instance_ids: tuple[str, ...]
     queue_url: str
     table_name: str
@@ -42,20 +41,14 @@ class Config:
     stopping_wait_s: float
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Config:
-        ids = env.get("GPU_INSTANCE_ID") or env.get("GPU_INSTANCE_IDS", "")
+    def from_env(cls, env: Mapping[str, str]) -> ShutdownSettings:
         return cls(
-            instance_ids=tuple(i.strip() for i in ids.split(",") if i.strip()),
-            queue_url=env["TASK_QUEUE_URL"],
-            table_name=env["TASK_TABLE_NAME"],
-            status_index=env.get("TASK_STATUS_INDEX", "status-created_at-index"),
-            policy=Policy(
-                idle_window_s=float(env.get("IDLE_WINDOW_SECONDS", "1800")),
-                min_uptime_s=float(env.get("MIN_UPTIME_SECONDS", "600")),
-                queued_max_age_s=float(env.get("QUEUED_TASK_MAX_AGE_SECONDS", "86400")),
-                heartbeat_stale_s=float(env.get("HEARTBEAT_STALE_SECONDS", "900")),
-            ),
-            stopping_wait_s=float(env.get("STOPPING_WAIT_SECONDS", "40")),
+            instance_ids=c.GPU_INSTANCE_IDS.read(env),
+            queue_url=c.TASK_QUEUE_URL.read(env),
+            table_name=c.TASK_TABLE_NAME.read(env),
+            status_index=c.TASK_STATUS_INDEX.read(env),
+            policy=Policy.from_env(env),
+            stopping_wait_s=c.STOPPING_WAIT_SECONDS.read(env),
         )
 
 
@@ -64,29 +57,11 @@ def _obs_log(obs: Observation) -> dict[str, Any]:
 
 
 def act(ec2: Any, decision: Decision) -> list[dict[str, Any]]:
-    """One call per instance, so one instance in a bad state cannot block the others."""
-    results: list[dict[str, Any]] = []
+    """Start or stop what the decision names (core.instances.change_state: one call per instance)."""
     if decision.action == Action.NONE:
-        return results
-    call = ec2.stop_instances if decision.action == Action.STOP else ec2.start_instances
-    key = "StoppingInstances" if decision.action == Action.STOP else "StartingInstances"
-    for instance_id in decision.instance_ids:
-        try:
-            out = call(InstanceIds=[instance_id])
-            change = out[key][0]
-            results.append(
-                {
-                    "instance_id": instance_id,
-                    "from": change["PreviousState"]["Name"],
-                    "to": change["CurrentState"]["Name"],
-                }
-            )
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code")
-            if code not in BENIGN_EC2_ERRORS:
-                raise
-            results.append({"instance_id": instance_id, "error": code, "note": "left for the next scheduled run"})
-    return results
+        return []
+    change = Change.STOP if decision.action == Action.STOP else Change.START
+    return [result.to_log() for result in change_state(ec2, change, decision.instance_ids)]
 
 
 def wait_until_stopped(
@@ -104,7 +79,7 @@ def wait_until_stopped(
 
 
 def run(
-    config: Config,
+    config: ShutdownSettings,
     src: Sources,
     *,
     clock: Callable[[], float] = time.time,
@@ -115,7 +90,6 @@ def run(
     """observe -> decide -> (re-observe before a stop | wait out `stopping`) -> act; returns the logged record."""
     policy = config.policy
     record: dict[str, Any] = {
-        "event": "gpu_idle_decision",
         "trigger": trigger,
         "policy": asdict(policy),
         "instance_ids": list(config.instance_ids),
@@ -147,8 +121,7 @@ def run(
         record["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        sys.stdout.write(json.dumps(record, default=str, sort_keys=True) + "\n")
-        sys.stdout.flush()
+        logs.event(log, "gpu_idle_decision", logging.ERROR if "error" in record else logging.INFO, **record)
 
 
 def _trigger(event: Any) -> str | None:
@@ -161,7 +134,8 @@ def _trigger(event: Any) -> str | None:
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    config = Config.from_env(os.environ)
+    logs.setup(c.LOG_LEVEL.read(os.environ))
+    config = ShutdownSettings.from_env(os.environ)
     boto_cfg = BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
     src = Sources(
         sqs=boto3.client("sqs", config=boto_cfg),

@@ -7,18 +7,20 @@ The instance side passes no EC2 client: the GPU role may not describe instances,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .decision import Instance, InstanceState, Observation, Policy
+from .tasks import TERMINAL, TaskStatus
+
+from .idle import Observation, Policy
+from .instances import read_instances
 
 QUEUE_ATTRIBUTES = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
 )
-TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATUSES = tuple(sorted(s.value for s in TERMINAL))
 # How many of each terminal status (newest created first) to read for the newest finished_at. A task that ends
 # after more than this many newer tasks of its status ended is missed: the idle clock then starts earlier than it
 # should, which can only stop an idle GPU sooner (never a busy one: RUNNING/in-flight checks are separate).
@@ -93,7 +95,7 @@ def running_liveness(src: Sources, fresh_after: float) -> tuple[float | None, bo
         extra: dict[str, Any] = {"Limit": 1 if page == 0 else RUNNING_PAGE}
         if start_key:
             extra["ExclusiveStartKey"] = start_key
-        out = _status_query(src, "RUNNING", **extra)
+        out = _status_query(src, TaskStatus.RUNNING, **extra)
         for item in out.get("Items", []):
             seen = _liveness(item)
             if seen is not None and (best is None or seen > best):
@@ -113,28 +115,6 @@ def last_finished_at(src: Sources) -> float | None:
             if ended is not None and (newest is None or ended > newest):
                 newest = ended
     return newest
-
-
-def read_instances(ec2: Any, instance_ids: Sequence[str]) -> tuple[Instance, ...]:
-    """A filter, not InstanceIds=: an unknown id then comes back as absent instead of failing the whole call."""
-    if not instance_ids:
-        return ()
-    found: dict[str, Instance] = {}
-    pages = ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "instance-id", "Values": list(instance_ids)}]
-    )
-    for page in pages:
-        for reservation in page.get("Reservations", []):
-            for raw in reservation.get("Instances", []):
-                try:
-                    state = InstanceState(raw["State"]["Name"])
-                except ValueError:  # a state name EC2 adds later: treat it as busy-in-transition, never act on it
-                    state = InstanceState.PENDING
-                launch = raw.get("LaunchTime")
-                found[raw["InstanceId"]] = Instance(
-                    raw["InstanceId"], state, launch.timestamp() if launch is not None else None
-                )
-    return tuple(found.get(i, Instance(i, InstanceState.MISSING)) for i in instance_ids)
 
 
 def observe(src: Sources, now: float, policy: Policy, *, with_history: bool = True) -> Observation:

@@ -1,7 +1,8 @@
 """The idle rule, as a pure function: what the system looks like right now (an Observation) -> what to do (a Decision).
 
 Shared by the `shutdown-gpu-lambda` (fleet-wide backstop, run by the alarm and by a 5-minute schedule) and by the
-adapter's on-node autostop (adapter/autostop.py), so both judge "idle" the same way. No I/O, no clock: `now` is an
+adapter's on-node autostop (adapter/autostop.py), so both judge "idle" the same way, with the same defaults
+(`Policy.from_env`, over the settings declared in core/contract.py). No I/O, no clock: `now` is an
 input, which is what lets the test table replay each known failure of the seed's metric alarm.
 
 The rule (all times epoch seconds):
@@ -23,9 +24,13 @@ The rule (all times epoch seconds):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from . import contract
+from .instances import Instance, InstanceState
 
 
 class Action(StrEnum):
@@ -34,31 +39,23 @@ class Action(StrEnum):
     NONE = "NONE"
 
 
-class InstanceState(StrEnum):
-    """EC2's state names, plus MISSING for an id DescribeInstances does not know."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    SHUTTING_DOWN = "shutting-down"
-    TERMINATED = "terminated"
-    MISSING = "missing"
-
-
 @dataclass(frozen=True)
 class Policy:
-    idle_window_s: float = 1800.0
-    min_uptime_s: float = 600.0
-    queued_max_age_s: float = 86400.0
-    heartbeat_stale_s: float = 900.0
+    """The rule's thresholds, in seconds; defaults and meanings are the contract's settings of the same names."""
 
+    idle_window_s: float = contract.IDLE_WINDOW_SECONDS.default or 0.0
+    min_uptime_s: float = contract.MIN_UPTIME_SECONDS.default or 0.0
+    queued_max_age_s: float = contract.QUEUED_TASK_MAX_AGE_SECONDS.default or 0.0
+    heartbeat_stale_s: float = contract.HEARTBEAT_STALE_SECONDS.default or 0.0
 
-@dataclass(frozen=True)
-class Instance:
-    instance_id: str
-    state: InstanceState
-    launch_time: float | None = None  # EC2 LaunchTime: the last start, not the first launch
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Policy:
+        return cls(
+            idle_window_s=contract.IDLE_WINDOW_SECONDS.read(env),
+            min_uptime_s=contract.MIN_UPTIME_SECONDS.read(env),
+            queued_max_age_s=contract.QUEUED_TASK_MAX_AGE_SECONDS.read(env),
+            heartbeat_stale_s=contract.HEARTBEAT_STALE_SECONDS.read(env),
+        )
 
 
 @dataclass(frozen=True)
@@ -131,14 +128,10 @@ def _wanted_starts(obs: Observation) -> int:
 
 
 def decide(obs: Observation, policy: Policy) -> Decision:
-    present = [
-        i
-        for i in obs.instances
-        if i.state not in (InstanceState.MISSING, InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN)
-    ]
+    present = [i for i in obs.instances if not i.state.gone]
     if not present:
         return Decision(Action.NONE, "no managed instance exists (missing or terminated)")
-    up = [i for i in present if i.state in (InstanceState.PENDING, InstanceState.RUNNING)]
+    up = [i for i in present if i.state.up]
     stopped = [i for i in present if i.state == InstanceState.STOPPED]
     stopping = tuple(i.instance_id for i in present if i.state == InstanceState.STOPPING)
 

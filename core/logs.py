@@ -1,7 +1,10 @@
-"""Structured logs: one JSON object per line on stdout (journald keeps it), with `task_id` on every line.
+"""Structured logs for every program: one JSON object per line on stdout, `event` naming what happened.
 
-The current task lives in a ContextVar set around each message, so nothing has to thread it through calls; lines
-written outside a task carry `"task_id": null`, which keeps every line the same shape for queries.
+`event(log, "claimed", attempt=2)` -> {"ts": ..., "level": "info", "logger": ..., "task_id": ..., "event": "claimed",
+"attempt": 2}. The adapter keeps it in journald, the Lambda and the orchestrator in CloudWatch Logs: the same shape
+everywhere, so one query reads them all. The current task lives in a ContextVar set around each message
+(`task_scope`), so nothing has to thread it through calls; lines written outside a task carry `"task_id": null`,
+which keeps every line the same shape.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 current_task: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_task", default=None)
-_worker_id: str | None = None
+_static: dict[str, Any] = {}
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "task_id": getattr(record, "task_id", None) or current_task.get(),
-            "worker": _worker_id,
+            **_static,
             "event": record.getMessage(),
         }
         doc.update(getattr(record, "fields", {}))
@@ -34,10 +37,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def setup(worker_id: str, level: str = "INFO") -> None:
-    global _worker_id
-    _worker_id = worker_id
-    handler = logging.StreamHandler(sys.stdout)
+class _Stdout(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stdout is at the time of each line (a Lambda's runtime, or a test, may swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def setup(level: str = "INFO", **static_fields: Any) -> None:
+    """JSON lines on stdout for the whole process; `static_fields` (e.g. worker=...) go on every line."""
+    _static.clear()
+    _static.update(static_fields)
+    handler = _Stdout()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

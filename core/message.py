@@ -1,0 +1,51 @@
+"""The task queue's message: the only place that knows its shape.
+
+Body (version 1): `{"v": 1, "task_id": "<ulid>"}`. The message only says *which* task to look at: the type, the
+params and whether the task may run at all are read from its item, which is the one authority (the queue is not a
+trust boundary: anything with sqs:SendMessage could write a message). A body without `v` is version 0, as written
+before the version field existed (`{"task_id", "type"}`): it parses the same way, so a rollout never strands
+messages already queued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .tasks import is_marker
+
+VERSION = 1
+MAX_TASK_ID = 64
+
+
+class MalformedMessage(ValueError):
+    """A body no attempt could ever process: it goes to the dead-letter queue at once, without burning retries."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    task_id: str
+    version: int = VERSION
+
+    def encode(self) -> str:
+        return json.dumps({"v": VERSION, "task_id": self.task_id}, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, body: str) -> TaskMessage:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise MalformedMessage("body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise MalformedMessage("body is not a JSON object")
+        version = doc.get("v", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= VERSION:
+            raise MalformedMessage(f"unknown message version {version!r} (this adapter reads 0..{VERSION})")
+        task_id = doc.get("task_id")
+        if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID or is_marker(task_id):
+            raise MalformedMessage("body names no task_id")
+        return cls(task_id, version)
