@@ -82,9 +82,6 @@ class EnvironmentConfig:
     def state_key(self, stack_name: str) -> str:
         return f"{self.name}/{stack_name}.tfstate"
 
-    def instance_arns(self) -> list[str]:
-        return [f"arn:aws:ec2:{self.region}:{self.account}:instance/{i}" for i in self.gpu_instance_ids]
-
 
 def _read_file(path: Path) -> dict[str, dict[str, Any]]:
     try:

@@ -12,7 +12,6 @@ trust every repository on GitHub. Action lists are module-level constants so tes
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +21,9 @@ from cdktf_cdktf_provider_aws.iam_openid_connect_provider import IamOpenidConnec
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from constructs import Construct
+
+from modules.iam import MIN_SESSION_SECONDS, ROLE_NAME, ROLE_NAME_RULE, Role, Statement, arn, policy, render
+from modules.props import check, check_actions, check_pattern
 
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 GITHUB_OIDC_URL = f"https://{GITHUB_OIDC_HOST}"
@@ -164,15 +166,12 @@ STATE_OBJECT_READ = ("s3:GetObject",)
 STATE_OBJECT_WRITE = ("s3:DeleteObject", "s3:PutObject")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_BUCKET_ARN = re.compile(r"arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PROVIDER_ARN = re.compile(rf"arn:aws[a-z-]*:iam::\d{{12}}:oidc-provider/{re.escape(GITHUB_OIDC_HOST)}")
 
 
-def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> dict[str, Any]:
-    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": sorted(resources)}
-
-
-def render(document: dict[str, Any]) -> str:
-    """Stable, compact JSON: the same input synthesizes byte-identical policies (and IAM counts the bytes)."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> Statement:
+    return Statement(tuple(actions), tuple(resources), sid=sid)
 
 
 def subject(repository: str, github_environment: str) -> str:
@@ -180,36 +179,35 @@ def subject(repository: str, github_environment: str) -> str:
 
 
 def trust_policy(provider_arn: str, repository: str, github_environment: str) -> dict[str, Any]:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "GithubEnvironmentOnly",
-                "Effect": "Allow",
-                "Principal": {"Federated": provider_arn},
-                "Action": "sts:AssumeRoleWithWebIdentity",
-                "Condition": {
+    return policy(
+        [
+            Statement(
+                "sts:AssumeRoleWithWebIdentity",
+                conditions={
                     "StringEquals": {
                         f"{GITHUB_OIDC_HOST}:aud": STS_AUDIENCE,
                         f"{GITHUB_OIDC_HOST}:sub": subject(repository, github_environment),
                     }
                 },
-            }
-        ],
-    }
+                sid="GithubEnvironmentOnly",
+                principal={"Federated": provider_arn},
+            )
+        ]
+    )
 
 
 def _names(account: str, service: str, kind: str, bases: Sequence[str], suffix: str, sep: str = "/") -> list[str]:
     region = "" if service == "iam" else "*"
-    return [f"arn:aws:{service}:{region}:{account}:{kind}{sep}{base}*{suffix}" for base in bases]
+    return [arn(service, f"{kind}{sep}{base}*{suffix}", region=region, account=account) for base in bases]
 
 
 def _service_resources(account: str, environment: str, prefix: str) -> dict[str, list[str]]:
     """ARN patterns for one environment's resources (the region is free: an environment picks its own)."""
     end = f"-{environment}"
-    bucket = f"arn:aws:s3:::{prefix}-artifacts-{environment}-*"  # <prefix>-artifacts-<env>-<account>[-logs]
+    # <prefix>-artifacts-<env>-<account>[-logs]
+    bucket = arn("s3", f"{prefix}-artifacts-{environment}-*", region="", account="")
     return {
-        "sqs": [f"arn:aws:sqs:*:{account}:{base}*{end}" for base in QUEUE_NAMES],
+        "sqs": [arn("sqs", f"{base}*{end}", region="*", account=account) for base in QUEUE_NAMES],
         "dynamodb": _names(account, "dynamodb", "table", TABLE_NAMES, end),
         "iam": _names(account, "iam", "role", ROLE_NAMES, end)
         + _names(account, "iam", "instance-profile", INSTANCE_PROFILE_NAMES, end),
@@ -223,7 +221,7 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
         ],
         "cloudwatch": _names(account, "cloudwatch", "alarm", ALARM_NAMES, end, sep=":"),
         "events": _names(account, "events", "rule", RULE_NAMES, end),
-        "ssm": [f"arn:aws:ssm:*:{account}:parameter/{prefix}/{environment}/*"],
+        "ssm": [arn("ssm", f"parameter/{prefix}/{environment}/*", region="*", account=account)],
         "bucket": [bucket],
         "object": [f"{bucket}/*"],
         "adapter": [f"{bucket}/adapter/*"],
@@ -233,9 +231,8 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
 def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
     """Read-only: refresh every resource of the environment and read its state (plans run with -lock=false)."""
     res = _service_resources(account, environment, prefix)
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    return policy(
+        [
             _statement("Queues", SQS_READ, res["sqs"]),
             _statement("TaskStore", DYNAMODB_READ, res["dynamodb"]),
             _statement("Iam", IAM_READ, res["iam"]),
@@ -250,18 +247,17 @@ def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix
             _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
             _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
             _statement("StateObjects", STATE_OBJECT_READ, [f"{state_bucket_arn}/{environment}/*"]),
-        ],
-    }
+        ]
+    )
 
 
 def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
     """Plan and apply of one environment's stacks; its state keys only (<env>/*), with S3-native locking."""
     res = _service_resources(account, environment, prefix)
-    protected = [f"arn:aws:iam::{account}:role/{prefix}-{kind}-*" for kind in ("deploy", "plan")]
-    protected.append(f"arn:aws:iam::{account}:oidc-provider/{GITHUB_OIDC_HOST}")
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    protected = [arn("iam", f"role/{prefix}-{kind}-*", region="", account=account) for kind in ("deploy", "plan")]
+    protected.append(arn("iam", f"oidc-provider/{GITHUB_OIDC_HOST}", region="", account=account))
+    return policy(
+        [
             _statement("Queues", SQS_READ + SQS_WRITE, res["sqs"]),
             _statement("TaskStore", DYNAMODB_READ + DYNAMODB_WRITE, res["dynamodb"]),
             _statement("Iam", IAM_READ + IAM_WRITE, res["iam"]),
@@ -277,13 +273,24 @@ def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, pref
             _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
             _statement("StateObjects", STATE_OBJECT_READ + STATE_OBJECT_WRITE, [f"{state_bucket_arn}/{environment}/*"]),
             # Belt and braces: no widening of the CI roles' own trust or permissions, whatever the patterns above.
-            {"Sid": "NoSelfEscalation", "Effect": "Deny", "Action": "iam:*", "Resource": sorted(protected)},
-        ],
-    }
+            Statement("iam:*", tuple(protected), sid="NoSelfEscalation", effect="Deny"),
+        ]
+    )
 
 
 class GithubDeployAccess(Construct):
-    """The OIDC provider (or an existing one) and, per environment, a deploy role and a read-only plan role."""
+    """The OIDC provider (or an existing one) and, per environment, a deploy role and a read-only plan role.
+
+    Args:
+        repository: owner/name of the GitHub repository whose workflows may assume the roles. Required.
+        environments: the environments to deploy: distinct plain lowercase names (1-31 of a-z0-9-, starting with a
+            letter, not ending in -plan). Required.
+        state_bucket_arn: the Terraform state bucket (an S3 bucket ARN, or a reference to one). Required.
+        name_prefix: roles are `<prefix>-deploy-<env>` and `<prefix>-plan-<env>`, each an IAM role name (1-64
+            characters of A-Za-z0-9+=,.@_-). Default gpu-orchestrator.
+        existing_provider_arn: the account's GitHub OIDC provider, where another environment created it (IAM allows
+            one per URL and account). Default None: create it.
+    """
 
     def __init__(
         self,
@@ -297,26 +304,9 @@ class GithubDeployAccess(Construct):
         existing_provider_arn: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        if not _REPOSITORY.match(repository):
-            raise ValueError(f"repository must be 'owner/name', got {repository!r}")
-        if not environments or len(set(environments)) != len(environments):
-            raise ValueError(f"environments must be a non-empty list without duplicates, got {environments!r}")
-        for env in environments:
-            if not _ENVIRONMENT.match(env) or env.endswith(PLAN_ENVIRONMENT_SUFFIX):
-                raise ValueError(f"environment name {env!r} is not a plain lowercase name")
+        self._check_props(repository, environments, state_bucket_arn, name_prefix, existing_provider_arn)
         account = DataAwsCallerIdentity(self, "account").account_id
-        if existing_provider_arn is None:
-            # One provider per account and URL: a second environment in the same account passes its ARN instead.
-            # No thumbprint_list: AWS verifies GitHub's certificate against its own trusted CAs (provider >= 5.81).
-            provider = IamOpenidConnectProvider(
-                self,
-                "github",
-                url=GITHUB_OIDC_URL,
-                client_id_list=[STS_AUDIENCE],
-            )
-            self.provider_arn: str = provider.arn
-        else:
-            self.provider_arn = existing_provider_arn
+        self.provider_arn = existing_provider_arn or self._provider()
         self.role_arns: dict[str, str] = {}
         self.plan_role_arns: dict[str, str] = {}
         for env in environments:
@@ -343,13 +333,46 @@ class GithubDeployAccess(Construct):
                 f"GitHub Actions read-only plan of {env}",
             )
 
+    def _check_props(
+        self, repository: str, environments: list[str], state_bucket: str, prefix: str, provider_arn: str | None
+    ) -> None:
+        check_pattern(self, "repository", repository, _REPOSITORY, "owner/name (GitHub repository)")
+        distinct = bool(environments) and len(set(environments)) == len(environments)
+        check(self, "environments", environments, distinct, "must be a non-empty list without duplicates")
+        for env in environments:
+            plain = bool(_ENVIRONMENT.fullmatch(env)) and not env.endswith(PLAN_ENVIRONMENT_SUFFIX)
+            check(self, "environments", env, plain, "is not a plain lowercase name (1-31 of a-z0-9-, not *-plan)")
+            names = (f"{prefix}-deploy-{env}", f"{prefix}-plan-{env}")
+            ok = all(ROLE_NAME.fullmatch(n) for n in names)
+            check(self, "name_prefix", prefix, ok, f"makes a role name for {env!r} that is not {ROLE_NAME_RULE}")
+        check_pattern(self, "state_bucket_arn", state_bucket, _BUCKET_ARN, "an S3 bucket ARN (arn:aws:s3:::<name>)")
+        check_pattern(
+            self,
+            "existing_provider_arn",
+            provider_arn,
+            _PROVIDER_ARN,
+            f"an IAM OIDC provider ARN for {GITHUB_OIDC_HOST}",
+        )
+
+    def _provider(self) -> str:
+        """One provider per account and URL: a second environment in the same account passes its ARN instead.
+        No thumbprint_list: AWS verifies GitHub's certificate against its own trusted CAs (provider >= 5.81)."""
+        provider = IamOpenidConnectProvider(self, "github", url=GITHUB_OIDC_URL, client_id_list=[STS_AUDIENCE])
+        provider_arn: str = provider.arn
+        return provider_arn
+
+    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
+        """`actions` (sts:* or iam:*) on every role this construct creates (`access.grant(role, "sts:AssumeRole")`)."""
+        roles = [*self.role_arns.values(), *self.plan_role_arns.values()]
+        return [grantee.add(check_actions(self, actions, "sts", "iam"), roles)]
+
     def _role(
         self,
         name: str,
         repository: str,
         github_env: str,
         policy_name: str,
-        policy: dict[str, Any],
+        document: dict[str, Any],
         purpose: str,
     ) -> str:
         role = IamRole(
@@ -357,9 +380,9 @@ class GithubDeployAccess(Construct):
             name,
             name=name,
             description=f"{purpose} ({repository}, GitHub environment {github_env})",
-            assume_role_policy=render(trust_policy(self.provider_arn, repository, github_env)),
-            max_session_duration=3600,
+            assume_role_policy=render(trust_policy(self.provider_arn, repository, github_env), compact=True),
+            max_session_duration=MIN_SESSION_SECONDS,
         )
-        IamRolePolicy(self, f"{name}-policy", name=policy_name, role=role.id, policy=render(policy))
+        IamRolePolicy(self, f"{name}-policy", name=policy_name, role=role.id, policy=render(document, compact=True))
         arn: str = role.arn
         return arn

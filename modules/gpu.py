@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modules.iam import Role
+from modules.iam import Role, Statement, arn
+from modules.props import check_actions, fail
 
 # DescribeInstances supports no resource-level permissions: AWS accepts only "*" for it.
 DESCRIBE_ACTIONS = ("ec2:DescribeInstances",)
@@ -14,19 +15,28 @@ STOP_ACTIONS = ("ec2:StopInstances",)
 
 
 class GpuInstances:
-    """Not a Construct: it creates nothing, it only knows the instance ARNs and hands out grants."""
+    """Not a Construct: it creates nothing, it only knows the instance ARNs and hands out grants.
+
+    Args:
+        instance_ids: the GPU instances (modules/config.py checks their form). At least one. Required.
+        region, account: where they run. Required.
+    """
 
     def __init__(self, *, instance_ids: Sequence[str], region: str, account: str) -> None:
         if not instance_ids:
-            raise ValueError("at least one GPU instance id is required")
+            fail("GpuInstances", "instance_ids", tuple(instance_ids), "is empty: at least one GPU instance is required")
         self.instance_ids = tuple(instance_ids)
-        self.arns = tuple(f"arn:aws:ec2:{region}:{account}:instance/{i}" for i in instance_ids)
+        self.arns = tuple(arn("ec2", f"instance/{i}", region=region, account=account) for i in instance_ids)
 
-    def grant_describe(self, role: Role) -> None:
-        role.add(DESCRIBE_ACTIONS, ["*"])
+    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
+        """`actions` (ec2:*) on exactly these instances."""
+        return [grantee.add(check_actions("GpuInstances", actions, "ec2"), self.arns)]
 
-    def grant_start(self, role: Role) -> None:
-        role.add(START_ACTIONS, self.arns)
+    def grant_describe(self, role: Role) -> list[Statement]:
+        return [role.add(DESCRIBE_ACTIONS, ["*"])]
 
-    def grant_stop(self, role: Role) -> None:
-        role.add(STOP_ACTIONS, self.arns)
+    def grant_start(self, role: Role) -> list[Statement]:
+        return self.grant(role, *START_ACTIONS)
+
+    def grant_stop(self, role: Role) -> list[Statement]:
+        return self.grant(role, *STOP_ACTIONS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from cdktf import TerraformResourceLifecycle
 from cdktf_cdktf_provider_aws.dynamodb_table import (
     DynamodbTable,
@@ -13,14 +15,17 @@ from cdktf_cdktf_provider_aws.dynamodb_table import (
 )
 from constructs import Construct
 
-from modules.iam import Role
-
-STATUS_INDEX = "status-created_at-index"
+from core.tasks import STATUS_INDEX  # the index every program queries: one name, declared with the task model
+from modules.iam import Role, Statement
+from modules.props import check_actions, check_pattern
 
 # Who needs what, as the seed lists it. TransactWriteItems (idempotent submit) is authorised per item as PutItem.
 SUBMIT_ACTIONS = ("dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query")
 WORKER_ACTIONS = ("dynamodb:GetItem", "dynamodb:UpdateItem")
 INDEX_READ_ACTIONS = ("dynamodb:Query",)
+# DynamoDB naming rules (Developer Guide, HowItWorks.NamingRulesDataTypes): table and index names are 3-255
+# characters of a-z A-Z 0-9 _ - .
+TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 
 
 class TaskTable(Construct):
@@ -28,10 +33,15 @@ class TaskTable(Construct):
 
     Retained like the seed's RETAIN: `prevent_destroy` plus deletion protection, so neither a plan nor a console
     click deletes task history by accident.
+
+    Args:
+        name: the table's name: 3-255 characters of A-Za-z0-9_.- (DynamoDB naming rules). Required. Everything
+            else is fixed: the schema is what functions/ reads and writes.
     """
 
     def __init__(self, scope: Construct, id: str, *, name: str) -> None:
         super().__init__(scope, id)
+        check_pattern(self, "name", name, TABLE_NAME, "3-255 characters of A-Za-z0-9_.- (DynamoDB table name)")
         self.index_name = STATUS_INDEX
         self.table = DynamodbTable(
             self,
@@ -71,19 +81,21 @@ class TaskTable(Construct):
     def index_arn(self) -> str:
         return f"{self.table.arn}/index/{STATUS_INDEX}"
 
-    def grant(self, role: Role, *actions: str) -> None:
-        """Item actions on the table ARN; Query only on the index ARN (we never query the base table)."""
+    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
+        """Item actions (dynamodb:*) on the table ARN; Query only on the index ARN (nothing queries the base
+        table)."""
+        actions = check_actions(self, actions, "dynamodb")
         item_actions = [a for a in actions if a != "dynamodb:Query"]
-        if item_actions:
-            role.add(item_actions, [self.arn])
+        added = [grantee.add(item_actions, [self.arn])] if item_actions else []
         if "dynamodb:Query" in actions:
-            role.add(INDEX_READ_ACTIONS, [self.index_arn])
+            added.append(grantee.add(INDEX_READ_ACTIONS, [self.index_arn]))
+        return added
 
-    def grant_submit(self, role: Role) -> None:
-        self.grant(role, *SUBMIT_ACTIONS)
+    def grant_submit(self, role: Role) -> list[Statement]:
+        return self.grant(role, *SUBMIT_ACTIONS)
 
-    def grant_worker(self, role: Role) -> None:
-        self.grant(role, *WORKER_ACTIONS)
+    def grant_worker(self, role: Role) -> list[Statement]:
+        return self.grant(role, *WORKER_ACTIONS)
 
-    def grant_index_read(self, role: Role) -> None:
-        role.add(INDEX_READ_ACTIONS, [self.index_arn])
+    def grant_index_read(self, role: Role) -> list[Statement]:
+        return self.grant(role, *INDEX_READ_ACTIONS)
