@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:  # runnable as a script
     sys.path.insert(0, str(REPO))
 
 from bench.resources import create_task_resources  # noqa: E402
+from core.message import TaskMessage  # noqa: E402
 from localaws.server import free_port  # noqa: E402
 
 REGION = "us-east-1"
@@ -132,7 +133,7 @@ def measure(endpoint_url: str, n: int) -> dict[str, Any]:
             },
             ConditionExpression="attribute_not_exists(task_id)",
         )
-        sqs.send_message(QueueUrl=names["TASK_QUEUE_URL"], MessageBody=json.dumps({"task_id": task_id, "type": "noop"}))
+        sqs.send_message(QueueUrl=names["TASK_QUEUE_URL"], MessageBody=TaskMessage(task_id).encode())
 
     with (
         child(serve, env, f"{base}/openapi.json"),

@@ -21,8 +21,10 @@ from typing import Any
 
 import boto3
 
+from core import contract
 from localaws.resources import create
 from localaws.tfjson import Resolver, load_stacks, resource_order, stack_order
+from modules.layout import ARTIFACTS, DYNAMODB, SQS, STACK_ORDER
 
 DEFAULT_REGION = "us-east-1"
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -49,24 +51,19 @@ class LocalAws:
     idle_window_seconds: int = 0
     credentials: dict[str, str] = field(default_factory=lambda: dict(FAKE_CREDENTIALS))
 
+    def _connection(self) -> dict[str, Any]:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": self.credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": self.credentials["AWS_SECRET_ACCESS_KEY"],
+        }
+
     def client(self, service: str, **kwargs: Any) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
-            **kwargs,
-        )
+        return boto3.client(service, **self._connection(), **kwargs)
 
     def resource(self, service: str) -> Any:
-        return boto3.resource(
-            service,
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
-        )
+        return boto3.resource(service, **self._connection())
 
     def env(self) -> dict[str, str]:
         """The runtime environment variables (contract names) pointing at this local AWS."""
@@ -82,6 +79,12 @@ class LocalAws:
             "ARTIFACTS_BUCKET": self.bucket,
             "GPU_INSTANCE_IDS": ",".join(self.instance_ids),
         }
+
+    def adapter_env(self, work_dir: str | Path) -> dict[str, str]:
+        """What `python -m adapter` needs on this machine beside `env()`: a work dir it may write (the default is
+        the instance's /var/lib path), and unbuffered output, so its lines reach a log file or pipe as they happen
+        (as journald gets them on the instance) rather than when a buffer fills or the process exits."""
+        return {**self.env(), "PYTHONUNBUFFERED": "1", "WORK_DIR": str(work_dir)}
 
     def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
         """Created resources of one Terraform type: '<stack>/<type>.<name>' -> attributes."""
@@ -104,8 +107,8 @@ def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
     for stack in stacks.values():
         for res in stack.resources():
             if res.type == "aws_lambda_function":
-                ids = res.body["environment"]["variables"]["GPU_INSTANCE_ID"]
-                return [i for i in ids.split(",") if i]
+                # Read with the contract's own parser: the Lambda's environment must be what the Lambda reads.
+                return list(contract.GPU_INSTANCE_IDS.read(res.body["environment"]["variables"]))
     raise ValueError("no shutdown function in the synthesized stacks: cannot tell the GPU instance ids")
 
 
@@ -145,7 +148,7 @@ def build(
         client("ec2").stop_instances(InstanceIds=list(mapping.values()))
 
     resolver = Resolver()
-    for name in stack_order(stacks):
+    for name in stack_order(stacks, STACK_ORDER):
         stack = stacks[name]
         resolver.bind(stack)
         for res in resource_order(stack):
@@ -168,17 +171,17 @@ def build(
 
 def _describe(local: LocalAws, client: Any) -> None:
     """Fill the convenience attributes from what was created (not from a second copy of the settings)."""
-    sqs_out = local.outputs["gpu-orchestrator-sqs"]
+    sqs_out = local.outputs[SQS]
     local.queue_url, local.queue_arn, local.dlq_url = sqs_out["QueueUrl"], sqs_out["QueueArn"], sqs_out["DLQUrl"]
     attrs = client("sqs").get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["All"])["Attributes"]
     local.visibility_timeout = int(attrs["VisibilityTimeout"])
     redrive = json.loads(attrs["RedrivePolicy"])
     local.max_receive_count = int(redrive["maxReceiveCount"])
     local.dlq_arn = redrive["deadLetterTargetArn"]
-    local.table_name = local.outputs["gpu-orchestrator-dynamodb"]["TableName"]
+    local.table_name = local.outputs[DYNAMODB]["TableName"]
     table = client("dynamodb").describe_table(TableName=local.table_name)["Table"]
     local.status_index = table["GlobalSecondaryIndexes"][0]["IndexName"]
-    local.bucket = local.outputs["gpu-orchestrator-artifacts"]["BucketName"]
+    local.bucket = local.outputs[ARTIFACTS]["BucketName"]
     (function,) = local.of_type("aws_lambda_function").values()
     local.lambda_env = dict(function["environment"])
     local.idle_window_seconds = int(local.lambda_env["IDLE_WINDOW_SECONDS"])

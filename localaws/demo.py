@@ -107,107 +107,21 @@ def cli(url: str, token: str, *args: str, timeout: float = 300) -> subprocess.Co
 
 
 def run(args: argparse.Namespace) -> int:
-    import localaws
-    from localaws.server import moto_server
-    from scripts.synth import synthesize
-
+    """The six steps, in order; everything started is stopped when the block ends, whatever happens."""
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     work = ROOT / "build" / "demo"  # logs of the last run stay here (gitignored)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    outdir = ROOT / "cdktf.out" / "local"
-    say("1/6 synthesizing the `local` environment (cdktf)")
-    synthesize("local", outdir)
-    print(f"   stacks: {outdir / 'stacks'}")
-
+    outdir = synthesize_local()
     with ExitStack() as stack:
-        endpoint = stack.enter_context(moto_server())
-        say(f"2/6 building the local AWS from the synthesized stacks (moto at {endpoint})")
-        local = localaws.build(outdir, endpoint)
-        print(
-            f"   queue {local.queue_url}\n   table {local.table_name}\n   bucket {local.bucket}\n"
-            f"   GPU instance {local.instance_ids[0]} (stands in for {next(iter(local.instance_id_map))}), stopped"
-        )
-
-        say("3/6 starting the orchestrator and the emulated GPU instance")
-        from orchestrator.app import create_app
-        from orchestrator.server import serve_in_thread
-        from orchestrator.settings import Clients, Settings
-
-        token = secrets.token_urlsafe(24)
-        runtime_env = local.env()
-        settings = Settings.from_env({**runtime_env, "ORCHESTRATOR_TOKEN": token})
-        clients = Clients(
-            sqs=local.client("sqs"), ec2=local.client("ec2"), table=local.resource("dynamodb").Table(local.table_name)
-        )
-        url = stack.enter_context(serve_in_thread(create_app(settings, clients)))
-        print(f"   orchestrator {url} (bearer token required; OpenAPI at {url}/docs)")
-        adapter_env = {
-            **os.environ,
-            **runtime_env,
-            "PYTHONPATH": str(ROOT),
-            "WORK_DIR": str(work / "adapter"),
-            "WAIT_TIME_SECONDS": "1",
-            "HEARTBEAT_SECONDS": "2",
-            "WORKER_ID": "demo-gpu",
-            # The instance's own autostop powers the OS off; here the Lambda shows the idle stop instead.
-            "IDLE_WINDOW_SECONDS": "0",
-        }
-        gpu = EmulatedInstance(local.client("ec2"), local.instance_ids[0], adapter_env, work / "adapter.log")
-        gpu.start()
-        stack.callback(gpu.close)
-
-        say(f"4/6 submitting {args.tasks} matmul task(s) with the CLI (python -m orchestrator submit ... --wait)")
-        results: list[dict[str, Any]] = []
-        for n in range(args.tasks):
-            done = cli(
-                url,
-                token,
-                "submit",
-                "matmul",
-                "-p",
-                f"size={args.size}",
-                "-p",
-                "repeat=2",
-                "--wait",
-                "--interval",
-                "0.5",
-                "--json",
-            )
-            lines = done.stdout.strip().splitlines()
-            for line in lines[:-1]:
-                print(f"   {line}")
-            if done.returncode != 0:
-                print(f"   task {n + 1} did not succeed (exit {done.returncode}):\n{done.stdout}")
-                return 1
-            task = json.loads(lines[-1])
-            results.append(task)
-            print(f"   task {task['task_id']}: {task['status']} after {task.get('attempts')} attempt(s)")
-
-        say("5/6 results in S3")
-        s3 = local.client("s3")
-        for task in results:
-            prefix = f"results/{task['task_id']}/"
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=local.bucket, Prefix=prefix).get("Contents", [])]
-            body = json.loads(s3.get_object(Bucket=local.bucket, Key=prefix + "result.json")["Body"].read())
-            print(f"   {task['result_uri']}  {sorted(k.removeprefix(prefix) for k in keys)}")
-            print(f"     result.json: {json.dumps(body, sort_keys=True)[:200]}")
-
-        say(
-            f"6/6 idle shutdown: the shutdown Lambda, idle window shrunk to {args.idle_seconds} s for the demo "
-            f"(this environment's is {local.idle_window_seconds} s)"
-        )
-        stopped = idle_shutdown(local, args.idle_seconds, work / "lambda.log")
-        deadline = time.monotonic() + 30
-        while gpu.process is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        print(
-            f"   instance states seen: {' -> '.join(gpu.states)}; adapter boots: {gpu.boots}; "
-            f"adapter stopped: {gpu.process is None}"
-        )
-        if not stopped or gpu.process is not None:
+        local = start_local_aws(stack, outdir)
+        url, token, gpu = start_services(stack, local, work)
+        results = submit_tasks(url, token, args.tasks, args.size)
+        if results is None:
             return 1
-
+        show_results(local, results)
+        if not shut_down_when_idle(local, gpu, args.idle_seconds, work):
+            return 1
         say("done: every task SUCCEEDED with its results in S3, and the idle GPU was stopped")
         print(
             f"   synthesized stacks: {outdir / 'stacks'}\n   logs (JSON lines): {work / 'adapter.log'}, "
@@ -219,6 +133,108 @@ def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(DEADLINE_S)
     return 0
+
+
+def synthesize_local() -> Path:
+    from scripts.synth import synthesize
+
+    outdir = ROOT / "cdktf.out" / "local"
+    say("1/6 synthesizing the `local` environment (cdktf)")
+    synthesize("local", outdir)
+    print(f"   stacks: {outdir / 'stacks'}")
+    return outdir
+
+
+def start_local_aws(stack: ExitStack, outdir: Path) -> Any:
+    """moto on 127.0.0.1 holding every resource of the synthesized stacks (localaws.LocalAws)."""
+    import localaws
+    from localaws.server import moto_server
+
+    endpoint = stack.enter_context(moto_server())
+    say(f"2/6 building the local AWS from the synthesized stacks (moto at {endpoint})")
+    local = localaws.build(outdir, endpoint)
+    print(
+        f"   queue {local.queue_url}\n   table {local.table_name}\n   bucket {local.bucket}\n"
+        f"   GPU instance {local.instance_ids[0]} (stands in for {next(iter(local.instance_id_map))}), stopped"
+    )
+    return local
+
+
+def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, EmulatedInstance]:
+    """The orchestrator (in a thread, bearer token on) and the emulated GPU instance; their URL, token and GPU."""
+    from orchestrator.app import create_app
+    from orchestrator.server import serve_in_thread
+    from orchestrator.settings import Clients, Settings
+
+    say("3/6 starting the orchestrator and the emulated GPU instance")
+    token = secrets.token_urlsafe(24)
+    settings = Settings.from_env({**local.env(), "ORCHESTRATOR_TOKEN": token})
+    clients = Clients(
+        sqs=local.client("sqs"), ec2=local.client("ec2"), table=local.resource("dynamodb").Table(local.table_name)
+    )
+    url = stack.enter_context(serve_in_thread(create_app(settings, clients)))
+    print(f"   orchestrator {url} (bearer token required; OpenAPI at {url}/docs)")
+    adapter_env = {
+        **os.environ,
+        **local.adapter_env(work / "adapter"),
+        "PYTHONPATH": str(ROOT),
+        "WAIT_TIME_SECONDS": "1",
+        "HEARTBEAT_SECONDS": "2",
+        "WORKER_ID": "demo-gpu",
+        # The instance's own autostop powers the OS off; here the Lambda shows the idle stop instead.
+        "IDLE_WINDOW_SECONDS": "0",
+    }
+    gpu = EmulatedInstance(local.client("ec2"), local.instance_ids[0], adapter_env, work / "adapter.log")
+    gpu.start()
+    stack.callback(gpu.close)
+    return url, token, gpu
+
+
+def submit_tasks(url: str, token: str, count: int, size: int) -> list[dict[str, Any]] | None:
+    """`count` matmul tasks through the CLI, each waited for; their final views, or None if one did not succeed."""
+    say(f"4/6 submitting {count} matmul task(s) with the CLI (python -m orchestrator submit ... --wait)")
+    results: list[dict[str, Any]] = []
+    for n in range(count):
+        argv = ["submit", "matmul", "-p", f"size={size}", "-p", "repeat=2", "--wait", "--interval", "0.5", "--json"]
+        done = cli(url, token, *argv)
+        lines = done.stdout.strip().splitlines()
+        for line in lines[:-1]:
+            print(f"   {line}")
+        if done.returncode != 0:
+            print(f"   task {n + 1} did not succeed (exit {done.returncode}):\n{done.stdout}")
+            return None
+        task = json.loads(lines[-1])
+        results.append(task)
+        print(f"   task {task['task_id']}: {task['status']} after {task.get('attempts')} attempt(s)")
+    return results
+
+
+def show_results(local: Any, results: list[dict[str, Any]]) -> None:
+    say("5/6 results in S3")
+    s3 = local.client("s3")
+    for task in results:
+        prefix = f"results/{task['task_id']}/"
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=local.bucket, Prefix=prefix).get("Contents", [])]
+        body = json.loads(s3.get_object(Bucket=local.bucket, Key=prefix + "result.json")["Body"].read())
+        print(f"   {task['result_uri']}  {sorted(k.removeprefix(prefix) for k in keys)}")
+        print(f"     result.json: {json.dumps(body, sort_keys=True)[:200]}")
+
+
+def shut_down_when_idle(local: Any, gpu: EmulatedInstance, idle_seconds: float, work: Path) -> bool:
+    """The shutdown Lambda stops the idle instance, and the emulated GPU's adapter goes with it."""
+    say(
+        f"6/6 idle shutdown: the shutdown Lambda, idle window shrunk to {idle_seconds} s for the demo "
+        f"(this environment's is {local.idle_window_seconds} s)"
+    )
+    stopped = idle_shutdown(local, idle_seconds, work / "lambda.log")
+    deadline = time.monotonic() + 30
+    while gpu.process is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(
+        f"   instance states seen: {' -> '.join(gpu.states)}; adapter boots: {gpu.boots}; "
+        f"adapter stopped: {gpu.process is None}"
+    )
+    return stopped and gpu.process is None
 
 
 def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:

@@ -15,13 +15,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server(*, quiet: bool = True) -> Iterator[str]:
-    """Yields the endpoint URL of a moto server running in a thread of this process."""
+def moto_server(*, quiet: bool = True, port: int = 0) -> Iterator[str]:
+    """Yields the endpoint URL of a moto server running in a thread of this process; port 0 picks a free one."""
     from moto.server import ThreadedMotoServer
 
     if quiet:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per AWS call drowns the output
-    port = free_port()
+    port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

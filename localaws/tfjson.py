@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
 from pathlib import Path
@@ -90,9 +90,17 @@ def references(value: Any) -> Iterator[str]:
             yield from references(v)
 
 
-def stack_order(stacks: Mapping[str, Stack]) -> list[str]:
-    graph = {name: set(stack.remote_states().values()) for name, stack in stacks.items()}
-    return list(TopologicalSorter(graph).static_order())
+def stack_order(stacks: Mapping[str, Stack], declared: Sequence[str]) -> list[str]:
+    """`declared` (modules.layout.STACK_ORDER: the order Terraform applies them in), checked against the JSON: the
+    synthesized stacks are exactly those, and each reads (remote state) only stacks before it. A mismatch means the
+    layout and the stacks disagree, which the harness reports rather than papering over with an order of its own."""
+    if sorted(stacks) != sorted(declared):
+        raise UnsupportedTerraform(f"synthesized stacks {sorted(stacks)} are not the declared {list(declared)}")
+    for position, name in enumerate(declared):
+        later = set(stacks[name].remote_states().values()) - set(declared[:position])
+        if later:
+            raise UnsupportedTerraform(f"{name} reads {sorted(later)}, which the declared order puts after it")
+    return list(declared)
 
 
 def resource_order(stack: Stack) -> list[Resource]:

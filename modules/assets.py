@@ -8,6 +8,7 @@ sources give the same bytes, the same hash and the same plan on any machine.
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import os
@@ -29,6 +30,9 @@ _SKIP_SUFFIXES = {".pyc", ".pyo"}
 
 def _files(root: Path, package: str) -> Iterable[tuple[Path, str]]:
     base = root / package
+    if base.is_file():  # one module of a shared package (see core_sources)
+        yield base, base.relative_to(root).as_posix()
+        return
     if not base.is_dir():
         raise FileNotFoundError(f"asset source {base} is not a directory")
     for dirpath, dirnames, filenames in os.walk(base):
@@ -38,6 +42,50 @@ def _files(root: Path, package: str) -> Iterable[tuple[Path, str]]:
             if path.suffix in _SKIP_SUFFIXES or name.startswith("."):
                 continue
             yield path, path.relative_to(root).as_posix()
+
+
+SHARED_PACKAGE = "core"
+# Data files a core module reads at run time, shipped with it.
+_DATA_FILES = {"task_types": ("task_types.json",)}
+
+
+def _core_imports(path: Path, *, inside_core: bool) -> set[str]:
+    """The core modules one file imports (`from core.x import`, `from core import x`, `import core.x`, and within
+    core itself the relative forms)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(SHARED_PACKAGE + ".")}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 and inside_core or node.level == 0 and module.split(".")[0] == SHARED_PACKAGE:
+                parts = module.split(".") if node.level else module.split(".")[1:]
+                found |= {parts[0]} if parts and parts[0] else {a.name for a in node.names}
+    return found
+
+
+def core_sources(program_dirs: Iterable[Path]) -> list[tuple[Path, str]]:
+    """The zip sources for exactly the core modules a program imports, directly or through other core modules
+    (read from the source, not by importing it), so each artifact carries what it uses and nothing more."""
+    core_dir = ROOT / SHARED_PACKAGE
+    todo = {
+        name
+        for directory in program_dirs
+        for path in sorted(directory.rglob("*.py"))
+        if not any(part in _SKIP_DIRS for part in path.parts)
+        for name in _core_imports(path, inside_core=False)
+    }
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not (core_dir / f"{name}.py").is_file():
+            continue
+        seen.add(name)
+        todo |= _core_imports(core_dir / f"{name}.py", inside_core=True)
+    files = (
+        ["__init__.py"] + [f"{n}.py" for n in sorted(seen)] + [d for n in sorted(seen) for d in _DATA_FILES.get(n, ())]
+    )
+    return [(ROOT, f"{SHARED_PACKAGE}/{f}") for f in files]
 
 
 def build_zip(out: Path, sources: Iterable[tuple[Path, str]]) -> bytes:

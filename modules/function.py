@@ -3,7 +3,9 @@ triggers."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import Any
 
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.lambda_function import (
@@ -16,15 +18,39 @@ from cdktf_cdktf_provider_aws.lambda_permission import LambdaPermission
 from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from constructs import Construct
 
-from modules.assets import ZipAsset
+from modules.assets import ZipAsset, core_sources
 from modules.config import ROOT
-from modules.iam import Role
+from modules.iam import Role, Statement, arn
+from modules.props import (
+    QUEUE_NAME,
+    QUEUE_NAME_RULE,
+    ConstructPropError,
+    check_actions,
+    check_in,
+    check_pattern,
+    check_range,
+)
 
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
 DEAD_LETTER_ACTIONS = ("sqs:SendMessage",)
 # A year of the function's decisions (every stop and start, and why): the audit trail for "who stopped my GPU".
 # The volume is a few lines per run, so a year of it costs cents; ingestion, not retention, is what CloudWatch bills.
 LOG_RETENTION_DAYS = 365
+# PutRetentionPolicy's retentionInDays values (CloudWatch Logs API Reference); the provider adds 0 for "never expire".
+LOG_RETENTION_CHOICES = (
+    *(0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731),
+    *(1096, 1827, 2192, 2557, 2922, 3288, 3653),
+)
+# Lambda quotas and CreateFunction (Lambda Developer Guide / API Reference): FunctionName 1-64 of A-Za-z0-9-_;
+# MemorySize 128..10240 MB (default 128); Timeout 1..900 s (default 3); ReservedConcurrentExecutions >= 0 (the
+# account's limit bounds it above); Handler up to 128 non-space characters; environment variable keys start with a
+# letter, then letters, digits and underscores.
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HANDLER = re.compile(r"[^\s]{1,128}")
+PYTHON_RUNTIME = re.compile(r"python3\.\d+")
+ENV_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
+MAX_TIMEOUT_SECONDS = 900
 DEAD_LETTER_RETENTION_SECONDS = 14 * 24 * 3600
 # Keys the Lambda runtime sets itself; setting one makes the API reject the function at apply time.
 RESERVED_ENV_KEYS = frozenset(
@@ -52,7 +78,28 @@ RESERVED_ENV_KEYS = frozenset(
 
 
 class PythonFunction(Construct):
-    """A Python Lambda whose code is one package under functions/, zipped deterministically."""
+    """A Python Lambda whose code is one package under functions/, zipped deterministically, with its log group and
+    (optionally) a dead-letter queue for failed asynchronous invocations.
+
+    Args:
+        name: FunctionName: 1-64 characters of A-Za-z0-9_- (Lambda quotas); also names the log group
+            `/aws/lambda/<name>`. Required.
+        package: the folder under functions/ that is zipped as the code. Required.
+        handler: `module.function` inside the package, up to 128 non-space characters. Required.
+        role: the execution role. Required.
+        environment: variables for the code; keys are letters, digits and underscores, starting with a letter, and
+            none the Lambda runtime reserves (AWS_REGION, ...). Required.
+        region, account: where the function runs. Required; the resources take both from the provider.
+        memory_mb: MemorySize, 128..10240 MB (AWS default 128). Default 128.
+        timeout_seconds: Timeout, 1..900 s (AWS default 3). Default 60.
+        runtime: a python3.N runtime. Default python3.11.
+        reserved_concurrency: ReservedConcurrentExecutions, >= 0 (0 stops every invocation). Default None: the
+            function shares the account's unreserved pool.
+        log_retention_days: one of CloudWatch Logs' retention values (1, 3, 5, ... 3653; 0 never expires). Default
+            365: a year of the function's decisions (every stop and start, and why) costs cents.
+        dead_letter_queue_name: create an SQS dead-letter queue of this name (1-80 characters of A-Za-z0-9_-) for
+            asynchronous invocations that still fail after Lambda's two retries. Default None: no queue.
+    """
 
     def __init__(
         self,
@@ -62,7 +109,7 @@ class PythonFunction(Construct):
         name: str,
         package: str,
         handler: str,
-        role: Role | str,
+        role: Role,
         environment: Mapping[str, str],
         region: str,
         account: str,
@@ -74,51 +121,80 @@ class PythonFunction(Construct):
         dead_letter_queue_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
-        if reserved:
-            raise ValueError(f"{name}: {', '.join(reserved)} is reserved by the Lambda runtime; do not set it")
-        self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=[(ROOT / "functions", package)])
+        self._check_names(name, handler, runtime, environment, dead_letter_queue_name)
+        self._check_sizes(memory_mb, timeout_seconds, reserved_concurrency, log_retention_days)
+        program = ROOT / "functions" / package
+        sources = [(ROOT / "functions", package), *core_sources([program])]
+        self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
         self.log_group = CloudwatchLogGroup(
-            self,
-            "logs",
-            name=f"/aws/lambda/{name}",
-            retention_in_days=log_retention_days,
+            self, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days
         )
-        self.log_group_arn = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{name}"
-        # Asynchronous invocations (the alarm's, the schedule's) that still fail after Lambda's two retries land
-        # here instead of vanishing: a countable, inspectable record of every missed idle check. The role's grant
-        # (grant_dead_letter) names this queue's ARN from its name, as grant_logs does for the log group, because
-        # the role's stack is applied before this one.
-        self.dead_letters = (
-            SqsQueue(
-                self,
-                "dead-letters",
-                name=dead_letter_queue_name,
-                message_retention_seconds=DEAD_LETTER_RETENTION_SECONDS,
-                sqs_managed_sse_enabled=True,
-            )
-            if dead_letter_queue_name
-            else None
-        )
-        role_arn = role.arn if isinstance(role, Role) else role
+        self.dead_letters = self._dead_letter_queue(dead_letter_queue_name)
         self.function = LambdaFunction(
             self,
             "function",
             function_name=name,
-            role=role_arn,
+            role=role.arn,
             runtime=runtime,
             handler=handler,
             memory_size=memory_mb,
             timeout=timeout_seconds,
-            filename=self.code.path,
-            source_code_hash=self.code.bundle.base64_sha256,
             environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
             reserved_concurrent_executions=reserved_concurrency,
-            tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
-            dead_letter_config=(
+            **self._code_and_wiring(),
+        )
+
+    def _check_names(
+        self, name: str, handler: str, runtime: str, environment: Mapping[str, str], dead_letter_queue: str | None
+    ) -> None:
+        reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
+        if reserved:
+            raise ConstructPropError(
+                self,
+                "environment",
+                f"environment: {', '.join(reserved)} is reserved by the Lambda runtime; do not set it",
+            )
+        for key in environment:
+            check_pattern(
+                self, "environment", key, ENV_KEY, "an environment variable name (Lambda: [A-Za-z][A-Za-z0-9_]*)"
+            )
+        check_pattern(self, "name", name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
+        check_pattern(self, "handler", handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
+        check_pattern(self, "runtime", runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
+        check_pattern(self, "dead_letter_queue_name", dead_letter_queue, QUEUE_NAME, QUEUE_NAME_RULE)
+
+    def _check_sizes(self, memory_mb: int, timeout: int, reserved: int | None, log_retention_days: int) -> None:
+        check_range(self, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
+        check_range(self, "timeout_seconds", timeout, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
+        check_range(self, "reserved_concurrency", reserved, 0, None, "Lambda ReservedConcurrentExecutions")
+        check_in(self, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")
+
+    def _code_and_wiring(self) -> dict[str, Any]:
+        """The function's settings that come from its own parts: the zip, the dead-letter queue, the log group
+        (created first, so the runtime never creates it without a retention)."""
+        return {
+            "filename": self.code.path,
+            "source_code_hash": self.code.bundle.base64_sha256,
+            "tracing_config": LambdaFunctionTracingConfig(mode="PassThrough"),
+            "dead_letter_config": (
                 LambdaFunctionDeadLetterConfig(target_arn=self.dead_letters.arn) if self.dead_letters else None
             ),
-            depends_on=[self.log_group],
+            "depends_on": [self.log_group],
+        }
+
+    def _dead_letter_queue(self, name: str | None) -> SqsQueue | None:
+        """Asynchronous invocations (the alarm's, the schedule's) that still fail after Lambda's two retries land
+        here instead of vanishing: a countable, inspectable record of every missed idle check. The role's grant
+        (grant_dead_letter) names this queue's ARN from its name, as grant_logs does for the log group, because the
+        role's stack is applied before this one."""
+        if not name:
+            return None
+        return SqsQueue(
+            self,
+            "dead-letters",
+            name=name,
+            message_retention_seconds=DEAD_LETTER_RETENTION_SECONDS,
+            sqs_managed_sse_enabled=True,
         )
 
     @property
@@ -128,6 +204,10 @@ class PythonFunction(Construct):
     @property
     def name(self) -> str:
         return self.function.function_name
+
+    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
+        """`actions` (lambda:*) on this function (`fn.grant(role, "lambda:InvokeFunction")`)."""
+        return [grantee.add(check_actions(self, actions, "lambda"), [self.arn])]
 
     def allow_invoke(self, scope: Construct, id: str, *, principal: str, source_arn: str) -> LambdaPermission:
         """Let one AWS service invoke this function, for one source ARN only. The permission is created in the
@@ -142,13 +222,14 @@ class PythonFunction(Construct):
         )
 
 
-def grant_logs(role: Role, *, region: str, account: str, function_name: str) -> None:
-    """Write access to one function's log group, nothing else in CloudWatch Logs."""
-    group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{function_name}"
-    role.add(LOG_ACTIONS, [group, f"{group}:*"])
+def grant_logs(role: Role, *, region: str, account: str, function_name: str) -> list[Statement]:
+    """Write access to one function's log group, nothing else in CloudWatch Logs. By name, not by reference: the
+    role's stack is applied before the function's."""
+    group = arn("logs", f"log-group:/aws/lambda/{function_name}", region=region, account=account)
+    return [role.add(LOG_ACTIONS, [group, f"{group}:*"])]
 
 
-def grant_dead_letter(role: Role, *, region: str, account: str, queue_name: str) -> None:
+def grant_dead_letter(role: Role, *, region: str, account: str, queue_name: str) -> list[Statement]:
     """SendMessage on one function's dead-letter queue: Lambda delivers failed async events with the function's
     own role, and refuses to create a function whose role cannot."""
-    role.add(DEAD_LETTER_ACTIONS, [f"arn:aws:sqs:{region}:{account}:{queue_name}"])
+    return [role.add(DEAD_LETTER_ACTIONS, [arn("sqs", queue_name, region=region, account=account)])]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from constructs import Construct
 
+from core import contract
 from modules.alarm import QueueIdleAlarm, Schedule
 from modules.base import EnvironmentStack
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
@@ -82,6 +83,8 @@ class ArtifactsStack(EnvironmentStack):
 
 
 class IamStack(EnvironmentStack):
+    """The three roles, each built from the grants of the constructs it uses."""
+
     def __init__(
         self,
         scope: Construct,
@@ -93,22 +96,32 @@ class IamStack(EnvironmentStack):
     ) -> None:
         super().__init__(scope, IAM, config=config)
         gpu = GpuInstances(instance_ids=config.gpu_instance_ids, region=config.region, account=config.account)
-        bucket = artifacts.bucket
+        self.orchestrator = self._orchestrator_role(gpu, queue, table)
+        self.gpu_instance = self._gpu_instance_role(queue, table, artifacts)
+        self.shutdown = self._shutdown_role(gpu, queue, table)
+        assert self.gpu_instance.profile is not None
+        self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
+        self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
+        self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
+        self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
 
-        self.orchestrator = Role(
+    def _orchestrator_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
+        role = Role(
             self,
             "orchestrator",
             name=self.name_of("orchestrator-task-role"),
             assumed_by="ecs-tasks.amazonaws.com",
             description="The orchestrator service: accepts tasks and starts the GPU.",
         )
-        queue.grant_send_messages(self.orchestrator)
-        queue.grant_read_depth(self.orchestrator, include_dlq=True)  # /healthz reports both depths
-        table.grant_submit(self.orchestrator)
-        gpu.grant_describe(self.orchestrator)
-        gpu.grant_start(self.orchestrator)
+        queue.grant_send_messages(role)
+        queue.grant_read_depth(role, include_dlq=True)  # /healthz reports both depths
+        table.grant_submit(role)
+        gpu.grant_describe(role)
+        gpu.grant_start(role)
+        return role
 
-        self.gpu_instance = Role(
+    def _gpu_instance_role(self, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack) -> Role:
+        role = Role(
             self,
             "gpu-instance",
             name=self.name_of("gpu-instance-role"),
@@ -116,38 +129,36 @@ class IamStack(EnvironmentStack):
             description="The adapter on the GPU instance: runs tasks, writes results.",
             instance_profile_name=self.name_of("gpu-instance-profile"),
         )
-        queue.grant_consume_messages(self.gpu_instance)
-        queue.grant_dead_letter_handling(self.gpu_instance)
-        table.grant_worker(self.gpu_instance)
-        table.grant_index_read(self.gpu_instance)  # its own idle check: any task RUNNING or QUEUED?
-        bucket.grant_read(self.gpu_instance, INPUTS_PREFIX)
-        bucket.grant_write(self.gpu_instance, RESULTS_PREFIX)
-        artifacts.release.grant_install(self.gpu_instance, bucket)
+        queue.grant_consume_messages(role)
+        # A stop hands its task back with a fresh message, so a stop never uses up a receive meant for failures.
+        # The item stays the only authority: a message for a task that is not QUEUED, or not its current message,
+        # runs nothing, so sending adds no way to run work that was not submitted.
+        queue.grant(role, "sqs:SendMessage")
+        queue.grant_dead_letter_handling(role)
+        table.grant_worker(role)
+        table.grant_index_read(role)  # its own idle check: any task RUNNING or QUEUED?
+        artifacts.bucket.grant_read(role, INPUTS_PREFIX)
+        artifacts.bucket.grant_write(role, RESULTS_PREFIX)
+        artifacts.release.grant_install(role)
+        return role
 
-        self.shutdown = Role(
+    def _shutdown_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
+        role = Role(
             self,
             "shutdown",
             name=self.name_of("lambda-gpu-shutdown-role"),
             assumed_by="lambda.amazonaws.com",
             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
         )
-        gpu.grant_describe(self.shutdown)
-        gpu.grant_stop(self.shutdown)
-        gpu.grant_start(self.shutdown)
-        queue.grant_read_depth(self.shutdown)
-        table.grant_index_read(self.shutdown)
-        grant_logs(
-            self.shutdown, region=config.region, account=config.account, function_name=self.name_of(SHUTDOWN_FUNCTION)
-        )
-        grant_dead_letter(
-            self.shutdown, region=config.region, account=config.account, queue_name=self.name_of(SHUTDOWN_DLQ)
-        )
-
-        assert self.gpu_instance.profile is not None
-        self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
-        self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
-        self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
-        self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
+        gpu.grant_describe(role)
+        gpu.grant_stop(role)
+        gpu.grant_start(role)
+        queue.grant_read_depth(role)
+        table.grant_index_read(role)
+        where = {"region": self.config.region, "account": self.config.account}
+        grant_logs(role, **where, function_name=self.name_of(SHUTDOWN_FUNCTION))
+        grant_dead_letter(role, **where, queue_name=self.name_of(SHUTDOWN_DLQ))
+        return role
 
 
 class LambdaStack(EnvironmentStack):
@@ -174,15 +185,19 @@ class LambdaStack(EnvironmentStack):
             timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
             dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
-            environment={
-                "GPU_INSTANCE_ID": ",".join(config.gpu_instance_ids),
-                "TASK_QUEUE_URL": queue.url,
-                "TASK_TABLE_NAME": table.name,
-                "TASK_STATUS_INDEX": table.index_name,
-                "IDLE_WINDOW_SECONDS": str(config.idle_window_seconds),
-                "MIN_UPTIME_SECONDS": str(config.min_uptime_minutes * 60),
-                "QUEUED_TASK_MAX_AGE_SECONDS": str(DAY),  # the queue's retention: older QUEUED items lost their message
-            },
+            environment=contract.render(
+                {
+                    contract.GPU_INSTANCE_IDS: config.gpu_instance_ids,
+                    contract.TASK_QUEUE_URL: queue.url,
+                    contract.TASK_TABLE_NAME: table.name,
+                    contract.TASK_STATUS_INDEX: table.index_name,
+                    contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
+                    contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
+                    # the queue's retention: older QUEUED items lost their message
+                    contract.QUEUED_TASK_MAX_AGE_SECONDS: DAY,
+                },
+                program=contract.LAMBDA,
+            ),
         )
         Schedule(
             self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=5, target=self.function
@@ -220,15 +235,19 @@ def runtime_environment(
     table: TaskTable,
     bucket: PrivateBucket,
 ) -> dict[str, str]:
-    """The environment the adapter runs with (published as an SSM parameter; names as the runtime code reads)."""
-    return {
-        "AWS_DEFAULT_REGION": config.region,
-        "TASK_QUEUE_URL": queue.url,
-        "TASK_DLQ_URL": queue.dlq_url,
-        "TASK_TABLE_NAME": table.name,
-        "TASK_STATUS_INDEX": table.index_name,
-        "ARTIFACTS_BUCKET": bucket.name,
-        "GPU_INSTANCE_IDS": ",".join(config.gpu_instance_ids),
-        "IDLE_WINDOW_SECONDS": str(config.idle_window_seconds),
-        "MIN_UPTIME_SECONDS": str(config.min_uptime_minutes * 60),
-    }
+    """The environment the adapter runs with (published as an SSM parameter): the values known at synth time;
+    every other setting takes its default from core/contract.py."""
+    return contract.render(
+        {
+            contract.AWS_DEFAULT_REGION: config.region,
+            contract.TASK_QUEUE_URL: queue.url,
+            contract.TASK_DLQ_URL: queue.dlq_url,
+            contract.TASK_TABLE_NAME: table.name,
+            contract.TASK_STATUS_INDEX: table.index_name,
+            contract.ARTIFACTS_BUCKET: bucket.name,
+            contract.GPU_INSTANCE_IDS: config.gpu_instance_ids,
+            contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
+            contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
+        },
+        program=contract.ADAPTER,
+    )

@@ -75,7 +75,8 @@ def test_orchestrator_grants(iam: dict[str, Any]) -> None:
 
 def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
     assert grants(iam, "gpu-instance-role-local") == {
-        "queue": set(queue.CONSUME_ACTIONS),
+        # SendMessage: a stop hands its task back with a fresh message (adapter/README.md, "Stopping")
+        "queue": {*queue.CONSUME_ACTIONS, "sqs:SendMessage"},
         "dlq": {"sqs:SendMessage", "sqs:ReceiveMessage"},
         "table": set(table.WORKER_ACTIONS),
         "table/index/status-created_at-index": set(table.INDEX_READ_ACTIONS),

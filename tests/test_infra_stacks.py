@@ -173,7 +173,7 @@ def test_shutdown_function(stacks: dict[str, Any]) -> None:
     assert fn["filename"].endswith("/lambda-shutdown.zip")
     assert len(fn["source_code_hash"]) == 44  # base64 of a sha256
     env = fn["environment"]["variables"]
-    assert env["GPU_INSTANCE_ID"] == "i-0f0f6fd680921de5f"
+    assert env["GPU_INSTANCE_IDS"] == "i-0f0f6fd680921de5f"
     assert "AWS_REGION" not in env and not any(k.startswith("AWS_") for k in env)
     assert env["IDLE_WINDOW_SECONDS"] == "1800"
     assert one(stacks[LAMBDA], "aws_cloudwatch_log_group")["retention_in_days"] == 365
@@ -298,4 +298,4 @@ def test_environments_do_not_clash_by_name(synthesized: Any) -> None:
 def test_every_gpu_of_the_list_is_targeted(synthesized: Any) -> None:
     doc = load(synthesized("prod"))[LAMBDA]
     env = one(doc, "aws_lambda_function")["environment"]["variables"]
-    assert env["GPU_INSTANCE_ID"] == "i-0aaaaaaaaaaaaaaa1,i-0aaaaaaaaaaaaaaa2"
+    assert env["GPU_INSTANCE_IDS"] == "i-0aaaaaaaaaaaaaaa1,i-0aaaaaaaaaaaaaaa2"

@@ -8,12 +8,12 @@ usage: matmul.py --size N --repeat R
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 import time
 from typing import Any
+
+from _result import write_result  # a sibling module: see _result.py
 
 
 def _torch_cuda() -> Any:
@@ -62,9 +62,7 @@ def main(argv: list[str]) -> int:
         repeat=args.repeat,
         gflops=flops / result["elapsed_s"] / 1e9 if result["elapsed_s"] > 0 else None,
     )
-    print(json.dumps(result))
-    with open(os.path.join(os.environ.get("OUTPUT_DIR", "."), "result.json"), "w") as fh:
-        json.dump(result, fh)
+    write_result(result)
     return 0
 
 
