@@ -1,9 +1,10 @@
 """`python3 -m adapter`: build the worker from env vars and run its loop until SIGTERM (or a new bundle).
 
 Signals: the first SIGTERM/SIGINT asks the loop to stop - no new receive, the running job is stopped, its task goes
-back to QUEUED and its message is visible again at once - and the process exits 0. A second one exits at once (143),
-killing the job's process group first. The handler only sets flags (logging from a signal handler can re-enter a
-half-written line); the loop logs.
+back to QUEUED with a fresh message - and the process exits 0. A second one exits at once (143), killing the job's
+process group first. The handler only sets flags (logging from a signal handler can re-enter a half-written line);
+the loop logs. It is installed before anything else (boto3's import and the first AWS calls take a while): a stop
+that arrives while the worker is being built ends the start-up at once, with exit 0.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import sys
 import time
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import contract as c
 from core import logs
-from core.store import TaskStore
-from core.task_types import load_registry
 
-from .config import from_env, read_queue_settings
-from .worker import Worker
+if TYPE_CHECKING:
+    from .worker import Worker
 
 log = logging.getLogger("adapter")
 EXIT_CONFIG = 2
@@ -33,6 +32,12 @@ EXIT_CONFIG = 2
 
 def build(env: Mapping[str, str], session: Any = None) -> Worker:
     import boto3
+
+    from core.store import TaskStore
+    from core.task_types import load_registry
+
+    from .config import from_env, read_queue_settings
+    from .worker import Worker
 
     region = c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env)
     session = session or boto3.session.Session(region_name=region)
@@ -62,15 +67,35 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
     )
 
 
-def install_signals(worker: Worker) -> None:
-    received = []
+class StoppedBeforeStart(BaseException):
+    """The first stop signal arrived while the worker was still being built. A BaseException, like
+    KeyboardInterrupt, so that no library's `except Exception` (botocore retries connection errors) swallows it."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) == 1:
+
+class Signals:
+    """SIGTERM/SIGINT handling from the first moment of `main`, before the worker exists."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self.received: list[int] = []
+
+    def install(self) -> Signals:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def attach(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        worker = self.worker
+        if len(self.received) == 1:
+            if worker is None:
+                raise StoppedBeforeStart  # unwinds the build (even a blocked AWS call); main exits 0
             worker.request_stop()
             return
-        pgid = worker.runner.current_pgid
+        pgid = worker.runner.current_pgid if worker is not None else None
         if pgid is not None:
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -79,20 +104,22 @@ def install_signals(worker: Worker) -> None:
             "level": "warning",
             "logger": "adapter",
             "task_id": None,
-            "worker": worker.config.worker_id,
+            "worker": worker.config.worker_id if worker is not None else None,
             "event": "second_signal_exit_now",
             "killed_pgid": pgid,
         }
         os.write(1, (json.dumps(line) + "\n").encode())
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
 
 def main() -> int:
+    signals = Signals().install()
     try:
         worker = build(os.environ)
+        signals.attach(worker)
+    except StoppedBeforeStart:
+        print(json.dumps({"level": "info", "event": "stopped_before_start", "task_id": None}), flush=True)
+        return 0
     except c.SettingError as bad:
         line = {"level": "error", "event": "config_invalid", "task_id": None, "name": bad.name, "error": str(bad)}
         print(json.dumps(line), flush=True)
@@ -100,7 +127,6 @@ def main() -> int:
     logs.setup(c.LOG_LEVEL.read(os.environ), worker=worker.config.worker_id)
     if worker.autostop is None:
         logs.event(log, "autostop_off", reason="ADAPTER_POWEROFF is not 1 or IDLE_WINDOW_SECONDS <= 0")
-    install_signals(worker)
     code = worker.run()
     logs.event(log, "exit", code=code)
     return code

@@ -143,12 +143,16 @@ class AutoStop:
         if blocker is not None:
             self._next_check = now + self.recheck_s
             return self._log(Result(AutoStopOutcome.BLOCKED, blocker), idle)
-        self._log(Result(AutoStopOutcome.POWERED_OFF, "no task locally for the window and none waiting or running"), idle)
+        self._log(
+            Result(AutoStopOutcome.POWERED_OFF, "no task locally for the window and none waiting or running"), idle
+        )
         try:
             self._poweroff()
         except Exception as err:
             self._next_check = now + self.recheck_s
-            return self._log(Result(AutoStopOutcome.CHECK_FAILED, f"poweroff failed: {type(err).__name__}: {err}"), idle)
+            return self._log(
+                Result(AutoStopOutcome.CHECK_FAILED, f"poweroff failed: {type(err).__name__}: {err}"), idle
+            )
         self._powered_off = True
         return Result(AutoStopOutcome.POWERED_OFF, "poweroff issued")
 

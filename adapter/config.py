@@ -60,6 +60,7 @@ class AdapterConfig:
     config_param: str | None = None
     rollout_check_s: float = c.ROLLOUT_CHECK_SECONDS.default or 0.0
     dlq_sweep_s: float = c.DLQ_SWEEP_SECONDS.default or 0.0
+    job_user: str | None = None
 
     @property
     def stale_after_ms(self) -> int:
@@ -102,4 +103,5 @@ def from_env(env: Mapping[str, str], *, queue_visibility_s: int, queue_max_recei
         config_param=c.ADAPTER_CONFIG_PARAM.read_optional(env),
         rollout_check_s=c.ROLLOUT_CHECK_SECONDS.read(env),
         dlq_sweep_s=c.DLQ_SWEEP_SECONDS.read(env),
+        job_user=c.JOB_USER.read_optional(env),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from core import logs
@@ -21,31 +22,23 @@ from .runner import Control
 log = logging.getLogger("adapter.heartbeat")
 
 
+@dataclass(kw_only=True)
 class Heartbeat:
-    def __init__(
-        self,
-        *,
-        store: TaskStore,
-        sqs: Any,
-        queue_url: str,
-        receipt: str,
-        held: TaskRecord,
-        interval_s: float,
-        visibility_s: int,
-        control: Control,
-    ) -> None:
-        self.store = store
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.receipt = receipt
-        self.held = held
-        self.task_id = held.task_id
-        self.attempt = held.attempts
-        self.interval_s = interval_s
-        self.visibility_s = visibility_s
-        self.control = control
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{held.task_id}", daemon=True)
+    """A context manager: a daemon thread beats every `interval_s` while the block runs."""
+
+    store: TaskStore
+    sqs: Any
+    queue_url: str
+    receipt: str  # the message's receipt handle: its visibility is what the beat extends
+    held: TaskRecord
+    interval_s: float
+    visibility_s: int
+    control: Control
+    _done: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.task_id, self.attempt = self.held.task_id, self.held.attempts
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.task_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

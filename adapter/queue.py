@@ -38,6 +38,10 @@ class QueueClient:
         )
         return list(out.get("Messages", []))
 
+    def send(self, message: TaskMessage) -> None:
+        """A fresh message for a task the adapter hands back (a stop must not use up one of its receives)."""
+        self.sqs.send_message(QueueUrl=self.url, MessageBody=message.encode())
+
     def delete(self, message: dict[str, Any]) -> None:
         self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
 
@@ -75,12 +79,15 @@ def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, 
     failed = 0
     for message in out.get("Messages", []):
         try:
-            task_id = TaskMessage.parse(message["Body"]).task_id
+            parsed = TaskMessage.parse(message["Body"])
         except MalformedMessage:
             continue
+        task_id = parsed.task_id
         with logs.task_scope(task_id):
             item = store.get(task_id)
             if item is None or item.terminal:
+                continue
+            if not parsed.is_current_for(item):  # a stale or duplicate copy: the task's own message is elsewhere
                 continue
             if item.status is TaskStatus.RUNNING and (item.heartbeat_at or 0) > now_ms() - stale_after_ms:
                 continue  # someone is still heartbeating it

@@ -16,7 +16,6 @@ from typing import Any
 
 from core import logs
 
-
 log = logging.getLogger("adapter.rollout")
 
 # Distinct from a crash (1) and a clean stop (0), so the journal says why the unit restarted. EX_TEMPFAIL.

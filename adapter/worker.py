@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from core import logs
 from core.message import MalformedMessage, TaskMessage
-from core.store import TaskStore, TransitionRejected
+from core.store import Claimed, TaskStore, TransitionRejected
 from core.task_types import Registry, TaskTypeError
-from core.tasks import TaskRecord, TaskStatus, now_ms
+from core.tasks import TaskRecord, TaskStatus, new_enqueue_id, now_ms
 
 from .config import AdapterConfig
 from .heartbeat import Heartbeat
@@ -58,7 +58,13 @@ class Worker:
         self.store = store
         self.registry = registry
         self.queue = QueueClient(sqs, config.queue_url, config.dlq_url)
-        self.runner = Runner(s3=s3, bucket=config.bucket, work_dir=config.work_dir, stop_grace_s=config.stop_grace_s)
+        self.runner = Runner(
+            s3=s3,
+            bucket=config.bucket,
+            work_dir=config.work_dir,
+            stop_grace_s=config.stop_grace_s,
+            job_user=config.job_user or "",
+        )
         self.autostop = autostop
         self.rollout = None
         if ssm is not None and config.bundle_param and config.running_bundle:
@@ -85,6 +91,7 @@ class Worker:
             max_receives=self.config.retry.max_receives,
             rollout=self.rollout is not None,
         )
+        self.runner.report_isolation()  # says so at start when jobs could reach the instance's credentials
         while not self.stopping.is_set():
             code = self.turn()
             if code is not None:
@@ -137,23 +144,23 @@ class Worker:
     # -- one message ---------------------------------------------------------------------------------------------
     def handle(self, message: dict[str, Any]) -> None:
         try:
-            task_id = TaskMessage.parse(message.get("Body", "")).task_id
+            parsed = TaskMessage.parse(message.get("Body", ""))
         except MalformedMessage as poison:
             logs.event(
                 log, "poison_message", logging.WARNING, reason=poison.reason, message_id=message.get("MessageId")
             )
             self.queue.to_dlq(message, poison.reason)
             return
-        with logs.task_scope(task_id):
+        with logs.task_scope(parsed.task_id):
             try:
-                self._handle(task_id, message)
+                self._handle(parsed, message)
             except Exception:
                 # The loop must survive anything. The message comes back after its visibility timeout; if we held
                 # the task, its heartbeat has stopped, so the next receive may take it over.
                 logs.event(log, "handle_error", logging.ERROR, exc=True)
 
-    def _handle(self, task_id: str, message: dict[str, Any]) -> None:
-        held = self.claim(task_id, message)
+    def _handle(self, parsed: TaskMessage, message: dict[str, Any]) -> None:
+        held = self.claim(parsed, message)
         if held is None:
             return
         logs.event(log, "claimed", attempt=held.attempts, receive_count=receive_count(message), type=held.type)
@@ -176,30 +183,56 @@ class Worker:
             control=control,
         ):
             try:
-                result = self.runner.run(task_id, task_type, params, control)
+                result = self.runner.run(held.task_id, task_type, params, control)
+                if result.outcome is AttemptOutcome.SUCCEEDED and result.result_uri and result.uploaded:
+                    # The completion marker, once the outputs are in S3: a worker that takes this task over after a
+                    # crash from here on settles it SUCCEEDED with them instead of running the job again. An attempt
+                    # that uploaded nothing goes straight to the finish (one write fewer for short tasks).
+                    held = self.store.mark_completed(held, result.result_uri)
+            except TransitionRejected:
+                result = Attempt(AttemptOutcome.INTERRUPTED, interrupted="lost")
             except Exception as err:
                 logs.event(log, "attempt_error", logging.ERROR, exc=True)
                 result = Attempt(AttemptOutcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
         self.settle(held, message, result, control)
 
-    def claim(self, task_id: str, message: dict[str, Any]) -> TaskRecord | None:
+    def claim(self, parsed: TaskMessage, message: dict[str, Any]) -> TaskRecord | None:
         """The claimed record, or None when this message must not run (and has been dealt with)."""
+        stale_after_ms = self.config.stale_after_ms
         for first in (True, False):
             try:
-                return self.store.claim(
-                    task_id, worker=self.config.worker_id, stale_after_ms=self.config.stale_after_ms
+                claimed = self.store.claim(
+                    parsed.task_id,
+                    worker=self.config.worker_id,
+                    stale_after_ms=stale_after_ms,
+                    enqueue_id=parsed.enqueue_id,
                 )
             except TransitionRejected as rejected:
                 item = rejected.item
+            else:
+                return self._taken(claimed, message)
             if item is None:
                 self.queue.to_dlq(message, "names no known task")
+                return None
+            if not parsed.is_current_for(item):  # a duplicate or superseded copy: the current message runs it
+                logs.event(log, "stale_message_deleted", enqueue_id=parsed.enqueue_id, current=item.enqueue_id)
+                self.queue.delete(message)
                 return None
             if item.terminal:  # duplicate delivery, or cancelled while queued: never run twice
                 logs.event(log, "skipped_terminal", status=item.status.value, receive_count=receive_count(message))
                 self.queue.delete(message)
                 return None
+            stale_in_ms = (item.heartbeat_at or 0) + stale_after_ms - now_ms()
+            if item.cancel_requested and (item.status is TaskStatus.QUEUED or stale_in_ms < 0):
+                # The cancel was accepted, then its worker went away: the cancel stands, the task does not run.
+                try:
+                    self.store.end_cancelled(parsed.task_id, stale_after_ms=stale_after_ms)
+                except TransitionRejected:
+                    continue  # it moved meanwhile: look again
+                logs.event(log, "cancelled_unrun", attempt=item.attempts)
+                self.queue.delete(message)
+                return None
             if item.status is TaskStatus.RUNNING:
-                stale_in_ms = (item.heartbeat_at or 0) + self.config.stale_after_ms - now_ms()
                 # A holder that died right after its claim looks fresh for the few ms between SQS handing the
                 # message out and the claim's write; wait those out instead of burning a receive.
                 if first and stale_in_ms <= self.config.claim_grace_s * 1000:
@@ -212,6 +245,23 @@ class Worker:
                 return None
             # QUEUED yet rejected: it was requeued between our calls; the second try sees it
         return None
+
+    def _taken(self, claimed: Claimed, message: dict[str, Any]) -> TaskRecord | None:
+        """After a successful claim: settle a task whose dead worker had already completed it; say why a takeover
+        used up an attempt."""
+        held, before = claimed.held, claimed.before
+        if claimed.completed_before:
+            self.store.finish(held, TaskStatus.SUCCEEDED, result_uri=before.result_uri)
+            self.queue.delete(message)
+            logs.event(log, "settled_from_marker", attempt=held.attempts, completed_attempt=before.completed_attempt)
+            return None
+        if claimed.takeover:
+            why = (
+                f"attempt {before.attempts} on {before.worker} stopped heartbeating; attempt {held.attempts} took over"
+            )
+            self.store.note_takeover(held, why)
+            logs.event(log, "took_over", logging.WARNING, previous_attempt=before.attempts, holder=before.worker)
+        return held
 
     def settle(self, held: TaskRecord, message: dict[str, Any], result: Attempt, control: Control) -> None:
         """Record the attempt's outcome on the item (fenced by the held attempt), then decide the message's fate."""
@@ -229,8 +279,7 @@ class Worker:
                 self.queue.delete(message)
                 logs.event(log, "cancelled", attempt=attempt)
             elif result.interrupted == "stopping":
-                stopped = f"the instance stopped during attempt {attempt} (receive {count})"
-                self._hand_back(held, message, count, stopped, now=True)
+                self._hand_back_on_stop(held, message, f"the instance stopped during attempt {attempt}")
             elif self.config.retry.is_last(count):
                 self.store.finish(held, TaskStatus.FAILED, error=result.error)
                 logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
@@ -248,7 +297,9 @@ class Worker:
                 holder_attempt=current.attempts if current else None,
             )
 
-    def _hand_back(self, held: TaskRecord, message: dict[str, Any], count: int, error: str | None, *, now: bool) -> None:
+    def _hand_back(
+        self, held: TaskRecord, message: dict[str, Any], count: int, error: str | None, *, now: bool
+    ) -> None:
         """RUNNING -> QUEUED and make the message visible: at once (instance stopping) or after the retry delay."""
         item = self.store.requeue(held, error=error)
         if item.cancel_requested:  # a cancel landed during the attempt: honour it instead of retrying
@@ -256,9 +307,6 @@ class Worker:
             self.queue.delete(message)
             logs.event(log, "cancelled", attempt=held.attempts)
             return
-        # A stop on the last receive still uses that receive up: SQS moves the message to the DLQ on the next receive
-        # and the DLQ sweep fails the task with this error. Re-sending a fresh message would keep the retry, but the
-        # GPU role deliberately cannot send tasks (least privilege), so the user resubmits that rare task.
         self.queue.set_visibility(message, 0 if now else self.config.retry.delay_s(count))
         logs.event(
             log,
@@ -269,3 +317,23 @@ class Worker:
             reason="instance stopping" if now else "retry",
             error=error,
         )
+
+    def _hand_back_on_stop(self, held: TaskRecord, message: dict[str, Any], error: str) -> None:
+        """A stop is never the task's fault, so it must not use up one of the message's receives (maxReceiveCount
+        counts failures): send a fresh message, make it the task's current one in the requeue, then delete the old.
+        A crash between the steps leaves a stale copy (deleted unrun) or the old message (taken over): never two
+        runs, never a lost task. If the send fails, the old message is handed back instead and its receive is used."""
+        fresh = TaskMessage(held.task_id, new_enqueue_id())
+        try:
+            self.queue.send(fresh)
+        except Exception as err:
+            logs.event(log, "resend_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
+            self._hand_back(held, message, receive_count(message), error, now=True)
+            return
+        item = self.store.requeue(held, error=error, enqueue_id=fresh.enqueue_id)
+        self.queue.delete(message)
+        if item.cancel_requested:  # a cancel landed during the attempt: the fresh message finds it CANCELLED
+            self.store.cancel(held.task_id)
+            logs.event(log, "cancelled", attempt=held.attempts)
+            return
+        logs.event(log, "requeued", attempt=held.attempts, reason="instance stopping", error=error)

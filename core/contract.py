@@ -131,7 +131,7 @@ STOPPING_WAIT_SECONDS = setting(
     "STOPPING_WAIT_SECONDS", _number, 40.0, "how long the Lambda waits for a stopping instance to start it"
 )
 
-# -- the adapter ---------------------------------------------------------------------------------------------------------
+# -- the adapter -------------------------------------------------------------------------------------------------------
 VISIBILITY_TIMEOUT = setting(
     "VISIBILITY_TIMEOUT", _integer, None, "override of the queue's VisibilityTimeout (default: read from the queue)"
 )
@@ -168,7 +168,7 @@ GPU_START_DEADLINE_S = setting(
 )
 ORCHESTRATOR_URL = setting("ORCHESTRATOR_URL", _text, None, "the CLI's orchestrator base URL")
 
-# -- what a job sees (the runner sets these for every attempt) -----------------------------------------------------------
+# -- what a job sees (the runner sets these for every attempt) ---------------------------------------------------------
 JOB_TASK_ID, JOB_INPUT_DIR, JOB_OUTPUT_DIR = "TASK_ID", "INPUT_DIR", "OUTPUT_DIR"
 JOB_PASSED_ENV = ("PATH", "HOME", "LANG")  # also from the adapter's env; nothing else of it reaches a job
 JOB_PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_")  # the GPU's: CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, ...
@@ -219,6 +219,7 @@ ADAPTER = (
     ROLLOUT_CHECK_SECONDS,
     DLQ_SWEEP_SECONDS,
     ADAPTER_POWEROFF,
+    JOB_USER,
 )
 ORCHESTRATOR = (
     TASK_QUEUE_URL,

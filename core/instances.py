@@ -91,7 +91,7 @@ class ChangeResult:
 
     def to_log(self) -> dict[str, str]:
         if self.refused:
-            return {"instance_id": self.instance_id, "error": self.refused, "note": "left for a later run"}
+            return {"instance_id": self.instance_id, "error": self.refused, "note": "left for the next scheduled run"}
         return {"instance_id": self.instance_id, "from": str(self.previous), "to": str(self.current)}
 
 

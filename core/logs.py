@@ -37,10 +37,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-class _Stdout(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time of each line (a Lambda's runtime, or a test, may swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 
@@ -49,15 +49,19 @@ class _Stdout(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def setup(level: str = "INFO", **static_fields: Any) -> None:
-    """JSON lines on stdout for the whole process; `static_fields` (e.g. worker=...) go on every line."""
+def setup(level: str = "INFO", *, loggers: tuple[str, ...] = ("",), **static_fields: Any) -> None:
+    """JSON lines on stdout for `loggers` ("": the whole process, as the adapter wants); `static_fields` (e.g.
+    worker=...) go on every line. A program that shares its process (the Lambda runtime; tests) names its own
+    loggers instead, which then stop passing their lines on to the root's handlers."""
     _static.clear()
     _static.update(static_fields)
     handler = _Stdout()
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = name == ""
     # botocore's own debug chatter is not JSON and not ours
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)

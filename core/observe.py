@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import TERMINAL, TaskStatus
-
 from .idle import Observation, Policy
 from .instances import read_instances
+from .tasks import TERMINAL, TaskStatus
 
 QUEUE_ATTRIBUTES = (
     "ApproximateNumberOfMessages",

@@ -11,7 +11,9 @@ every transition returns a `TaskRecord`. boto3 only: it ships in the adapter bun
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -24,6 +26,7 @@ from .tasks import (
     TaskStatus,
     from_dynamo,
     marker_key,
+    new_enqueue_id,
     new_task_id,
     now_ms,
     to_dynamo,
@@ -41,6 +44,21 @@ class TransitionRejected(Exception):
         self.item = item
         current = item.status.value if item else "absent"
         super().__init__(f"task {task_id}: cannot {wanted} (status is {current})")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    held: TaskRecord  # the attempt this worker now holds
+    before: TaskRecord  # the item as it was: RUNNING here means a dead worker's attempt was taken over
+
+    @property
+    def takeover(self) -> bool:
+        return self.before.status is TaskStatus.RUNNING
+
+    @property
+    def completed_before(self) -> bool:
+        """The taken-over attempt had finished its job and uploaded its outputs (its completion marker)."""
+        return self.takeover and self.before.completed_attempt == self.before.attempts
 
 
 class TaskStore:
@@ -94,6 +112,8 @@ class TaskStore:
             updated_at=at,
             attempts=0,
             idempotency_key=idempotency_key,
+            enqueue_id=new_enqueue_id(),
+            enqueue_claimed_at=at,
             ttl=at // 1000 + RESULT_TTL_SECONDS,
         )
         item = to_dynamo(record.to_item())
@@ -130,25 +150,67 @@ class TaskStore:
         marker = self.table.get_item(Key={"task_id": marker_key(key)}, ConsistentRead=True).get("Item")
         return self.get(str(marker["ref"])) if marker else None
 
-    def mark_enqueued(self, task_id: str) -> None:
-        """Record that the task's message was sent (a retried submit re-sends when this is missing)."""
-        self.table.update_item(
-            Key={"task_id": task_id},
-            UpdateExpression="SET enqueued_at = :t",
-            ExpressionAttributeValues={":t": now_ms()},
-        )
-
-    def claim(self, task_id: str, *, worker: str, stale_after_ms: int, at_ms: int | None = None) -> TaskRecord:
-        """QUEUED -> RUNNING, or take over a RUNNING task whose heartbeat is older than `stale_after_ms`
-        (its worker died). Returns the new record; its `attempts` is this worker's fencing token."""
+    def claim_enqueue(self, task_id: str, *, lease_ms: int, at_ms: int | None = None) -> TaskRecord:
+        """Take the right to send the task's message: a new `enqueue_id`, only while the task is QUEUED, unsent, and
+        nobody else holds the right (or their lease of `lease_ms` ran out: that sender died). A message carrying an
+        older enqueue_id is then a stale copy, which the adapter deletes unrun."""
         at = now_ms() if at_ms is None else at_ms
         return self._update(
             task_id,
+            "claim the enqueue",
+            "SET enqueue_id = :e, enqueue_claimed_at = :t",
+            "#s = :queued AND attribute_not_exists(enqueued_at) AND "
+            "(attribute_not_exists(enqueue_claimed_at) OR enqueue_claimed_at < :expired)",
+            {":e": new_enqueue_id(), ":t": at, ":queued": TaskStatus.QUEUED.value, ":expired": at - lease_ms},
+        )
+
+    def release_enqueue(self, task: TaskRecord) -> None:
+        """The send failed: let the next request claim the enqueue at once instead of after the lease."""
+        self._write(
+            task.task_id,
+            "release the enqueue",
+            update="REMOVE enqueue_claimed_at",
+            condition="enqueue_id = :e",
+            values={":e": task.enqueue_id},
+            returns="NONE",
+        )
+
+    def mark_enqueued(self, task: TaskRecord) -> None:
+        """Record that the message of this enqueue_id was sent (a retried submit re-sends while this is missing)."""
+        self._write(
+            task.task_id,
+            "mark enqueued",
+            update="SET enqueued_at = :t",
+            condition="enqueue_id = :e",
+            values={":t": now_ms(), ":e": task.enqueue_id},
+            returns="NONE",
+        )
+
+    def claim(
+        self,
+        task_id: str,
+        *,
+        worker: str,
+        stale_after_ms: int,
+        enqueue_id: str | None = None,
+        at_ms: int | None = None,
+    ) -> Claimed:
+        """QUEUED -> RUNNING, or take over a RUNNING task whose heartbeat is older than `stale_after_ms` (its worker
+        died). Never a task with a cancel requested (`end_cancelled` settles those), and with `enqueue_id` (the
+        message's) only for the task's current message. Returns the new record, whose `attempts` is this worker's
+        fencing token, and what the item held before (a takeover, a completion marker)."""
+        at = now_ms() if at_ms is None else at_ms
+        current = "" if enqueue_id is None else " AND (attribute_not_exists(enqueue_id) OR enqueue_id = :eid)"
+        extra = {} if enqueue_id is None else {":eid": enqueue_id}
+        out = self._write(
+            task_id,
             "claim",
-            "SET #s = :running, attempts = if_not_exists(attempts, :zero) + :one, worker = :w, started_at = :t, "
-            "heartbeat_at = :t, updated_at = :t REMOVE cancel_requested",
-            "(#s = :queued) OR (#s = :running AND heartbeat_at < :stale)",
-            {
+            update="SET #s = :running, attempts = if_not_exists(attempts, :zero) + :one, worker = :w, "
+            "started_at = :t, heartbeat_at = :t, updated_at = :t",
+            condition="attribute_not_exists(cancel_requested) AND "
+            "((#s = :queued) OR (#s = :running AND heartbeat_at < :stale))" + current,
+            values={
+                **extra,
                 ":running": TaskStatus.RUNNING.value,
                 ":queued": TaskStatus.QUEUED.value,
                 ":zero": 0,
@@ -157,7 +219,45 @@ class TaskStore:
                 ":t": at,
                 ":stale": at - stale_after_ms,
             },
+            returns="ALL_OLD",  # the new record follows from the old one; the old one tells a takeover apart
         )
+        before = TaskRecord.from_item(out["Attributes"])
+        held = before.evolve(
+            status=TaskStatus.RUNNING,
+            attempts=before.attempts + 1,
+            worker=worker,
+            started_at=at,
+            heartbeat_at=at,
+            updated_at=at,
+        )
+        return Claimed(held, before)
+
+    def end_cancelled(self, task_id: str, *, stale_after_ms: int) -> TaskRecord:
+        """A task whose cancel was accepted but whose worker is gone (QUEUED again, or RUNNING with a stale
+        heartbeat) ends CANCELLED without running again."""
+        at = now_ms()
+        return self._update(
+            task_id,
+            "end as cancelled",
+            "SET #s = :cancelled, finished_at = :t, updated_at = :t REMOVE worker",
+            "cancel_requested = :yes AND (#s = :queued OR (#s = :running AND heartbeat_at < :stale))",
+            {
+                ":cancelled": TaskStatus.CANCELLED.value,
+                ":queued": TaskStatus.QUEUED.value,
+                ":running": TaskStatus.RUNNING.value,
+                ":yes": True,
+                ":t": at,
+                ":stale": at - stale_after_ms,
+            },
+        )
+
+    def mark_completed(self, held: TaskRecord, result_uri: str) -> TaskRecord:
+        """The completion marker: the held attempt's job exited 0 and its outputs are uploaded under `result_uri`.
+        A worker that takes the task over after a crash finds it and settles SUCCEEDED without running the job
+        again."""
+        changes = {"completed_attempt": held.attempts, "result_uri": result_uri}
+        self._set(held, "mark completed", changes)
+        return held.evolve(**changes)
 
     def heartbeat(self, held: TaskRecord, *, at_ms: int | None = None) -> TaskRecord:
         """Refresh heartbeat_at for the attempt we hold; the returned record tells us whether a cancel was asked."""
@@ -193,16 +293,27 @@ class TaskStore:
         self._set(held, f"finish as {status.value}", changes)
         return held.evolve(**changes)
 
-    def requeue(self, held: TaskRecord, *, error: str | None = None) -> TaskRecord:
-        """RUNNING -> QUEUED for the attempt we hold (a retryable failure, or the instance is stopping)."""
-        sets = "SET #s = :queued, updated_at = :t REMOVE worker, heartbeat_at"
-        values: dict[str, Any] = {**_held_values(held), ":queued": TaskStatus.QUEUED.value, ":t": now_ms()}
+    def requeue(self, held: TaskRecord, *, error: str | None = None, enqueue_id: str | None = None) -> TaskRecord:
+        """RUNNING -> QUEUED for the attempt we hold (a retryable failure, or the instance is stopping). With
+        `enqueue_id`, the caller has sent a fresh message of that id: it becomes the task's current one (and the
+        message this attempt came from a stale copy)."""
+        at = now_ms()
+        sets = ["#s = :queued", "updated_at = :t"]
+        values: dict[str, Any] = {**_held_values(held), ":queued": TaskStatus.QUEUED.value, ":t": at}
         names: dict[str, str] = {}
         if error is not None:
-            sets = "SET #s = :queued, updated_at = :t, #e = :e REMOVE worker, heartbeat_at"
+            sets.append("#e = :e")
             values[":e"] = error[:ERROR_MAX_CHARS]
             names["#e"] = "error"
-        return self._update(held.task_id, "requeue", sets, _HELD, values, names=names)
+        if enqueue_id is not None:
+            sets += ["enqueue_id = :eid", "enqueued_at = :t"]
+            values[":eid"] = enqueue_id
+        update = "SET " + ", ".join(sets) + " REMOVE worker, heartbeat_at"
+        return self._update(held.task_id, "requeue", update, _HELD, values, names=names)
+
+    def note_takeover(self, held: TaskRecord, error: str) -> None:
+        """Say on the item why an attempt was used up by a worker that died (it counts as one of the task's tries)."""
+        self._set(held, "note the takeover", {"error": error[:ERROR_MAX_CHARS]})
 
     def fail_unclaimed(self, task_id: str, *, error: str) -> TaskRecord:
         """QUEUED|RUNNING -> FAILED without holding it: the message went to the DLQ path (poison, out of retries)."""
@@ -264,27 +375,18 @@ class TaskStore:
             returns="NONE",
         )
 
-    def _update(
-        self,
-        task_id: str,
-        wanted: str,
-        update: str,
-        condition: str,
-        values: dict[str, Any],
-        *,
-        names: dict[str, str] | None = None,
-    ) -> TaskRecord:
-        out = self._write(task_id, wanted, update=update, condition=condition, names=names, values=values)
-        return TaskRecord.from_item(out["Attributes"])
+    def _update(self, *args: Any, **kwargs: Any) -> TaskRecord:
+        """`_write` (same arguments) asking for the new item, as a record."""
+        return TaskRecord.from_item(self._write(*args, **kwargs)["Attributes"])
 
     def _write(
         self,
         task_id: str,
         wanted: str,
-        *,
         update: str,
         condition: str,
         values: dict[str, Any],
+        *,
         names: dict[str, str] | None = None,
         returns: str = "ALL_NEW",
     ) -> dict[str, Any]:
@@ -294,7 +396,7 @@ class TaskStore:
                     Key={"task_id": task_id},
                     UpdateExpression=update,
                     ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
-                    ExpressionAttributeNames={"#s": "status", **(names or {})},
+                    ExpressionAttributeNames=_used_names(update + condition, {"#s": "status", **(names or {})}),
                     ExpressionAttributeValues=to_dynamo(values),
                     ReturnValues=returns,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -309,6 +411,12 @@ class TaskStore:
 
 # The fence every write of a held attempt carries: still RUNNING, still ours, still this attempt.
 _HELD = "#s = :running AND worker = :w AND attempts = :a"
+
+
+def _used_names(expressions: str, names: dict[str, str]) -> dict[str, str]:
+    """DynamoDB refuses ExpressionAttributeNames an expression does not use."""
+    used = set(re.findall(r"#\w+", expressions))
+    return {k: v for k, v in names.items() if k in used}
 
 
 def _held_values(held: TaskRecord) -> dict[str, Any]:

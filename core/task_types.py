@@ -3,7 +3,10 @@
 `task_types.json` ships in the adapter bundle; the orchestrator loads the same file to reject bad submissions before
 they are queued, and the adapter validates again before running (the queue is not a trust boundary: anything with
 sqs:SendMessage could have written the message). Params become whole, separate argv items - never a shell string -
-so a value like `; rm -rf /` is one harmless argument.
+so a value like `; rm -rf /` is one harmless argument. A string param without a `pattern` may not start with `-`
+(it would be an option to the command) unless it says `"allow_leading_dash": true` (the default for http types,
+whose params are JSON fields). Every param value must be storable in DynamoDB: UTF-8 text, numbers within its range
+and 38 digits. At load, a param named like a builtin and an argv placeholder that names nothing are errors.
 
 Stdlib only: this ships to the instance and is imported by the orchestrator.
 """
@@ -15,6 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +31,11 @@ DEFAULT_MAX_LENGTH = 4096  # a string param without max_length still may not be 
 BUILTINS = ("python", "workloads")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# What a DynamoDB number can hold (params are stored in the task item): magnitudes outside this range, or more
+# significant digits than this, fail the write long after the request was accepted.
+DYNAMO_MIN = Decimal("1E-130")
+DYNAMO_MAX = Decimal("9.9999999999999999999999999999999999999E+125")
+DYNAMO_DIGITS = 38
 
 
 class TaskTypeError(ValueError):
@@ -57,6 +66,9 @@ class ParamSpec:
     max: float | None = None
     max_length: int | None = None
     s3_input: bool = False  # a key under inputs/ that the adapter downloads; the command sees the local path
+    # Without a pattern, a value starting with '-' is refused: as an argv item it would be read as an option
+    # (`--output=/etc/x`). A type whose command takes such values, or whose params never reach argv, says so.
+    allow_leading_dash: bool = False
 
     def check(self, value: Any) -> str | None:
         """None when `value` fits, else a reason."""
@@ -70,8 +82,14 @@ class ParamSpec:
                 return f"{self.name}: longer than {limit}"
             if "\x00" in value:
                 return f"{self.name}: contains NUL"  # cannot be an argv item
-            if self.pattern is not None and not re.fullmatch(self.pattern, value):
-                return f"{self.name}: does not match {self.pattern}"
+            bad_at = _not_utf8_at(value)
+            if bad_at is not None:  # DynamoDB, SQS and argv all need UTF-8; a lone surrogate has none
+                return f"{self.name}: not valid UTF-8 text (lone surrogate at character {bad_at})"
+            if self.pattern is not None:
+                if not re.fullmatch(self.pattern, value):
+                    return f"{self.name}: does not match {self.pattern}"
+            elif value.startswith("-") and not self.allow_leading_dash:
+                return f"{self.name}: may not start with '-' (it would be read as an option)"
             return None
         # bool is an int subclass in Python; JSON true is not a number
         numeric = (int,) if self.type == "integer" else (int, float)
@@ -83,7 +101,32 @@ class ParamSpec:
             return f"{self.name}: below minimum {self.min:g}"
         if self.max is not None and value > self.max:
             return f"{self.name}: above maximum {self.max:g}"
+        return _dynamo_number_problem(self.name, value)
+
+
+def _not_utf8_at(text: str) -> int | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
+def _dynamo_number_problem(name: str, value: int | float) -> str | None:
+    # Checked on the decimal text DynamoDB would get: str() of a float (as the store writes it), the int itself.
+    if isinstance(value, int) and abs(value) > 10 ** (DYNAMO_DIGITS * 4):
+        return f"{name}: too large for DynamoDB (at most {DYNAMO_MAX:E} in magnitude)"  # spares huge-int work
+    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    if number.is_zero():
         return None
+    if abs(number) < DYNAMO_MIN:
+        return f"{name}: too small for DynamoDB (non-zero numbers are at least {DYNAMO_MIN:E} in magnitude)"
+    if abs(number) > DYNAMO_MAX:
+        return f"{name}: too large for DynamoDB (at most {DYNAMO_MAX:E} in magnitude)"
+    # An int's trailing zeros count: boto3 will not round 10**40 to 38 digits, it refuses the write.
+    if len(number.as_tuple().digits) > DYNAMO_DIGITS:
+        return f"{name}: more than {DYNAMO_DIGITS} significant digits (DynamoDB's precision)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -172,17 +215,22 @@ def _parse_type(name: str, raw: Any) -> TaskType:
     timeout = raw.get("timeout_s")
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise bad("timeout_s must be a positive integer")
-    params = {p: _parse_param(name, p, spec) for p, spec in (raw.get("params") or {}).items()}
+    params = {p: _parse_param(name, kind, p, spec) for p, spec in (raw.get("params") or {}).items()}
     if kind == "command":
         argv = raw.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise bad("a command type needs argv: a non-empty list of strings")
-        for item in argv:
-            for ref in _PLACEHOLDER.findall(item):
+        for index, item in enumerate(argv):
+            for found in _PLACEHOLDER.finditer(item):
+                ref = found.group(1)
                 if ref in BUILTINS:
                     continue
                 if ref not in params:
-                    raise bad(f"argv names undeclared param {ref!r}")
+                    # argv_for would fail on it at run time, on the instance: say exactly where it is now
+                    raise bad(
+                        f"argv names undeclared param {ref!r} (argv[{index}] {item!r}, offset {found.start()}); "
+                        f"declare it or use a builtin {BUILTINS}"
+                    )
                 if item != "{" + ref + "}":
                     raise bad(f"param {ref!r} must be a whole argv item, not part of {item!r}")
                 if not params[ref].required:
@@ -195,12 +243,19 @@ def _parse_type(name: str, raw: Any) -> TaskType:
     return TaskType(name, kind, str(raw.get("description", "")), params, timeout, url=url)
 
 
-def _parse_param(type_name: str, name: str, raw: Any) -> ParamSpec:
+def _parse_param(type_name: str, kind: str, name: str, raw: Any) -> ParamSpec:
     def bad(why: str) -> RegistryError:
         return RegistryError(f"task type {type_name!r}, param {name!r}: {why}")
 
+    if name in BUILTINS:
+        # `{python}` in argv would be the param's value (a whole item) or the builtin (inside an item)
+        raise bad(f"a param may not be named like a builtin placeholder {BUILTINS}")
     if not isinstance(raw, dict) or raw.get("type") not in PARAM_TYPES:
         raise bad(f"type must be one of {PARAM_TYPES}")
+    # An http type's params are JSON fields of the request it sends, never argv items: no option to confuse.
+    allow_leading_dash = raw.get("allow_leading_dash", kind == "http")
+    if not isinstance(allow_leading_dash, bool):
+        raise bad("allow_leading_dash must be true or false")
     pattern = raw.get("pattern")
     if pattern is not None:
         try:
@@ -216,6 +271,7 @@ def _parse_param(type_name: str, name: str, raw: Any) -> ParamSpec:
         max=raw.get("max"),
         max_length=raw.get("max_length"),
         s3_input=bool(raw.get("s3_input", False)),
+        allow_leading_dash=allow_leading_dash,
     )
     if spec.s3_input and (spec.type != "string" or not spec.pattern or not spec.pattern.startswith("inputs/")):
         raise bad("an s3_input param must be a string whose pattern starts with 'inputs/'")

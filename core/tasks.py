@@ -56,6 +56,12 @@ def new_task_id(at_ms: int | None = None) -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+def new_enqueue_id() -> str:
+    """The identity of one sending of a task's message: a message whose id is not the item's current one is a
+    stale or duplicate copy."""
+    return secrets.token_hex(8)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -94,7 +100,8 @@ class TaskRecord:
     updated_at: int | None = None
     attempts: int = 0
     enqueued_at: int | None = None
-    enqueue_id: str | None = None  # the identity of the task's current queue message
+    enqueue_id: str | None = None  # the identity of the task's current queue message (core.message)
+    enqueue_claimed_at: int | None = None  # when a sender took the right to send that message
     started_at: int | None = None
     heartbeat_at: int | None = None
     finished_at: int | None = None

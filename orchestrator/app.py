@@ -1,5 +1,6 @@
 """The HTTP service. `create_app(settings, clients)` builds it (tests inject moto-bound clients);
-`app_from_env()` is the factory uvicorn runs in the container (`uvicorn --factory orchestrator.app:app_from_env`)."""
+`app_from_env()` is the factory uvicorn runs in the container (`uvicorn --factory orchestrator.app:app_from_env`).
+The docs pages load Swagger UI / ReDoc from the service itself (fastapi-offline), so they work with no network."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from fastapi_offline import FastAPIOffline
 
 from core import logs
 from core.store import TaskStore
 from core.tasks import TaskStatus
 
 from .gpu import GpuStarter
-from .http_guards import BearerAuth, BodyLimit
+from .http_guards import DOCS_ASSETS, BearerAuth, BodyLimit
 from .registry import registry_validator
-from .schemas import ErrorBody, Health, SubmitRequest, Task, TaskPage
+from .schemas import ErrorBody, Health, Live, SubmitRequest, Task, TaskPage
 from .service import ApiError, TaskService, Validator
 from .settings import Clients, Settings
 
@@ -48,7 +51,10 @@ def service_of(request: Request) -> TaskService:
 
 
 Service = Annotated[TaskService, Depends(service_of)]
-routes = APIRouter()
+# BearerAuth (middleware) enforces the token; this only declares it in the OpenAPI document, on every route here.
+bearer = HTTPBearer(scheme_name="bearer", description="the ORCHESTRATOR_TOKEN value", auto_error=False)
+routes = APIRouter(dependencies=[Depends(bearer)])
+public = APIRouter()  # no token: listed in BearerAuth.OPEN_PATHS
 
 
 @routes.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
@@ -86,19 +92,32 @@ def cancel_task(task_id: str, service: Service) -> dict[str, Any]:
 
 @routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 def healthz(service: Service) -> JSONResponse:
+    """Reads the queues and the GPU state: 503 when AWS cannot be read or an instance id is unknown."""
     ok, report = service.health()
     return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
 
 
+@public.get("/livez", response_model=Live)
+def livez() -> dict[str, bool]:
+    """The process answers HTTP. No token and no AWS call: for load balancer and container liveness checks."""
+    return {"ok": True}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    # A message may quote the request (a param name, a field): one with a lone surrogate cannot be encoded as
+    # UTF-8, and the refusal would become a 500. Escape such characters instead.
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": code, "message": safe}, status_code=status)
+
+
 async def api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+    return error_response(exc.status, exc.code, exc.message)
 
 
 async def bad_request(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    status, code, message = _validation_message(exc)
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+    return error_response(*_validation_message(exc))
 
 
 def create_app(settings: Settings, clients: Clients, *, validate: Validator | None = None) -> FastAPI:
@@ -111,11 +130,12 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         finally:
             starter.close()  # stop the `stopping` retry thread; the shutdown Lambda remains the backstop
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="GPU task orchestrator",
         version="1",
         lifespan=lifespan,
         description="Queue GPU tasks of registered types; the GPU instance starts when work arrives.",
+        static_url=DOCS_ASSETS,
     )
     app.state.service = TaskService(
         store=TaskStore(clients.table, status_index=settings.status_index),
@@ -131,6 +151,7 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, bad_request)
     app.include_router(routes)
+    app.include_router(public)
     # Added last = outermost: the token is checked before a body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuth, token=settings.token if not settings.insecure else None)

@@ -117,7 +117,13 @@ class GpuStarter:
             states = self.describe()
             todo = plan(states)
             for instance_id in todo.broken:
-                logs.event(log, "gpu_instance_unusable", logging.ERROR, instance_id=instance_id, state=states[instance_id].value)
+                logs.event(
+                    log,
+                    "gpu_instance_unusable",
+                    logging.ERROR,
+                    instance_id=instance_id,
+                    state=states[instance_id].value,
+                )
             if todo.start:
                 step = "start"
                 self._start(todo.start, states)
@@ -129,7 +135,7 @@ class GpuStarter:
     def _start(self, instance_ids: list[str], states: dict[str, InstanceState]) -> None:
         for result in change_state(self.ec2, Change.START, instance_ids):
             if result.refused is None:
-                states[result.instance_id] = InstanceState(result.current)
+                states[result.instance_id] = InstanceState(result.current or InstanceState.UNKNOWN)
                 logs.event(log, "gpu_start_requested", instance_id=result.instance_id, state=result.current)
             else:
                 # Described as stopped, but it is mid-transition again (or gone): treat as stopping and retry.

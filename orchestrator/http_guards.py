@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+DOCS_ASSETS = "/docs-assets"  # where the app serves the docs pages' JS, CSS and icon (no CDN)
+
 
 async def _send_json(
     send: Send,
@@ -83,17 +85,25 @@ class BodyLimit:
 
 
 class BearerAuth:
-    """Every path but the API docs needs `Authorization: Bearer <token>`, compared in constant time.
+    """Every path but the API docs (pages, their assets, /openapi.json) and /livez needs
+    `Authorization: Bearer <token>`, compared in constant time.
     `token=None` is the explicit insecure local mode (Settings refuses it unless asked for)."""
 
-    OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+    OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/livez"})
+
+    @classmethod
+    def is_open(cls, path: str) -> bool:
+        if path in cls.OPEN_PATHS:
+            return True
+        # The assets are static files; no dot segment, so the prefix can never stand for another route.
+        return path.startswith(DOCS_ASSETS + "/") and ".." not in path.split("/")
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.token is None or scope["path"] in self.OPEN_PATHS:
+        if scope["type"] != "http" or self.token is None or self.is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

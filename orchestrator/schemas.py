@@ -59,6 +59,10 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class Live(BaseModel):
+    ok: bool
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -1,13 +1,17 @@
 """What the HTTP handlers do, without HTTP: submit, read, list, cancel, health.
 
 Crash safety of submit (write, then send, then mark):
-1. The item is written QUEUED first (with an idempotency key: item + `idem#<key>` marker in one transaction).
-2. The task's message (core.message) is sent. If the send fails, the caller gets 503 and
+1. The item is written QUEUED first (with an idempotency key: item + `idem#<key>` marker in one transaction),
+   holding the identity of its first message (`enqueue_id`) and, with it, the right to send it.
+2. The task's message (core.message, carrying that enqueue_id) is sent. If the send fails, the caller gets 503 and
    - without a key, the task is marked FAILED at once (nobody could ever re-send it, so it must not sit QUEUED);
-   - with a key, it stays QUEUED without `enqueued_at`: repeating the request with the same key re-sends.
-3. `enqueued_at` is recorded. If that write fails the task is still queued; a repeat with the key re-sends, and the
-   duplicate message is harmless because the adapter's claim is a conditional write (only one claim wins).
-A process crash between 1 and 2 leaves a keyed task for the same retry; the CLI always sends a key for this reason.
+   - with a key, the right to send is released and the task stays QUEUED without `enqueued_at`: repeating the
+     request with the same key sends it.
+3. `enqueued_at` is recorded.
+A repeat that finds the task QUEUED without `enqueued_at` takes the right to send (a conditional write, so of two
+racing repeats exactly one sends) unless another request holds it and its lease (ENQUEUE_LEASE_MS) has not run out:
+then it answers 503 `enqueue_in_progress` and a later repeat settles it. Taking the right gives the task a new
+enqueue_id, so a message the previous holder may still have sent is a stale copy the adapter deletes unrun.
 A repeat whose task already has `enqueued_at` (or has moved on) enqueues nothing and returns the first task.
 """
 
@@ -34,6 +38,7 @@ from .gpu import GpuStarter
 
 log = logging.getLogger("orchestrator.service")
 AwsError = (ClientError, BotoCoreError)
+ENQUEUE_LEASE_MS = 30_000  # a request that took the right to send and went silent this long has died
 TASK_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # a ULID; also keeps `idem#...` marker items out of reach
 
 # Given (type, params), returns the params to store (normalized) or raises InvalidTask.
@@ -67,7 +72,7 @@ def decode_cursor(raw: str, status: TaskStatus) -> dict[str, Any]:
     """A cursor is the GSI's LastEvaluatedKey; accept only that shape, for the status being listed."""
     try:
         key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: deeply nested JSON
         raise ApiError(400, "bad_cursor", "cursor is not one this service returned") from None
     if (
         not isinstance(key, dict)
@@ -77,6 +82,8 @@ def decode_cursor(raw: str, status: TaskStatus) -> dict[str, Any]:
         or key["status"] != status.value
         or not isinstance(key["created_at"], int)
         or isinstance(key["created_at"], bool)
+        # epoch ms are far inside 1e38; past DynamoDB's 38 digits the query fails in boto3 (a decimal error)
+        or not -(10**38) < key["created_at"] < 10**38
     ):
         raise ApiError(400, "bad_cursor", "cursor is not one this service returned for this status")
     return key
@@ -89,23 +96,16 @@ class Submitted:
     gpu: dict[str, str]
 
 
+@dataclass(frozen=True, kw_only=True)
 class TaskService:
-    def __init__(
-        self,
-        *,
-        store: TaskStore,
-        sqs: Any,
-        queue_url: str,
-        dlq_url: str,
-        starter: GpuStarter,
-        validate: Validator,
-    ) -> None:
-        self.store = store
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.dlq_url = dlq_url
-        self.starter = starter
-        self.validate = validate
+    """The handlers' logic over injected clients: `sqs` a boto3 SQS client, `store` over the task table."""
+
+    store: TaskStore
+    sqs: Any
+    queue_url: str
+    dlq_url: str
+    starter: GpuStarter
+    validate: Validator
 
     def submit(self, task_type: str, params: Mapping[str, Any], idempotency_key: str | None) -> Submitted:
         try:
@@ -133,7 +133,19 @@ class TaskService:
                 f"idempotency_key was already used for a different request (task {task.task_id})",
             )
         if task.status is TaskStatus.QUEUED and task.enqueued_at is None:
-            # The first request wrote the task but its send failed or it crashed before marking: send it now.
+            # The first request's send failed, or it crashed, or it is sending right now: take over only if not.
+            try:
+                task = self.store.claim_enqueue(task.task_id, lease_ms=ENQUEUE_LEASE_MS)
+            except TransitionRejected as busy:
+                now = busy.item or task
+                if now.status is TaskStatus.QUEUED and now.enqueued_at is None:
+                    raise ApiError(
+                        503, "enqueue_in_progress", f"task {task.task_id} is being queued by another request; retry"
+                    ) from None
+                return Submitted(task_view(now), True, {})
+            except AwsError as err:
+                logs.event(log, "claim_enqueue_failed", logging.ERROR, task_id=task.task_id, error=str(err))
+                raise ApiError(503, "store_unavailable", "could not read the task; retry") from None
             self._enqueue(task, keyed=True)
             return Submitted(task_view(task), True, self._start_gpu())
         return Submitted(task_view(task), True, {})
@@ -141,10 +153,15 @@ class TaskService:
     def _enqueue(self, task: TaskRecord, *, keyed: bool) -> None:
         task_id = task.task_id
         try:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=TaskMessage(task_id).encode())
+            body = TaskMessage(task_id, task.enqueue_id).encode()
+            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
         except AwsError as err:
             logs.event(log, "enqueue_failed", logging.ERROR, task_id=task_id, error=str(err))
             if keyed:
+                try:
+                    self.store.release_enqueue(task)
+                except (TransitionRejected, *AwsError) as release_err:  # the lease then runs out by itself
+                    logs.event(log, "release_enqueue_failed", logging.WARNING, task_id=task_id, error=str(release_err))
                 raise ApiError(
                     503,
                     "enqueue_failed",
@@ -157,8 +174,10 @@ class TaskService:
                 logs.event(log, "mark_failed_failed", logging.ERROR, task_id=task_id, error=str(fail_err))
             raise ApiError(503, "enqueue_failed", f"task {task_id} could not be queued and was marked FAILED") from None
         try:
-            self.store.mark_enqueued(task_id)
-        except AwsError as err:  # queued all the same; a keyed repeat would re-send, which the claim makes harmless
+            self.store.mark_enqueued(task)
+        except (TransitionRejected, *AwsError) as err:
+            # Queued all the same. A keyed repeat after the lease re-sends under a new enqueue_id, which makes this
+            # message a stale copy: the task still runs once, from the newer message.
             logs.event(log, "mark_enqueued_failed", logging.WARNING, task_id=task_id, error=str(err))
         logs.event(log, "task_enqueued", task_id=task_id, type=task.type)
 
@@ -166,20 +185,33 @@ class TaskService:
         return {k: v.value for k, v in self.starter.ensure_started().items()}
 
     def get(self, task_id: str) -> dict[str, Any]:
-        item = self.store.get(task_id) if TASK_ID.match(task_id) else None
+        if not TASK_ID.match(task_id):
+            raise ApiError(404, "not_found", f"no task {task_id}")
+        try:
+            item = self.store.get(task_id)
+        except AwsError as err:
+            logs.event(log, "task_read_failed", logging.ERROR, task_id=task_id, error=str(err))
+            raise ApiError(503, "store_unavailable", f"could not read task {task_id}; retry") from None
         if item is None:
             raise ApiError(404, "not_found", f"no task {task_id}")
         return task_view(item)
 
     def list(self, status: TaskStatus, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         start = decode_cursor(cursor, status) if cursor else None
-        page = self.store.list_by_status(status, limit=limit, cursor=start)
+        try:
+            page = self.store.list_by_status(status, limit=limit, cursor=start)
+        except AwsError as err:
+            logs.event(log, "task_list_failed", logging.ERROR, status=status.value, error=str(err))
+            raise ApiError(503, "store_unavailable", "could not list tasks; retry") from None
         return [task_view(i) for i in page.items], encode_cursor(page.cursor)
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         self.get(task_id)  # 404 for ids that do not exist (and for marker items)
         try:
             return task_view(self.store.cancel(task_id))
+        except AwsError as err:
+            logs.event(log, "task_cancel_failed", logging.ERROR, task_id=task_id, error=str(err))
+            raise ApiError(503, "store_unavailable", f"could not cancel task {task_id}; retry") from None
         except TransitionRejected as rejected:
             item = rejected.item
             if item is not None and item.status is TaskStatus.CANCELLED:

@@ -98,7 +98,9 @@ def store_for(aws: Any) -> TaskStore:
 
 def submit(aws: Any, store: TaskStore, task_type: str, params: dict[str, Any]) -> str:
     item = store.create(task_type=task_type, params=params)
-    aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody=TaskMessage(item.task_id).encode())
+    aws.client("sqs").send_message(
+        QueueUrl=aws.queue_url, MessageBody=TaskMessage(item.task_id, item.enqueue_id).encode()
+    )
     return str(item.task_id)
 
 

@@ -94,7 +94,7 @@ def fresh(world: World) -> World:
     table = aws.resource("dynamodb").Table(aws.table_name)
     with table.batch_writer() as batch:
         for item in table.scan(ProjectionExpression="task_id")["Items"]:
-            batch.delete_item(Key={"task_id": item.task_id})
+            batch.delete_item(Key={"task_id": item["task_id"]})
     aws.client("ec2").stop_instances(InstanceIds=aws.instance_ids)
     return world
 

@@ -1,5 +1,10 @@
 """Rollout: adapter/deploy/install.sh against the moto server (SSM parameters + bundle in the artifacts bucket), the
-adapter started from what it installed noticing a newer bundle, and the systemd unit agreeing with the code."""
+adapter started from what it installed noticing a newer bundle, the job user and its metadata firewall rules, and the
+systemd unit agreeing with the code.
+
+install.sh always runs with stubs of the system commands it may call (id, useradd, iptables, ip6tables) first on
+PATH: they record their calls and keep their state in the test's tmp dir, so no test creates a real user or touches
+the host's firewall."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Any
 
 import tests._adapter_support as support
 from adapter.config import from_env
+from adapter.procs import METADATA_ADDRESSES, JobUser, metadata_block_rule
 from adapter.rollout import EXIT_NEW_BUNDLE
 from tests._adapter_support import REPO, worker_env
 
@@ -27,10 +33,11 @@ UNIT = REPO / "adapter" / "deploy" / "gpu-adapter.service"
 
 
 def bundle_zip(marker: str) -> bytes:
-    """adapter/ and functions/ at the zip root, as the stacks package them; `marker` makes each bundle distinct."""
+    """adapter/, core/ and functions/ at the zip root (the adapter imports core); `marker` makes each bundle
+    distinct."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for package in ("adapter", "functions"):
+        for package in ("adapter", "core", "functions"):
             for path in sorted((REPO / package).rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts:
                     zf.write(path, path.relative_to(REPO).as_posix())
@@ -47,16 +54,56 @@ def publish(aws: Any, prefix: str, data: bytes, *, name_hash: str | None = None)
     return uri
 
 
-def install(aws: Any, prefix: str, root: Path) -> subprocess.CompletedProcess[str]:
+# A stand-in for each system command install.sh may call: records its argv in $STUB_STATE/calls and keeps the users
+# it "created" and the rules it "added" in $STUB_STATE, so a second run sees what the first one did.
+STUB = """#!{python}
+import json, os, sys
+state = os.environ["STUB_STATE"]
+name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+with open(os.path.join(state, "calls"), "a") as fh:
+    fh.write(json.dumps([name, *args]) + "\\n")
+def lines(path):
+    return open(path).read().splitlines() if os.path.exists(path) else []
+users = os.path.join(state, "users")
+if name == "id":
+    sys.exit(0 if args[-1] in lines(users) else 1)
+if name == "useradd":
+    open(users, "a").write(args[-1] + "\\n")
+    sys.exit(0)
+if os.environ.get("STUB_FIREWALL_FAILS"):
+    sys.stderr.write(name + " v1.8.8 (nf_tables): Could not fetch rule set generation id: Permission denied\\n")
+    sys.exit(4)
+rules, (op, rule) = os.path.join(state, name + ".rules"), (args[2], " ".join(args[3:]))  # after -w 5
+if op == "-C":
+    sys.exit(0 if rule in lines(rules) else 1)
+open(rules, "a").write(rule + "\\n")
+"""
+STUBBED = ("id", "useradd", "iptables", "ip6tables")
+
+
+def install(aws: Any, prefix: str, root: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    state = root / "stub"
+    if not state.is_dir():
+        (state / "bin").mkdir(parents=True)
+        for name in STUBBED:
+            (state / "bin" / name).write_text(STUB.format(python=sys.executable))
+            (state / "bin" / name).chmod(0o755)
     env = {
         **aws.env(),
-        "PATH": os.environ["PATH"],
+        "PATH": f"{state / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "STUB_STATE": str(state),
         "PYTHON": sys.executable,
         "ADAPTER_SSM_PREFIX": prefix,
         "ADAPTER_ROOT": str(root / "opt"),
         "ADAPTER_ENV_FILE": str(root / "etc" / "adapter.env"),
+        **extra,
     }
     return subprocess.run(["bash", str(INSTALL)], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def stub_calls(root: Path) -> list[list[str]]:
+    calls = root / "stub" / "calls"
+    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -110,6 +157,55 @@ def test_install_flip_and_the_running_adapter_notices_a_new_bundle(aws: Any, tmp
     assert (current / "adapter" / "RELEASE").read_text() == "two"
     assert read_env_file(tmp_path / "etc" / "adapter.env")["ADAPTER_BUNDLE_URI"] == second
     assert len(list((opt / "releases").iterdir())) == 2  # the previous release stays for a quick rollback
+    assert stub_calls(tmp_path) == []  # no JOB_USER: no user, no firewall rule
+
+
+def publish_good(aws: Any, name: str) -> str:
+    prefix = f"/gpu-orchestrator/{name}-{aws.queue_url.rsplit('-', 1)[-1]}/adapter"
+    aws.client("ssm").put_parameter(Name=f"{prefix}/config", Value="{}", Type="String")
+    publish(aws, prefix, bundle_zip(name))
+    return prefix
+
+
+def test_install_creates_the_job_user_and_blocks_its_metadata_access_once(aws: Any, tmp_path: Path) -> None:
+    prefix = publish_good(aws, "jobuser")
+    done = install(aws, prefix, tmp_path, JOB_USER="gpu-job")
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = stub_calls(tmp_path)
+    useradd = [call for call in calls if call[0] == "useradd"]
+    assert len(useradd) == 1 and useradd[0][-1] == "gpu-job"
+    assert {"--system", "--no-create-home"} <= set(useradd[0])
+    user = JobUser("gpu-job", 0, 0, "/nonexistent")  # the adapter's check of the same rules (uid unused)
+    expected = []
+    for tool, address in METADATA_ADDRESSES:
+        rule = metadata_block_rule(user, address)
+        expected += [[tool, "-w", "5", "-C", *rule], [tool, "-w", "5", "-I", *rule]]
+    assert [call for call in calls if call[0] != "useradd" and call[0] != "id"] == expected
+    assert "job_metadata_block_missing" not in done.stdout
+    assert (tmp_path / "opt" / "current" / ".installed").is_file()
+
+    again = install(aws, prefix, tmp_path, JOB_USER="gpu-job")  # every boot runs it: nothing added twice
+    assert again.returncode == 0, again.stdout + again.stderr
+    later = stub_calls(tmp_path)[len(calls) :]
+    assert not [call for call in later if call[0] == "useradd" or "-I" in call]
+    assert [call for call in later if "-C" in call] == [call for call in expected if "-C" in call]
+
+
+def test_install_says_so_when_the_metadata_rules_cannot_be_added(aws: Any, tmp_path: Path) -> None:
+    prefix = publish_good(aws, "nofirewall")
+    done = install(aws, prefix, tmp_path, JOB_USER="gpu-job", STUB_FIREWALL_FAILS="1")
+    assert done.returncode == 0, done.stdout + done.stderr  # the adapter still installs, and reports it at start
+    lines = [json.loads(line) for line in done.stdout.splitlines() if "job_metadata_block_missing" in line]
+    assert [line["tool"] for line in lines] == [tool for tool, _ in METADATA_ADDRESSES]
+    assert all(line["job_user"] == "gpu-job" and "Permission denied" in line["error"] for line in lines)
+    assert (tmp_path / "opt" / "current" / ".installed").is_file()
+
+
+def test_install_refuses_a_job_user_name_it_cannot_pass_safely(aws: Any, tmp_path: Path) -> None:
+    prefix = publish_good(aws, "badname")
+    done = install(aws, prefix, tmp_path, JOB_USER="gpu job;x")
+    assert done.returncode != 0 and "JOB_USER" in done.stdout + done.stderr
+    assert stub_calls(tmp_path) == []
 
 
 def test_a_bundle_whose_hash_does_not_match_is_refused(aws: Any, tmp_path: Path) -> None:
@@ -137,6 +233,8 @@ def test_unit_file_matches_the_adapter() -> None:
     assert "Environment=ADAPTER_PYTHON=python3" in UNIT.read_text()
     assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "always"
     assert service["SuccessExitStatus"] == str(EXIT_NEW_BUNDLE)
+    # Jobs run as the unprivileged user install.sh (ExecStartPre, same environment) creates and firewalls.
+    assert "Environment=JOB_USER=gpu-job" in UNIT.read_text()
     config = from_env(
         {"TASK_QUEUE_URL": "q", "TASK_DLQ_URL": "d", "TASK_TABLE_NAME": "t", "ARTIFACTS_BUCKET": "b"},
         queue_visibility_s=300,

@@ -127,6 +127,6 @@ def test_poison_bodies(body: str, reason: str) -> None:
 
 
 def test_message_round_trips_and_reads_version_0() -> None:
-    assert TaskMessage.parse(TaskMessage("01ABC").encode()) == TaskMessage("01ABC", 1)
+    assert TaskMessage.parse(TaskMessage("01ABC", "e1").encode()) == TaskMessage("01ABC", "e1", version=1)
     # as queued before the version field existed: still read, so a rollout strands nothing
-    assert TaskMessage.parse('{"task_id": "01ABC", "type": "noop"}') == TaskMessage("01ABC", 0)
+    assert TaskMessage.parse('{"task_id": "01ABC", "type": "noop"}') == TaskMessage("01ABC", None, version=0)

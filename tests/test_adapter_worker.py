@@ -13,10 +13,11 @@ import pytest
 import tests._adapter_support as support
 from adapter.__main__ import build
 from adapter.autostop import AutoStop
-from core.store import TaskStore
 from adapter.queue import sweep_dlq
 from adapter.rollout import EXIT_NEW_BUNDLE
 from adapter.worker import Worker
+from core.message import TaskMessage
+from core.store import TaskStore
 from tests._adapter_support import (
     alive,
     inference_server,
@@ -295,33 +296,30 @@ def test_sigterm_during_a_task_hands_it_back(aws: Any, store: TaskStore, make_wo
     assert worker.run() == 0  # the loop does not start another turn once stopping
 
 
-def test_stop_on_the_last_receive_ends_failed_with_a_clear_error_and_sends_nothing(
-    aws: Any, store: TaskStore, make_worker: Any
-) -> None:
-    """The GPU role cannot send to the task queue, so a stop during the last attempt cannot buy a fresh receive
-    count: SQS moves the message to the DLQ and the sweep says why the task failed."""
+def test_stops_never_use_up_retries(aws: Any, store: TaskStore, make_worker: Any) -> None:
+    """The instance stopping more often than maxReceiveCount leaves the task QUEUED with a fresh message each time:
+    a stop is never the task's fault. (Before: the third stop made it FAILED.)"""
     sqs = aws.client("sqs")
     task_id = submit(aws, store, "sleep", {"seconds": 60, "exit_code": 0})
-    for _ in range(aws.max_receive_count - 1):  # earlier receives whose workers let the message go
-        (message,) = sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=1)["Messages"]
-        sqs.change_message_visibility(
-            QueueUrl=aws.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-        )
-    worker = make_worker()
-    turn = threading.Thread(target=worker.turn)
-    turn.start()
-    try:
-        wait_for("the last attempt to run", lambda: worker.runner.current_pgid)
-        worker.request_stop()
-    finally:
-        turn.join(timeout=20)
-    item = store.get(task_id)
-    assert item.status == "QUEUED" and "instance stopped during attempt 1" in item.error  # type: ignore[index]
-    assert sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0).get("Messages", []) == []  # SQS moved it
-    assert queue_counts(aws, aws.dlq_url)[0] == 1
-    assert sweep_dlq(store, sqs, aws.dlq_url, stale_after_ms=1000, hide_s=30) == 1
-    failed = store.get(task_id)
-    assert failed.status == "FAILED" and "instance stopped during attempt 1" in failed.error  # type: ignore
+    for stop in range(1, aws.max_receive_count + 2):
+        worker = make_worker()
+        turn = threading.Thread(target=worker.turn)
+        turn.start()
+        try:
+            wait_for(f"attempt {stop} to run", lambda: worker.runner.current_pgid)  # noqa: B023
+            worker.request_stop()
+        finally:
+            turn.join(timeout=20)
+        item = store.get(task_id)
+        assert item is not None and item.status == "QUEUED" and item.attempts == stop
+        assert f"instance stopped during attempt {stop}" in str(item.error)
+    (message,) = sqs.receive_message(
+        QueueUrl=aws.queue_url, WaitTimeSeconds=1, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert message["Attributes"]["ApproximateReceiveCount"] == "1"  # the current message is a fresh one
+    assert TaskMessage.parse(message["Body"]).enqueue_id == store.get(task_id).enqueue_id  # type: ignore[union-attr]
+    assert queue_counts(aws, aws.dlq_url)[0] == 0
+    assert sweep_dlq(store, sqs, aws.dlq_url, stale_after_ms=1000, hide_s=30) == 0
 
 
 def test_only_the_systemd_unit_opts_in_to_powering_the_host_off(aws: Any, tmp_path: Path) -> None:

@@ -75,9 +75,7 @@ def test_submit_status_and_json_output(service: dict[str, str]) -> None:
 
 
 def test_list_all_pages_and_cancel(service: dict[str, str], local_aws: Any) -> None:
-    ids = [
-        store(local_aws).create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i).task_id for i in range(5)
-    ]
+    ids = [store(local_aws).create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i).task_id for i in range(5)]
     listed = cli(service, "list", "--status", "QUEUED", "--limit", "2", "--all")
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()] == list(reversed(ids))
@@ -90,7 +88,7 @@ def test_list_all_pages_and_cancel(service: dict[str, str], local_aws: Any) -> N
 def test_wait_shows_progress_and_exits_0_on_success(service: dict[str, str], local_aws: Any) -> None:
     tasks = store(local_aws)
     task_id = tasks.create(task_type="noop", params={}).task_id
-    claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000)
+    claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000).held
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "wait", task_id, "--interval", "0.05", "--timeout", "60"],
         env=service,
@@ -131,7 +129,7 @@ def test_wait_exit_codes_for_timeout_cancel_and_failure(service: dict[str, str],
             got = sqs.receive_message(QueueUrl=local_aws.queue_url, WaitTimeSeconds=0).get("Messages", [])
             for msg in got:
                 task_id = json.loads(msg["Body"])["task_id"]
-                claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000)
+                claimed = tasks.claim(task_id, worker="gpu-1", stale_after_ms=60_000).held
                 tasks.finish(claimed, TaskStatus.FAILED, error="exit code 3")
                 sqs.delete_message(QueueUrl=local_aws.queue_url, ReceiptHandle=msg["ReceiptHandle"])
             stop.wait(0.05)

@@ -83,8 +83,8 @@ def test_adapter_installs_and_runs_tasks_end_to_end_with_its_own_role(
 
     for task_id in (digest, slow):
         item = fresh.item(task_id)
-        assert item.status == "SUCCEEDED", item
-        assert item.result_uri == f"s3://{aws.bucket}/results/{task_id}/"
+        assert item["status"] == "SUCCEEDED", item
+        assert item["result_uri"] == f"s3://{aws.bucket}/results/{task_id}/"
         keys = {
             o["Key"]
             for o in aws.client("s3").list_objects_v2(Bucket=aws.bucket, Prefix=f"results/{task_id}/")["Contents"]
@@ -98,7 +98,7 @@ def test_adapter_installs_and_runs_tasks_end_to_end_with_its_own_role(
 
 
 def test_adapter_autostop_checks_run_with_its_own_role(fresh: World) -> None:
-    from adapter.autostop import AutoStop, Outcome
+    from adapter.autostop import AutoStop, AutoStopOutcome
 
     ticks = iter(range(0, 10_000, 100))
     powered_off: list[bool] = []
@@ -110,13 +110,13 @@ def test_adapter_autostop_checks_run_with_its_own_role(fresh: World) -> None:
         clock=lambda: float(next(ticks)),
     )
     result = stop.maybe_stop()  # GetQueueAttributes + Query on the status index, then the OS poweroff
-    assert result.outcome == Outcome.POWERED_OFF, result
+    assert result.outcome == AutoStopOutcome.POWERED_OFF, result
     assert powered_off == [True]
 
 
 def test_adapter_dlq_path_with_its_own_role(fresh: World, tmp_path: Path) -> None:
-    from core.store import TaskStore
     from adapter.queue import sweep_dlq
+    from core.store import TaskStore
 
     aws = fresh.aws
     aws.client("sqs").send_message(QueueUrl=aws.queue_url, MessageBody="not json")
@@ -185,7 +185,12 @@ REFUSALS: dict[tuple[str, str], Callable[[World, Callable[[str], Any]], Any]] = 
     ("adapter", "start its instance"): lambda w, c: c("ec2").start_instances(InstanceIds=_gpu(w)),
     ("adapter", "stop its instance"): lambda w, c: c("ec2").stop_instances(InstanceIds=_gpu(w)),
     ("adapter", "describe instances"): lambda w, c: c("ec2").describe_instances(InstanceIds=_gpu(w)),
-    ("adapter", "send a task"): lambda w, c: c("sqs").send_message(QueueUrl=w.aws.queue_url, MessageBody="{}"),
+    # The adapter may send to the task queue (a stop hands its task back with a fresh message); a message alone runs
+    # nothing, since the task item is the authority and the adapter cannot create or requeue items it does not hold
+    # ("create a task" below). Any other queue stays out of reach.
+    ("adapter", "send to another queue"): lambda w, c: c("sqs").send_message(
+        QueueUrl=w.aws.queue_url.rsplit("/", 1)[0] + "/shutdown-gpu-lambda-dlq-local", MessageBody="{}"
+    ),
     ("adapter", "overwrite an adapter bundle"): lambda w, c: c("s3").put_object(
         Bucket=w.aws.bucket, Key="adapter/adapter-0000000000000000.zip", Body=b"x"
     ),

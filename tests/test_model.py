@@ -39,7 +39,7 @@ def test_create_then_get_round_trips_numbers(store: TaskStore) -> None:
 
 def test_claim_is_exclusive_and_counts_attempts(store: TaskStore) -> None:
     task_id = new(store)
-    item = store.claim(task_id, worker="a", stale_after_ms=60_000)
+    item = store.claim(task_id, worker="a", stale_after_ms=60_000).held
     assert item.status == "RUNNING" and item.attempts == 1 and item.worker == "a"
     with pytest.raises(TransitionRejected) as rejected:
         store.claim(task_id, worker="b", stale_after_ms=60_000)
@@ -48,10 +48,10 @@ def test_claim_is_exclusive_and_counts_attempts(store: TaskStore) -> None:
 
 def test_stale_holder_is_taken_over_and_fenced_out(store: TaskStore) -> None:
     task_id = new(store)
-    first = store.claim(task_id, worker="a", stale_after_ms=1000, at_ms=10_000)
+    first = store.claim(task_id, worker="a", stale_after_ms=1000, at_ms=10_000).held
     with pytest.raises(TransitionRejected):  # heartbeat 999 ms old: still fresh
         store.claim(task_id, worker="b", stale_after_ms=1000, at_ms=10_999)
-    taken = store.claim(task_id, worker="b", stale_after_ms=1000, at_ms=11_001)
+    taken = store.claim(task_id, worker="b", stale_after_ms=1000, at_ms=11_001).held
     assert taken.attempts == 2 and taken.worker == "b"
     # The presumed-dead worker wakes up: it can neither heartbeat nor finish attempt 1.
     with pytest.raises(TransitionRejected):
@@ -65,7 +65,7 @@ def test_stale_holder_is_taken_over_and_fenced_out(store: TaskStore) -> None:
 
 def test_finish_needs_a_terminal_status_and_happens_once(store: TaskStore) -> None:
     task_id = new(store)
-    held = store.claim(task_id, worker="a", stale_after_ms=60_000)
+    held = store.claim(task_id, worker="a", stale_after_ms=60_000).held
     with pytest.raises(ValueError):
         store.finish(held, TaskStatus.QUEUED)
     store.finish(held, TaskStatus.FAILED, error="boom")
@@ -76,11 +76,11 @@ def test_finish_needs_a_terminal_status_and_happens_once(store: TaskStore) -> No
 
 def test_requeue_returns_the_task_to_the_queue(store: TaskStore) -> None:
     task_id = new(store)
-    held = store.claim(task_id, worker="a", stale_after_ms=60_000)
+    held = store.claim(task_id, worker="a", stale_after_ms=60_000).held
     item = store.requeue(held, error="exit code 1")
     assert item.status == "QUEUED" and item.worker is None and item.heartbeat_at is None
     assert item.error == "exit code 1" and item.attempts == 1
-    assert store.claim(task_id, worker="b", stale_after_ms=60_000).attempts == 2
+    assert store.claim(task_id, worker="b", stale_after_ms=60_000).held.attempts == 2
 
 
 def test_cancel_queued_is_immediate_running_is_a_request(store: TaskStore) -> None:
@@ -88,7 +88,7 @@ def test_cancel_queued_is_immediate_running_is_a_request(store: TaskStore) -> No
     assert store.cancel(queued).status == "CANCELLED"
     with pytest.raises(TransitionRejected):
         store.claim(queued, worker="a", stale_after_ms=60_000)  # a cancelled task never runs
-    held = store.claim(running, worker="a", stale_after_ms=60_000)
+    held = store.claim(running, worker="a", stale_after_ms=60_000).held
     asked = store.cancel(running)
     assert asked.status == "RUNNING" and asked.cancel_requested is True
     assert store.heartbeat(held).cancel_requested is True  # the adapter sees it

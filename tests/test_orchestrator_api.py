@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from core.contract import SettingError
 from core.store import TaskStore, TransitionRejected
 from core.tasks import TaskStatus
 from orchestrator.app import create_app
 from orchestrator.server import serve_in_thread
-from core.contract import SettingError
 from orchestrator.settings import Clients, Settings
 
 TOKEN = "test-token-0123456789"
@@ -64,9 +64,9 @@ def test_submit_queues_task_sends_message_starts_gpu_and_is_idempotent(api: http
     assert resp.status_code == 202, resp.text
     task = resp.json()
     assert task["status"] == "QUEUED" and task["type"] == "matmul" and task["params"] == {"size": 64, "repeat": 2}
-    assert messages(local_aws) == [{"v": 1, "task_id": task["task_id"]}]
     stored = store(local_aws).get(task["task_id"])
     assert stored is not None and stored.status == "QUEUED" and stored.enqueued_at >= stored.created_at
+    assert messages(local_aws) == [{"v": 1, "task_id": task["task_id"], "enqueue_id": stored.enqueue_id}]
     assert gpu_state(local_aws) == "running"
     assert api.get(f"/tasks/{task['task_id']}").json()["enqueued_at"] == stored.enqueued_at
 
@@ -76,7 +76,7 @@ def test_submit_queues_task_sends_message_starts_gpu_and_is_idempotent(api: http
     assert first.status_code == again.status_code == 202
     assert again.json()["task_id"] == first.json()["task_id"]
     assert again.headers.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first.headers
-    assert messages(local_aws) == [{"v": 1, "task_id": first.json()["task_id"]}]  # one message, not two
+    assert [m["task_id"] for m in messages(local_aws)] == [first.json()["task_id"]]  # one message, not two
     conflict = api.post("/tasks", json={**body, "params": {"seconds": 2, "exit_code": 0}})
     assert conflict.status_code == 409 and first.json()["task_id"] in conflict.json()["message"]
     assert messages(local_aws) == []
@@ -161,7 +161,7 @@ def test_cancel_queued_and_running_tasks(api: httpx.Client, local_aws: Any) -> N
     assert api.post(f"/tasks/{queued}/cancel").json()["status"] == "CANCELLED"  # twice is fine
 
     running_id = api.post("/tasks", json={"type": "noop"}).json()["task_id"]
-    claimed = store(local_aws).claim(running_id, worker="gpu-1", stale_after_ms=60_000)
+    claimed = store(local_aws).claim(running_id, worker="gpu-1", stale_after_ms=60_000).held
     resp = api.post(f"/tasks/{running_id}/cancel")
     assert resp.status_code == 200
     assert resp.json()["status"] == "RUNNING" and resp.json()["cancel_requested"] is True

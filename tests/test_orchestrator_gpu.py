@@ -12,8 +12,8 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from orchestrator.app import create_app
 from core.instances import InstanceState
+from orchestrator.app import create_app
 from orchestrator.gpu import GpuStarter, StartRetry
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings

@@ -60,8 +60,9 @@ def test_send_failure_with_key_is_repaired_by_repeating_the_request(local_aws: A
     app = make_app(local_aws)
     repaired = post(app, body)
     assert repaired.status_code == 202 and repaired.json()["task_id"] == task["task_id"]
-    assert queued(local_aws) == [{"v": 1, "task_id": task["task_id"]}]
+    sent = queued(local_aws)
     [task] = tasks(local_aws)
+    assert sent == [{"v": 1, "task_id": task["task_id"], "enqueue_id": task["enqueue_id"]}]  # its current message
     assert "enqueued_at" in task
     again = post(app, body)  # now marked: a further repeat sends nothing
     assert again.status_code == 202 and queued(local_aws) == []

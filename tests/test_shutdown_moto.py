@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from core.idle import Policy
-from functions.shutdown.handler import ShutdownSettings, handler, run
 from core.observe import Sources, observe
+from functions.shutdown.handler import ShutdownSettings, handler, run
 
 
 @dataclass
@@ -155,7 +155,7 @@ def test_queued_task_with_stopped_instance_is_started(stack: Stack, capsys: pyte
 def test_missing_instance_is_not_an_error(
     stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GPU_INSTANCE_ID", f"i-0000000000000dead, {stack.instance_id}")
+    monkeypatch.setenv("GPU_INSTANCE_IDS", f"i-0000000000000dead, {stack.instance_id}")
     stack.ec2.stop_instances(InstanceIds=[stack.instance_id])
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{}")
     record = invoke(capsys)

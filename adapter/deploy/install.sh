@@ -11,6 +11,19 @@
 # If SSM/S3 cannot be read or the bundle is bad but a release is already installed, it keeps that one and exits 0:
 # the instance keeps serving, and the adapter's rollout check brings the unit back here about once a minute.
 # Needs python3 with boto3 (the adapter's own runtime, $ADAPTER_PYTHON), not the AWS CLI.
+#
+# The job user: with JOB_USER set (the unit sets gpu-job; the adapter reads the same variable and runs every job as
+# that user), it first makes sure that user exists - a system account with no home and no login shell, so nothing a
+# job writes in a home outlives its attempt - and that its packets to the instance metadata service are rejected:
+#     iptables  -I OUTPUT -d 169.254.169.254 -m owner --uid-owner $JOB_USER -j REJECT
+#     ip6tables -I OUTPUT -d fd00:ec2::254   -m owner --uid-owner $JOB_USER -j REJECT
+# The metadata service hands the instance role's credentials to any local process that asks; the adapter needs them,
+# a job must not have them. Rules are not persistent, so every start adds them again; `-C` first keeps that
+# idempotent, and `-I` (not -A) puts them ahead of any ACCEPT already in the chain. The adapter checks the very same
+# rules with `iptables -C` (adapter/procs.py: metadata_block_rule) and logs job_metadata_block_missing at its first
+# attempt if one is absent. Where a rule cannot be added (no iptables - on Amazon Linux 2023 install iptables-nft -,
+# or not root) this logs job_metadata_block_missing and goes on: the adapter still starts, and says so too.
+# A failed useradd fails the start: jobs could not run as a user that does not exist.
 set -euo pipefail
 
 : "${ADAPTER_SSM_PREFIX:?set ADAPTER_SSM_PREFIX (e.g. /gpu-orchestrator/dev/adapter) in /etc/gpu-adapter/install.env}"
@@ -18,6 +31,41 @@ ADAPTER_ROOT="${ADAPTER_ROOT:-/opt/gpu-adapter}"
 ADAPTER_ENV_FILE="${ADAPTER_ENV_FILE:-/etc/gpu-adapter/adapter.env}"
 ADAPTER_KEEP_RELEASES="${ADAPTER_KEEP_RELEASES:-3}"
 PYTHON="${PYTHON:-${ADAPTER_PYTHON:-python3}}"
+JOB_USER="${JOB_USER:-}"
+
+log_line() { # event, then key=value pairs whose values are safe in a JSON string (checked by the callers)
+  local event="$1" fields="" pair
+  shift
+  for pair in "$@"; do fields+=", \"${pair%%=*}\": \"${pair#*=}\""; done
+  printf '{"ts": %s, "logger": "adapter.install", "task_id": null, "event": "%s"%s}\n' "$(date +%s)" "$event" "$fields"
+}
+
+if [[ -n "$JOB_USER" ]]; then
+  # A name useradd accepts and that needs no quoting anywhere (JSON, iptables, the adapter's lookup).
+  if [[ ! "$JOB_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]]; then
+    echo "install.sh: JOB_USER must be a plain user name ([a-z_][a-z0-9_-]*), not '$JOB_USER'" >&2
+    exit 1
+  fi
+  if ! id -u "$JOB_USER" >/dev/null 2>&1; then
+    nologin="$(command -v nologin || echo /bin/false)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell "$nologin" "$JOB_USER"
+    log_line job_user_created job_user="$JOB_USER"
+  fi
+  for pair in iptables=169.254.169.254 ip6tables=fd00:ec2::254; do
+    tool="${pair%%=*}"
+    rule=(OUTPUT -d "${pair#*=}" -m owner --uid-owner "$JOB_USER" -j REJECT)
+    if "$tool" -w 5 -C "${rule[@]}" >/dev/null 2>&1; then
+      continue
+    fi
+    if ! error="$("$tool" -w 5 -I "${rule[@]}" 2>&1)"; then
+      error="${error:-$tool failed}"
+      error="${error##*$'\n'}"         # its last line,
+      error="${error//[^[:print:]]/ }" # printable,
+      error="${error//[\"\\]/}"        # with nothing that would need escaping in JSON
+      log_line job_metadata_block_missing job_user="$JOB_USER" tool="$tool" error="$error"
+    fi
+  done
+fi
 
 mkdir -p "$ADAPTER_ROOT/releases" "$(dirname "$ADAPTER_ENV_FILE")"
 exec "$PYTHON" - "$ADAPTER_ROOT" "$ADAPTER_ENV_FILE" "${ADAPTER_SSM_PREFIX%/}" "$ADAPTER_KEEP_RELEASES" <<'PY'

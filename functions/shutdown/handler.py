@@ -134,7 +134,7 @@ def _trigger(event: Any) -> str | None:
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    logs.setup(c.LOG_LEVEL.read(os.environ))
+    logs.setup(c.LOG_LEVEL.read(os.environ), loggers=(log.name,))  # the runtime owns the root logger
     config = ShutdownSettings.from_env(os.environ)
     boto_cfg = BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
     src = Sources(
