@@ -105,6 +105,27 @@ def test_racing_keyed_submits_send_exactly_one_message(aws: Any) -> None:
     assert len(bodies) == 1, bodies
 
 
+def test_repeats_of_a_keyed_submit_whose_sender_died_send_one_message(aws: Any, store: TaskStore) -> None:
+    """The first request wrote the task and died before sending (long ago: its lease has run out). Concurrent
+    repeats: exactly one takes the right to send (a conditional write), the others send nothing. (Before: every
+    repeat sent.)"""
+    from orchestrator.app import create_app
+    from orchestrator.server import serve_in_thread
+    from orchestrator.settings import Clients, Settings
+
+    body = {"type": "noop", "params": {}, "idempotency_key": "died-1"}
+    task = store.create(task_type="noop", params={}, idempotency_key="died-1", at_ms=1)
+    settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_INSECURE": "1"})
+    table = aws.resource("dynamodb").Table(settings.table_name)
+    app = create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
+    with serve_in_thread(app) as url, ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"{url}/tasks", json=body, timeout=20).status_code, range(6)))
+    assert 202 in codes and set(codes) <= {202, 503}, codes
+    bodies = [json.loads(m["Body"]) for m in messages(aws)]
+    current = store.get(task.task_id)
+    assert current is not None and [b["enqueue_id"] for b in bodies] == [current.enqueue_id]
+
+
 def test_a_completed_attempt_is_settled_not_run_again(aws: Any, store: TaskStore, make_worker: Any) -> None:
     """The adapter died between the job's exit (outputs uploaded, completion marker written) and the settle: the
     takeover settles SUCCEEDED with those results. (Before: the job ran a second time.)"""
