@@ -67,24 +67,24 @@ class LocalAws:
 
     def env(self) -> dict[str, str]:
         """The runtime environment variables (contract names) pointing at this local AWS."""
-        return {
-            **self.credentials,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-            "TASK_QUEUE_URL": self.queue_url,
-            "TASK_DLQ_URL": self.dlq_url,
-            "TASK_TABLE_NAME": self.table_name,
-            "TASK_STATUS_INDEX": self.status_index,
-            "ARTIFACTS_BUCKET": self.bucket,
-            "GPU_INSTANCE_IDS": ",".join(self.instance_ids),
+        names = {
+            contract.AWS_ENDPOINT_URL: self.endpoint_url,
+            contract.AWS_DEFAULT_REGION: self.region,
+            contract.AWS_REGION: self.region,
+            contract.TASK_QUEUE_URL: self.queue_url,
+            contract.TASK_DLQ_URL: self.dlq_url,
+            contract.TASK_TABLE_NAME: self.table_name,
+            contract.TASK_STATUS_INDEX: self.status_index,
+            contract.ARTIFACTS_BUCKET: self.bucket,
+            contract.GPU_INSTANCE_IDS: ",".join(self.instance_ids),
         }
+        return {**self.credentials, **{setting.name: value for setting, value in names.items()}}
 
     def adapter_env(self, work_dir: str | Path) -> dict[str, str]:
         """What `python -m adapter` needs on this machine beside `env()`: a work dir it may write (the default is
         the instance's /var/lib path), and unbuffered output, so its lines reach a log file or pipe as they happen
         (as journald gets them on the instance) rather than when a buffer fills or the process exits."""
-        return {**self.env(), "PYTHONUNBUFFERED": "1", "WORK_DIR": str(work_dir)}
+        return {**self.env(), "PYTHONUNBUFFERED": "1", contract.WORK_DIR.name: str(work_dir)}
 
     def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
         """Created resources of one Terraform type: '<stack>/<type>.<name>' -> attributes."""
