@@ -1,5 +1,8 @@
 """`python -m localaws.authserver`: a moto server on 127.0.0.1 that enforces IAM, with resource-level checks.
 
+Resources, identity-policy conditions and permissions boundaries are evaluated as `localaws.enforce` models them (its
+docstring says exactly what is and is not modelled).
+
 Its own process, because moto reads INITIAL_NO_AUTH_ACTION_COUNT from the environment when it is imported and
 keeps the request count in class state, and because `localaws.enforce` patches moto's response classes: neither
 may leak into the session moto server the other tests share.

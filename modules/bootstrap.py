@@ -1,19 +1,128 @@
-"""The one stack that lives before every other: the environment's Terraform state bucket, and (optionally) the
-GitHub OIDC access that lets the delivery workflows plan and apply without stored keys.
+"""The one stack that lives before every other: the environment's Terraform state bucket, the permissions boundary of
+its runtime roles, and (optionally) the GitHub OIDC access that lets the delivery workflows plan and apply without
+stored keys.
 
 Its own state is local (state/bootstrap/<env>.tfstate): the bucket cannot hold the state of its own creation.
+
+The boundary (`<prefix>-boundary-<env>`, a managed policy) is the most any runtime role of the environment can ever
+do: the union of what the orchestrator, the GPU instance and the shutdown Lambda need, on this environment's
+resources only, and nothing in IAM or STS. Every role the stacks create carries it (modules/stacks.py), and the
+deploy role may write a role only while it does (modules/github_oidc.py), so whatever a merged change puts in a
+role's inline policy stays inside it. Only `make bootstrap` (admin credentials) can change it. The `local`
+environment is never bootstrapped (moto, local state): its roles carry no boundary (`boundary_for`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from cdktf import LocalBackend, TerraformOutput, TerraformStack
+from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from constructs import Construct
 
+from modules import bucket, function, gpu, queue, rollout, table
 from modules.base import aws_provider, local_state_path
 from modules.bucket import PrivateBucket
 from modules.config import EnvironmentConfig
-from modules.github_oidc import GithubDeployAccess
+from modules.github_oidc import (
+    FUNCTION_NAMES,
+    RUNTIME_QUEUES,
+    TABLE_NAMES,
+    GithubDeployAccess,
+    artifacts_buckets,
+)
+from modules.iam import BOUNDARY_PREFIX, Statement, arn, boundary_arn, boundary_name, policy, render
 from modules.layout import BOOTSTRAP
+
+
+def _union(*action_sets: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({a for actions in action_sets for a in actions}))
+
+
+# What the runtime roles are granted (modules/stacks.py builds them from these grant helpers' constants): the
+# boundary allows these actions and no others.
+QUEUE_ACTIONS = _union(
+    queue.SEND_ACTIONS,
+    queue.CONSUME_ACTIONS,
+    queue.READ_DEPTH_ACTIONS,
+    queue.DEAD_LETTER_ACTIONS,
+    function.DEAD_LETTER_ACTIONS,
+)
+TABLE_ACTIONS = _union(table.SUBMIT_ACTIONS, table.WORKER_ACTIONS, table.INDEX_READ_ACTIONS)
+OBJECT_ACTIONS = _union(bucket.READ_ACTIONS, bucket.WRITE_ACTIONS)
+PARAMETER_ACTIONS = _union(rollout.READ_PARAMETER_ACTIONS)
+INSTANCE_ACTIONS = _union(gpu.START_ACTIONS, gpu.STOP_ACTIONS)
+DESCRIBE_ACTIONS = _union(gpu.DESCRIBE_ACTIONS)  # DescribeInstances: "*" only (no resource-level permissions)
+LOG_ACTIONS = _union(function.LOG_ACTIONS)
+INVOKE_ACTIONS = ("lambda:InvokeFunction",)
+# The artifacts bucket encrypts with the aws/s3 managed key, whose key policy lets any principal of the account use
+# it through S3. A boundary also caps what a resource-based policy gives a role (IAM User Guide, "Permissions
+# boundaries for IAM entities": within an account, a resource-based policy granting to a role ARN "is limited by an
+# implicit deny in a permissions boundary"), so the boundary leaves room for the two calls SSE-KMS makes
+# (Amazon S3 User Guide, "Using server-side encryption with AWS KMS keys": PutObject needs kms:GenerateDataKey,
+# GetObject kms:Decrypt), and only through S3 in this region (AWS KMS Developer Guide, kms:ViaService).
+KMS_VIA_S3_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
+# Nothing a runtime role does touches IAM or STS: no role may ever create, change or pass a principal, or mint
+# credentials (an explicit Deny, so no later Allow in the boundary can open it by mistake).
+NEVER = ("iam:*", "sts:*")
+
+
+def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX) -> dict[str, Any]:
+    """The permissions boundary of `config`'s runtime roles, scoped to that environment's exact resources."""
+    where = {"region": config.region, "account": config.account}
+    queues = [arn("sqs", config.name_of(q), **where) for q in RUNTIME_QUEUES]
+    tables = [arn("dynamodb", f"table/{config.name_of(t)}", **where) for t in TABLE_NAMES]
+    artifacts = arn("s3", artifacts_buckets(prefix, config.name, config.account)[0], region="", account="")
+    functions = [arn("lambda", f"function:{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
+    groups = [arn("logs", f"log-group:/aws/lambda/{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
+    return policy(
+        [
+            Statement(QUEUE_ACTIONS, tuple(queues), sid="Queues"),
+            Statement(TABLE_ACTIONS, (*tables, *(f"{t}/index/*" for t in tables)), sid="TaskTable"),
+            Statement(OBJECT_ACTIONS, (f"{artifacts}/*",), sid="ArtifactsObjects"),
+            Statement(
+                KMS_VIA_S3_ACTIONS,
+                (arn("kms", "key/*", **where),),
+                {"StringEquals": {"kms:ViaService": f"s3.{config.region}.amazonaws.com"}},
+                sid="ArtifactsEncryptionViaS3",
+            ),
+            Statement(
+                PARAMETER_ACTIONS, (arn("ssm", f"parameter/{prefix}/{config.name}/*", **where),), sid="Parameters"
+            ),
+            Statement(DESCRIBE_ACTIONS, ("*",), sid="DescribeInstances"),
+            Statement(
+                INSTANCE_ACTIONS,
+                tuple(arn("ec2", f"instance/{i}", **where) for i in config.gpu_instance_ids),
+                sid="GpuInstances",
+            ),
+            Statement(LOG_ACTIONS, (*groups, *(f"{g}:*" for g in groups)), sid="FunctionLogs"),
+            Statement(INVOKE_ACTIONS, tuple(functions), sid="InvokeShutdownFunction"),
+            Statement(NEVER, ("*",), sid="NoIdentityOrCredentials", effect="Deny"),
+        ]
+    )
+
+
+def boundary_for(config: EnvironmentConfig) -> str | None:
+    """The boundary `config`'s runtime roles carry: the one bootstrap made, in every environment that keeps remote
+    state (only those are bootstrapped); None for `local`, which has no bootstrap and so no boundary to name."""
+    if not config.remote_state:
+        return None
+    return boundary_arn(account=config.account, environment=config.name)
+
+
+class RuntimeBoundary(Construct):
+    """The managed policy `boundary_policy(config)`, named `boundary_name(config.name)`; `arn` is its ARN."""
+
+    def __init__(self, scope: Construct, id: str, *, config: EnvironmentConfig) -> None:
+        super().__init__(scope, id)
+        self.policy = IamPolicy(
+            self,
+            "policy",
+            name=boundary_name(config.name),
+            description=f"The most any runtime role of {config.name} can do (set by make bootstrap only)",
+            policy=render(boundary_policy(config), compact=True),
+        )
+        self.arn: str = self.policy.arn
 
 
 class BootstrapStack(TerraformStack):
@@ -25,6 +134,10 @@ class BootstrapStack(TerraformStack):
         # Losing this bucket loses every stack's state: no plan may delete it.
         state.bucket.add_override("lifecycle.prevent_destroy", True)
         TerraformOutput(self, "StateBucketName", value=state.name, description="Terraform state of this environment")
+        boundary = RuntimeBoundary(self, "boundary", config=config)
+        TerraformOutput(
+            self, "BoundaryPolicyArn", value=boundary.arn, description="Permissions boundary of the runtime roles"
+        )
         if config.github_repository:
             access = GithubDeployAccess(
                 self,

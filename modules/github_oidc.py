@@ -8,6 +8,15 @@
 
 Both trusts use StringEquals on `aud` and the full `sub`, never StringLike: one typo in a wildcard would otherwise
 trust every repository on GitHub. Action lists are module-level constants so tests and reviewers read the same thing.
+
+The deploy role writes IAM, so it is built so that it cannot escalate through what it writes (tests/
+test_deploy_escalation.py proves each point against an IAM-enforcing server):
+- it names the runtime roles and the instance profile exactly (`<name>-<env>`), never by prefix;
+- every write that changes what a runtime role may do or who may assume it needs the role to carry the
+  environment's permissions boundary (`iam:PermissionsBoundary`, modules/iam.py `boundary_arn`), and an explicit
+  Deny refuses those writes on any role without it; the boundary can never be removed, and neither it nor any CI
+  role or the OIDC provider can be edited;
+- no managed policy can be created or attached: a runtime role gets inline policies only, capped by the boundary.
 """
 
 from __future__ import annotations
@@ -22,7 +31,18 @@ from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from constructs import Construct
 
-from modules.iam import MIN_SESSION_SECONDS, ROLE_NAME, ROLE_NAME_RULE, Role, Statement, arn, policy, render
+from modules.iam import (
+    MIN_SESSION_SECONDS,
+    ROLE_NAME,
+    ROLE_NAME_RULE,
+    Role,
+    Statement,
+    arn,
+    boundary_arn,
+    boundary_name,
+    policy,
+    render,
+)
 from modules.props import check, check_actions, check_pattern
 
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
@@ -31,11 +51,15 @@ STS_AUDIENCE = "sts.amazonaws.com"
 PLAN_ENVIRONMENT_SUFFIX = "-plan"
 
 # What modules/stacks.py names our resources, before the environment suffix ("-dev"...). A deploy role reaches
-# `<name>*-<env>` for these and nothing else; tests/test_github_oidc.py synthesizes the real stacks of an
-# environment and fails when a resource's name falls outside them (rename both together).
+# `<name>*-<env>` for these and nothing else, and the IAM ones and the buckets by their exact names only;
+# tests/test_github_oidc.py synthesizes the real stacks of an environment and fails when a resource's name falls
+# outside them (rename both together).
 QUEUE_NAMES = ("gpu_tasks_queue", "shutdown-gpu-lambda-dlq")  # and gpu_tasks_queue_dlq
+RUNTIME_QUEUES = ("gpu_tasks_queue", "gpu_tasks_queue_dlq", "shutdown-gpu-lambda-dlq")  # exact, for the boundary
 TABLE_NAMES = ("task_store",)
-ROLE_NAMES = ("gpu-instance-role", "lambda-gpu-shutdown-role", "orchestrator-task-role")
+INSTANCE_ROLE, SHUTDOWN_ROLE = "gpu-instance-role", "lambda-gpu-shutdown-role"
+ORCHESTRATOR_ROLE = "orchestrator-task-role"
+ROLE_NAMES = (INSTANCE_ROLE, SHUTDOWN_ROLE, ORCHESTRATOR_ROLE)
 INSTANCE_PROFILE_NAMES = ("gpu-instance-profile",)
 FUNCTION_NAMES = ("shutdown-gpu-lambda",)
 ALARM_NAMES = ("QueueEmptyFor",)  # QueueEmptyFor<minutes>Min
@@ -68,27 +92,72 @@ IAM_READ = (
     "iam:ListRolePolicies",
     "iam:ListRoleTags",
 )
-# Inline role policies only (that is all our stacks use): no CreatePolicy, and no AttachRolePolicy, which would let a
-# change attach AdministratorAccess to one of our roles. DetachRolePolicy stays: it only takes permissions away.
-IAM_WRITE = (
-    "iam:AddRoleToInstanceProfile",
-    "iam:CreateInstanceProfile",
+# IAM condition keys per action: AWS's Service Authorization Reference, "Actions, resources, and condition keys for
+# AWS Identity and Access Management" (https://docs.aws.amazon.com/service-authorization/latest/reference/
+# list_awsidentityandaccessmanagementiam.html; read in the machine-readable copy of that table at
+# github.com/iann0036/iam-dataset, aws/iam_definition.json). iam:PermissionsBoundary is a condition key of the role
+# actions AttachRolePolicy, CreateRole, DeleteRole, DeleteRolePermissionsBoundary, DeleteRolePolicy,
+# DetachRolePolicy, PutRolePermissionsBoundary, PutRolePolicy, UpdateAssumeRolePolicy, UpdateRole and
+# UpdateRoleDescription (and their user twins); for CreateRole and PutRolePermissionsBoundary it is the boundary the
+# request sets, for the others the boundary the role carries (IAM User Guide, "IAM and AWS STS condition context
+# keys", iam:PermissionsBoundary: "checks that the specified policy is attached as a permissions boundary on the IAM
+# principal resource"). TagRole, PassRole and the instance-profile actions do not take it.
+PERMISSIONS_BOUNDARY_ACTIONS = (
+    "iam:AttachRolePolicy",
     "iam:CreateRole",
-    "iam:DeleteInstanceProfile",
+    "iam:DeleteRole",
+    "iam:DeleteRolePermissionsBoundary",
+    "iam:DeleteRolePolicy",
+    "iam:DetachRolePolicy",
+    "iam:PutRolePermissionsBoundary",
+    "iam:PutRolePolicy",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
+)
+#
+# Writes that change what a runtime role may do or who may assume it: only on a role carrying the boundary.
+ROLE_WRITE = (
+    "iam:CreateRole",
     "iam:DeleteRole",
     "iam:DeleteRolePolicy",
     "iam:DetachRolePolicy",
+    "iam:PutRolePermissionsBoundary",
     "iam:PutRolePolicy",
-    "iam:RemoveRoleFromInstanceProfile",
-    "iam:TagInstanceProfile",
-    "iam:TagRole",
-    "iam:UntagInstanceProfile",
-    "iam:UntagRole",
     "iam:UpdateAssumeRolePolicy",
     "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
 )
-# Passing our own roles only (to Lambda and to the instance profile). No iam:PassedToService condition: AWS sets no
-# such key for AddRoleToInstanceProfile, and each of these roles trusts exactly one service anyway.
+# Refused (explicit Deny) whenever the role would be without the boundary, whatever else a policy allows.
+# AttachRolePolicy is in no Allow at all: our stacks use inline policies only, so no managed policy (say
+# AdministratorAccess) is ever attached by CI.
+BOUNDARY_REQUIRED = (
+    "iam:AttachRolePolicy",
+    "iam:CreateRole",
+    "iam:PutRolePermissionsBoundary",
+    "iam:PutRolePolicy",
+    "iam:UpdateAssumeRolePolicy",
+)
+# Never allowed, on any role: a role that loses its boundary could then be given anything.
+BOUNDARY_REMOVAL = ("iam:DeleteRolePermissionsBoundary",)
+# Tags grant nothing here (no policy of ours conditions on a tag). CreateRole/CreateInstanceProfile with tags (the
+# provider's default tags) also need TagRole/TagInstanceProfile (IAM User Guide, "Tags for AWS Identity and Access
+# Management resources": tagging on create needs the Tag* permission too).
+ROLE_TAGGING = ("iam:TagRole", "iam:UntagRole")
+PROFILE_WRITE = (
+    "iam:AddRoleToInstanceProfile",
+    "iam:CreateInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+    "iam:UntagInstanceProfile",
+)
+# Passing a role, each to its own service only: the shutdown role to Lambda (iam:PassedToService
+# lambda.amazonaws.com, the key CreateFunction sets), the GPU role into its instance profile (AddRoleToInstanceProfile
+# "must be granted the PassRole permission on the IAM role", IAM API Reference). The IAM docs name no service for
+# that call, so the GPU role's condition is ...IfExists: a call that names no service, or EC2, may pass it; one
+# that passes it to any other service (a Lambda function) may not. The orchestrator's role is passed by nothing CI
+# applies, so CI may not pass it at all.
 PASS_ROLE = ("iam:PassRole",)
 LAMBDA_READ = ("lambda:Get*", "lambda:List*")
 LAMBDA_WRITE = (
@@ -201,17 +270,32 @@ def _names(account: str, service: str, kind: str, bases: Sequence[str], suffix: 
     return [arn(service, f"{kind}{sep}{base}*{suffix}", region=region, account=account) for base in bases]
 
 
+def _iam(account: str, kind: str, bases: Sequence[str], environment: str) -> list[str]:
+    """Exact IAM ARNs `<kind>/<base>-<env>`: a pattern would also admit any new role or profile by that prefix."""
+    return [arn("iam", f"{kind}/{base}-{environment}", region="", account=account) for base in bases]
+
+
+def artifacts_buckets(prefix: str, environment: str, account: str) -> list[str]:
+    """The artifacts bucket and its access-log bucket (modules/stacks.py ArtifactsStack), by their exact names.
+    Bucket names are global: a pattern such as `<prefix>-artifacts-<env>-*` would also match another account's
+    bucket, while these names carry this account's id."""
+    name = f"{prefix}-artifacts-{environment}-{account}"
+    return [name, f"{name}-logs"]
+
+
 def _service_resources(account: str, environment: str, prefix: str) -> dict[str, list[str]]:
-    """ARN patterns for one environment's resources (the region is free: an environment picks its own)."""
+    """ARNs and ARN patterns for one environment's resources (the region is free: an environment picks its own)."""
     end = f"-{environment}"
-    # <prefix>-artifacts-<env>-<account>[-logs]
-    bucket = arn("s3", f"{prefix}-artifacts-{environment}-*", region="", account="")
+    artifacts, logs = (arn("s3", b, region="", account="") for b in artifacts_buckets(prefix, environment, account))
     return {
         "sqs": [arn("sqs", f"{base}*{end}", region="*", account=account) for base in QUEUE_NAMES],
         "dynamodb": _names(account, "dynamodb", "table", TABLE_NAMES, end),
-        "iam": _names(account, "iam", "role", ROLE_NAMES, end)
-        + _names(account, "iam", "instance-profile", INSTANCE_PROFILE_NAMES, end),
-        "role": _names(account, "iam", "role", ROLE_NAMES, end),
+        "iam": _iam(account, "role", ROLE_NAMES, environment)
+        + _iam(account, "instance-profile", INSTANCE_PROFILE_NAMES, environment),
+        "role": _iam(account, "role", ROLE_NAMES, environment),
+        "profile": _iam(account, "instance-profile", INSTANCE_PROFILE_NAMES, environment),
+        "shutdown-role": _iam(account, "role", [SHUTDOWN_ROLE], environment),
+        "instance-role": _iam(account, "role", [INSTANCE_ROLE], environment),
         "lambda": _names(account, "lambda", "function", FUNCTION_NAMES, end, sep=":"),
         # Log-group actions are authorized on the group's ARN with or without the trailing ":*".
         "logs": [
@@ -222,9 +306,9 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
         "cloudwatch": _names(account, "cloudwatch", "alarm", ALARM_NAMES, end, sep=":"),
         "events": _names(account, "events", "rule", RULE_NAMES, end),
         "ssm": [arn("ssm", f"parameter/{prefix}/{environment}/*", region="*", account=account)],
-        "bucket": [bucket],
-        "object": [f"{bucket}/*"],
-        "adapter": [f"{bucket}/adapter/*"],
+        "bucket": [artifacts, logs],
+        "object": [f"{artifacts}/*", f"{logs}/*"],
+        "adapter": [f"{artifacts}/adapter/*"],
     }
 
 
@@ -252,16 +336,35 @@ def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix
 
 
 def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
-    """Plan and apply of one environment's stacks; its state keys only (<env>/*), with S3-native locking."""
+    """Plan and apply of one environment's stacks; its state keys only (<env>/*), with S3-native locking. IAM
+    writes only on roles carrying the environment's boundary (module docstring)."""
     res = _service_resources(account, environment, prefix)
+    boundary = boundary_arn(account=account, environment=environment, prefix=prefix)
+    with_boundary = {"StringEquals": {"iam:PermissionsBoundary": boundary}}
     protected = [arn("iam", f"role/{prefix}-{kind}-*", region="", account=account) for kind in ("deploy", "plan")]
     protected.append(arn("iam", f"oidc-provider/{GITHUB_OIDC_HOST}", region="", account=account))
+    # Every environment's boundary (an account may hold several environments): bootstrap's, never CI's to change.
+    protected.append(arn("iam", f"policy/{boundary_name('*', prefix)}", region="", account=account))
     return policy(
         [
             _statement("Queues", SQS_READ + SQS_WRITE, res["sqs"]),
             _statement("TaskStore", DYNAMODB_READ + DYNAMODB_WRITE, res["dynamodb"]),
-            _statement("Iam", IAM_READ + IAM_WRITE, res["iam"]),
-            _statement("PassOwnRoles", PASS_ROLE, res["role"]),
+            _statement("IamRead", IAM_READ, res["iam"]),
+            Statement(ROLE_WRITE, tuple(res["role"]), with_boundary, sid="BoundedRoles"),
+            _statement("RoleTags", ROLE_TAGGING, res["role"]),
+            _statement("InstanceProfile", PROFILE_WRITE, res["profile"]),
+            Statement(
+                PASS_ROLE,
+                tuple(res["shutdown-role"]),
+                {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}},
+                sid="PassShutdownRoleToLambda",
+            ),
+            Statement(
+                PASS_ROLE,
+                tuple(res["instance-role"]),
+                {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"}},
+                sid="PassInstanceRoleToProfile",
+            ),
             _statement("Lambda", LAMBDA_READ + LAMBDA_WRITE, res["lambda"]),
             _statement("Logs", LOGS_READ + LOGS_WRITE, res["logs"]),
             _statement("Alarms", ALARM_READ + ALARM_WRITE, res["cloudwatch"]),
@@ -272,7 +375,16 @@ def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, pref
             _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
             _statement("StateBucket", STATE_BUCKET_READ, [state_bucket_arn]),
             _statement("StateObjects", STATE_OBJECT_READ + STATE_OBJECT_WRITE, [f"{state_bucket_arn}/{environment}/*"]),
-            # Belt and braces: no widening of the CI roles' own trust or permissions, whatever the patterns above.
+            # Belt and braces, whatever an Allow above (or a later edit) says: no role without this boundary, no
+            # boundary removed, and no widening of the CI roles, the OIDC provider or any boundary policy.
+            Statement(
+                BOUNDARY_REQUIRED,
+                ("*",),
+                {"StringNotEquals": {"iam:PermissionsBoundary": boundary}},
+                sid="NoRoleWithoutBoundary",
+                effect="Deny",
+            ),
+            Statement(BOUNDARY_REMOVAL, ("*",), sid="BoundaryStays", effect="Deny"),
             Statement("iam:*", tuple(protected), sid="NoSelfEscalation", effect="Deny"),
         ]
     )

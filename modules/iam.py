@@ -3,6 +3,10 @@ statements from grant helpers (`queue.grant_send_messages(role)`).
 
 A role renders its statements into one inline policy. Grants merge by resource set, so a plan shows one readable
 statement per resource set instead of one per call, and the rendering is sorted so the JSON never churns.
+
+A role given its `account` trusts its service only on behalf of that account (the confused-deputy keys the service
+sets, see `service_trust`); one given a `permissions_boundary` can never do more than that managed policy allows,
+whatever its inline policy says (the boundary `make bootstrap` creates: `boundary_arn`, modules/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -26,9 +30,31 @@ POLICY_VERSION = "2012-10-17"
 # MaxSessionDuration from 1 hour to 12 hours (3600..43200 s; AWS's default is 3600).
 ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 ROLE_NAME_RULE = "1-64 characters of A-Za-z0-9+=,.@_- (IAM role name)"
+ACCOUNT_ID = re.compile(r"\d{12}", re.ASCII)
 PROFILE_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 DESCRIPTION = re.compile(r"[\t\n\r\u0020-\u007e\u00a1-\u00ff]{0,1000}")
 MIN_SESSION_SECONDS, MAX_SESSION_SECONDS = 3600, 43200
+# A permissions boundary is a managed policy (PutRolePermissionsBoundary: "the ARN of the managed policy"), of this
+# account or AWS's: arn:<partition>:iam::<account>|aws:policy/<path><name>.
+POLICY_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}", re.ASCII)
+BOUNDARY_PREFIX = "gpu-orchestrator"
+
+# The confused-deputy keys a service principal sets when it assumes a role, and so may be required in that role's
+# trust policy (IAM User Guide, "The confused deputy problem", cross-service confused deputy prevention:
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/confused-deputy.html). Only keys a service is known to send: a
+# condition on a key it does not send makes its AssumeRole fail, and the role with it.
+# - ecs-tasks.amazonaws.com: aws:SourceAccount and aws:SourceArn arn:aws:ecs:<region>:<account>:* (Amazon ECS
+#   Developer Guide, "Amazon ECS task IAM role", the trust policy it recommends against the confused deputy:
+#   https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html).
+# - lambda.amazonaws.com: aws:SourceAccount (the execution-role trust policy AWS publishes in its own samples
+#   conditions on it: https://github.com/aws/agent-toolkit-for-aws, skills/specialized-skills/serverless-skills/
+#   deploying-custom-domain-rest-api/scripts/lambda-trust-policy.json). Not aws:SourceArn: no Lambda guide documents
+#   it for the execution role's AssumeRole (the function's ARN reaches its calls as lambda:SourceFunctionArn instead,
+#   Lambda Developer Guide, "Using source function ARN to control function access behavior").
+# - ec2.amazonaws.com: none. No EC2 guide documents either key for the AssumeRole behind an instance profile, and
+#   an instance role cannot be lent across accounts anyway: only iam:PassRole in this account puts it in a profile.
+SOURCE_ACCOUNT_SERVICES = frozenset({"ecs-tasks.amazonaws.com", "lambda.amazonaws.com"})
+SOURCE_ARN_SERVICES = {"ecs-tasks.amazonaws.com": "ecs"}  # service principal -> the service of its source ARNs
 
 
 def arn(service: str, resource: str, *, region: str, account: str, partition: str = "aws") -> str:
@@ -93,8 +119,33 @@ def merge(statements: Iterable[Statement]) -> list[Statement]:
     ]
 
 
-def trust_policy(service: str) -> str:
-    return render(policy([Statement("sts:AssumeRole", principal={"Service": service})]))
+def boundary_name(environment: str, prefix: str = BOUNDARY_PREFIX) -> str:
+    """The runtime boundary of one environment: `<prefix>-boundary-<env>` (a managed policy made by bootstrap)."""
+    return f"{prefix}-boundary-{environment}"
+
+
+def boundary_arn(*, account: str, environment: str, prefix: str = BOUNDARY_PREFIX, partition: str = "aws") -> str:
+    """The ARN of `boundary_name(environment)` in `account`: the only boundary the deploy role may set, and the one
+    every runtime role of that environment carries."""
+    return arn("iam", f"policy/{boundary_name(environment, prefix)}", region="", account=account, partition=partition)
+
+
+def service_trust(
+    service: str, *, account: str | None = None, region: str | None = None, partition: str = "aws"
+) -> dict[str, Any]:
+    """The trust policy letting `service` assume a role; with `account`, only on behalf of that account, through the
+    keys the service sets (SOURCE_ACCOUNT_SERVICES, SOURCE_ARN_SERVICES). Without it, the bare trust."""
+    conditions: dict[str, dict[str, str]] = {}
+    if account is not None and service in SOURCE_ACCOUNT_SERVICES:
+        conditions["StringEquals"] = {"aws:SourceAccount": account}
+    if account is not None and service in SOURCE_ARN_SERVICES:
+        source = arn(SOURCE_ARN_SERVICES[service], "*", region=region or "*", account=account, partition=partition)
+        conditions["ArnLike"] = {"aws:SourceArn": source}
+    return policy([Statement("sts:AssumeRole", conditions=conditions, principal={"Service": service})])
+
+
+def trust_policy(service: str, *, account: str | None = None, region: str | None = None) -> str:
+    return render(service_trust(service, account=account, region=region))
 
 
 class Role(Construct):
@@ -108,6 +159,10 @@ class Role(Construct):
             set). Default None: no profile.
         max_session_duration: MaxSessionDuration in seconds, 3600..43200 (CreateRole). Default 3600, AWS's own:
             every caller here is a service that refreshes its credentials itself.
+        account: the 12-digit account the service may act for: the trust then requires the confused-deputy keys the
+            service sets (`service_trust`). Default None: the bare service trust.
+        region: the region in the source ARN a service's trust names (ECS). Default None: any region.
+        permissions_boundary: the ARN of a managed policy capping the role (`boundary_arn`). Default None.
     """
 
     def __init__(
@@ -120,6 +175,9 @@ class Role(Construct):
         description: str,
         instance_profile_name: str | None = None,
         max_session_duration: int = MIN_SESSION_SECONDS,
+        account: str | None = None,
+        region: str | None = None,
+        permissions_boundary: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         check_pattern(self, "name", name, ROLE_NAME, ROLE_NAME_RULE)
@@ -131,6 +189,10 @@ class Role(Construct):
         check_range(
             self, "max_session_duration", max_session_duration, MIN_SESSION_SECONDS, MAX_SESSION_SECONDS, "CreateRole"
         )
+        check_pattern(self, "account", account, ACCOUNT_ID, "a 12-digit AWS account id")
+        check_pattern(
+            self, "permissions_boundary", permissions_boundary, POLICY_ARN, "a managed policy ARN (arn:aws:iam::...)"
+        )
         self._statements: list[Statement] = []
         self._policy: IamRolePolicy | None = None
         self.resource = IamRole(
@@ -138,8 +200,9 @@ class Role(Construct):
             "role",
             name=name,
             description=description,
-            assume_role_policy=trust_policy(assumed_by),
+            assume_role_policy=trust_policy(assumed_by, account=account, region=region),
             max_session_duration=max_session_duration,
+            permissions_boundary=permissions_boundary,
         )
         self.profile = (
             IamInstanceProfile(self, "profile", name=instance_profile_name, role=self.resource.name)

@@ -6,11 +6,14 @@ Each takes the constructs it builds on; cdktf turns those references into output
 
 from __future__ import annotations
 
+from typing import Any
+
 from constructs import Construct
 
 from core import contract
 from modules.alarm import QueueIdleAlarm, Schedule
 from modules.base import EnvironmentStack
+from modules.bootstrap import boundary_for
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
 from modules.config import EnvironmentConfig
 from modules.function import PythonFunction, grant_dead_letter, grant_logs
@@ -105,9 +108,16 @@ class IamStack(EnvironmentStack):
         self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
         self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
 
+    def _role(self, id: str, **props: Any) -> Role:
+        """Each role trusts its service for this account only, and carries the boundary bootstrap made for this
+        environment (none in `local`, which has no bootstrap): modules/iam.py Role, modules/bootstrap.py."""
+        config = self.config
+        return Role(
+            self, id, account=config.account, region=config.region, permissions_boundary=boundary_for(config), **props
+        )
+
     def _orchestrator_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
-        role = Role(
-            self,
+        role = self._role(
             "orchestrator",
             name=self.name_of("orchestrator-task-role"),
             assumed_by="ecs-tasks.amazonaws.com",
@@ -121,8 +131,7 @@ class IamStack(EnvironmentStack):
         return role
 
     def _gpu_instance_role(self, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack) -> Role:
-        role = Role(
-            self,
+        role = self._role(
             "gpu-instance",
             name=self.name_of("gpu-instance-role"),
             assumed_by="ec2.amazonaws.com",
@@ -143,8 +152,7 @@ class IamStack(EnvironmentStack):
         return role
 
     def _shutdown_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
-        role = Role(
-            self,
+        role = self._role(
             "shutdown",
             name=self.name_of("lambda-gpu-shutdown-role"),
             assumed_by="lambda.amazonaws.com",

@@ -1,5 +1,6 @@
 """Role, GpuInstances and GithubDeployAccess alone in a stack: grants through the shared aws-cdk-style helper, the
-limits they refuse; and the one ARN helper and policy renderer every construct uses."""
+limits they refuse; the one ARN helper and policy renderer every construct uses; and, in the synthesized stacks,
+every runtime role's trust (confused-deputy keys) and permissions boundary."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from cdktf import TerraformStack
 
 from modules.github_oidc import GithubDeployAccess
 from modules.gpu import DESCRIBE_ACTIONS, START_ACTIONS, STOP_ACTIONS, GpuInstances
-from modules.iam import Role, Statement, arn, merge, policy, render
+from modules.iam import Role, Statement, arn, boundary_arn, merge, policy, render, service_trust
 from modules.props import ConstructPropError, check_range
-from tests.infra_helpers import assert_grant, fresh_stack, one, refusal, synth
+from tests.infra_helpers import assert_grant, fresh_stack, load, one, refusal, synth
 
 ROLE: dict[str, Any] = {"name": "worker", "assumed_by": "ec2.amazonaws.com", "description": "Runs tasks"}
 INSTANCES = ("i-0123456789abcdef0", "i-0fedcba9876543210")
@@ -88,6 +89,50 @@ def test_role_alone_trusts_its_service_and_has_a_profile(role: Role) -> None:
     assert one(doc, "aws_iam_instance_profile")["name"] == "worker-profile"
 
 
+def test_role_alone_has_no_boundary_and_the_bare_trust(role: Role) -> None:
+    body = one(synth(stack_of(role)), "aws_iam_role", name="worker")
+    assert "permissions_boundary" not in body
+    assert "Condition" not in json.loads(body["assume_role_policy"])["Statement"][0]
+
+
+def test_boundary_arn_is_the_one_arn_helper_on_the_bootstrap_policy_name() -> None:
+    expected = arn("iam", "policy/gpu-orchestrator-boundary-dev", region="", account="123456789012")
+    assert boundary_arn(account="123456789012", environment="dev") == expected
+    assert expected == "arn:aws:iam::123456789012:policy/gpu-orchestrator-boundary-dev"
+
+
+# Which confused-deputy keys each service sets when it assumes a role (modules/iam.py SOURCE_*_SERVICES, with the
+# AWS docs cited there): a key the service does not send would break its AssumeRole, so EC2 gets none.
+TRUST_CONDITIONS = {
+    "ecs-tasks.amazonaws.com": {
+        "StringEquals": {"aws:SourceAccount": "123456789012"},
+        "ArnLike": {"aws:SourceArn": "arn:aws:ecs:eu-west-1:123456789012:*"},
+    },
+    "lambda.amazonaws.com": {"StringEquals": {"aws:SourceAccount": "123456789012"}},
+    "ec2.amazonaws.com": None,
+}
+
+
+@pytest.mark.parametrize("service", sorted(TRUST_CONDITIONS))
+def test_role_for_an_account_trusts_its_service_only_on_its_behalf(service: str) -> None:
+    boundary = boundary_arn(account="123456789012", environment="dev")
+    stack = fresh_stack()
+    Role(
+        stack,
+        "r",
+        **{**ROLE, "assumed_by": service},
+        account="123456789012",
+        region="eu-west-1",
+        permissions_boundary=boundary,
+    )
+    body = one(synth(stack), "aws_iam_role", name="worker")
+    assert body["permissions_boundary"] == boundary
+    (statement,) = json.loads(body["assume_role_policy"])["Statement"]
+    assert statement["Principal"] == {"Service": service} and statement["Action"] == "sts:AssumeRole"
+    assert statement.get("Condition") == TRUST_CONDITIONS[service]
+    assert json.loads(body["assume_role_policy"]) == service_trust(service, account="123456789012", region="eu-west-1")
+
+
 def test_role_generic_grant_is_on_the_role(role: Role) -> None:
     assert_grant(stack_of(role), lambda grantee: role.grant(grantee, "iam:PassRole"), [(["iam:PassRole"], [role.arn])])
 
@@ -113,6 +158,12 @@ def test_role_add_returns_the_statement_it_added(role: Role) -> None:
             f"instance_profile_name='{'p' * 129}' is not 1-128 characters of A-Za-z0-9+=,.@_-",
         ),
         ({"assumed_by": "lambda"}, "assumed_by='lambda' is not an AWS service principal"),
+        ({"account": "1234"}, "account='1234' is not a 12-digit AWS account id"),
+        (
+            {"permissions_boundary": "arn:aws:iam::123456789012:role/admin"},
+            "permissions_boundary='arn:aws:iam::123456789012:role/admin' is not a managed policy ARN "
+            "(arn:aws:iam::...)",
+        ),
     ],
 )
 def test_role_refuses_what_iam_refuses(props: dict[str, Any], problem: str) -> None:
@@ -193,3 +244,31 @@ def test_access_generic_grant_is_on_its_roles(access: GithubDeployAccess) -> Non
 def test_access_refuses_what_github_and_iam_refuse(props: dict[str, Any], problem: str) -> None:
     args = {"repository": REPO, "environments": ["dev"], "state_bucket_arn": STATE, **props}
     assert refusal(lambda stack: GithubDeployAccess(stack, "github", **args)) == f"bad/github: {problem}"
+
+
+# --- the runtime roles as the stacks synthesize them ---
+
+ACCOUNTS = {"local": "123456789012", "dev": "111111111111", "staging": "222222222222", "prod": "333333333333"}
+
+
+@pytest.mark.parametrize("env", sorted(ACCOUNTS))
+def test_every_runtime_role_trusts_its_service_for_its_account_and_carries_the_boundary(
+    synthesized: Any, env: str
+) -> None:
+    """Remote environments: the boundary bootstrap made (modules/bootstrap.py); `local`, never bootstrapped: none."""
+    iam = load(synthesized(env))["gpu-orchestrator-iam"]
+    roles = list(iam["resource"]["aws_iam_role"].values())
+    assert len(roles) == 3
+    for body in roles:
+        (statement,) = json.loads(body["assume_role_policy"])["Statement"]
+        service = statement["Principal"]["Service"]
+        expected = TRUST_CONDITIONS[service]
+        if expected is not None:
+            expected = json.loads(
+                json.dumps(expected).replace("123456789012", ACCOUNTS[env]).replace("eu-west-1", "us-east-1")
+            )
+        assert statement.get("Condition") == expected, body["name"]
+        if env == "local":
+            assert "permissions_boundary" not in body
+        else:
+            assert body["permissions_boundary"] == boundary_arn(account=ACCOUNTS[env], environment=env)

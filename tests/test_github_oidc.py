@@ -1,5 +1,7 @@
 """The deploy-access construct, synthesized for real: exact trust conditions, one role pair per environment, no
-wildcard principal, and the action lists exactly as the module's constants say."""
+wildcard principal, the action lists exactly as the module's constants say, and IAM writes only on the exactly named
+runtime roles while they carry the environment's boundary (tests/test_deploy_escalation.py runs the same policy
+against an IAM-enforcing server)."""
 
 from __future__ import annotations
 
@@ -109,8 +111,12 @@ def test_deploy_policy_actions_are_the_module_constants(out: dict[str, Any]) -> 
     expected = {
         "Queues": gh.SQS_READ + gh.SQS_WRITE,
         "TaskStore": gh.DYNAMODB_READ + gh.DYNAMODB_WRITE,
-        "Iam": gh.IAM_READ + gh.IAM_WRITE,
-        "PassOwnRoles": gh.PASS_ROLE,
+        "IamRead": gh.IAM_READ,
+        "BoundedRoles": gh.ROLE_WRITE,
+        "RoleTags": gh.ROLE_TAGGING,
+        "InstanceProfile": gh.PROFILE_WRITE,
+        "PassShutdownRoleToLambda": gh.PASS_ROLE,
+        "PassInstanceRoleToProfile": gh.PASS_ROLE,
         "Lambda": gh.LAMBDA_READ + gh.LAMBDA_WRITE,
         "Logs": gh.LOGS_READ + gh.LOGS_WRITE,
         "Alarms": gh.ALARM_READ + gh.ALARM_WRITE,
@@ -132,22 +138,88 @@ def test_deploy_policy_actions_are_the_module_constants(out: dict[str, Any]) -> 
     assert "dynamodb:DeleteTable" not in json.dumps(doc)
 
 
+def test_iam_writes_need_the_boundary_and_it_can_never_go(out: dict[str, Any]) -> None:
+    """Every write that changes what a runtime role may do or who may assume it is allowed only with the boundary,
+    and refused (explicit Deny) without it; removing a boundary, attaching or editing a managed policy: never."""
+    doc = policy_of(out, "gpu-orchestrator-deploy-staging")
+    account = _account(out)
+    boundary = f"arn:aws:iam::{account}:policy/gpu-orchestrator-boundary-staging"
+    bounded = statement(doc, "BoundedRoles")
+    assert bounded["Condition"] == {"StringEquals": {"iam:PermissionsBoundary": boundary}}
+    required = statement(doc, "NoRoleWithoutBoundary")
+    assert required["Effect"] == "Deny" and required["Resource"] == ["*"]
+    assert required["Condition"] == {"StringNotEquals": {"iam:PermissionsBoundary": boundary}}
+    assert sorted(required["Action"]) == sorted(gh.BOUNDARY_REQUIRED)
+    stays = statement(doc, "BoundaryStays")
+    assert stays["Effect"] == "Deny" and stays["Action"] == ["iam:DeleteRolePermissionsBoundary"]
+    assert stays["Resource"] == ["*"]
+    allowed = {a for st in doc["Statement"] if st["Effect"] == "Allow" for a in st["Action"]}
+    never = {
+        "iam:AttachRolePolicy",
+        "iam:DeleteRolePermissionsBoundary",
+        "iam:CreatePolicy",
+        "iam:CreatePolicyVersion",
+        "iam:DeletePolicy",
+        "iam:DeletePolicyVersion",
+        "iam:SetDefaultPolicyVersion",
+        "iam:PutUserPolicy",
+        "iam:CreateUser",
+        "iam:CreateAccessKey",
+    }
+    assert not allowed & never
+    assert not any(a in ("iam:*", "*") or a.startswith("sts:") for a in allowed)
+    # The boundary key is one IAM evaluates for each of these actions (Service Authorization Reference): an action
+    # without it would fail StringEquals always (no apply) or pass StringNotEquals always.
+    assert set(gh.ROLE_WRITE) <= set(gh.PERMISSIONS_BOUNDARY_ACTIONS)
+    assert set(gh.BOUNDARY_REQUIRED) <= set(gh.PERMISSIONS_BOUNDARY_ACTIONS)
+    no_escalation = statement(doc, "NoSelfEscalation")
+    assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
+    assert f"arn:aws:iam::{account}:policy/gpu-orchestrator-boundary-*" in no_escalation["Resource"]
+
+
+def test_the_enforcing_server_models_the_boundary_key_for_the_same_actions() -> None:
+    from localaws import enforce
+
+    modelled = enforce._CARRIED_BOUNDARY_ACTIONS | {"CreateRole", "PutRolePermissionsBoundary"}
+    assert modelled == {a.removeprefix("iam:") for a in gh.PERMISSIONS_BOUNDARY_ACTIONS}
+
+
+def _account(out: dict[str, Any]) -> str:
+    (identity_key,) = out["data"]["aws_caller_identity"]
+    return f"${{data.aws_caller_identity.{identity_key}.account_id}}"
+
+
 def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: dict[str, Any]) -> None:
     doc = policy_of(out, "gpu-orchestrator-deploy-staging")
-    (identity_key,) = out["data"]["aws_caller_identity"]
-    account = f"${{data.aws_caller_identity.{identity_key}.account_id}}"
+    account = _account(out)
     assert statement(doc, "Queues")["Resource"] == [
         f"arn:aws:sqs:*:{account}:gpu_tasks_queue*-staging",
         f"arn:aws:sqs:*:{account}:shutdown-gpu-lambda-dlq*-staging",
     ]
     assert statement(doc, "TaskStore")["Resource"] == [f"arn:aws:dynamodb:*:{account}:table/task_store*-staging"]
     assert statement(doc, "Parameters")["Resource"] == [f"arn:aws:ssm:*:{account}:parameter/gpu-orchestrator/staging/*"]
-    assert statement(doc, "ArtifactsBucket")["Resource"] == ["arn:aws:s3:::gpu-orchestrator-artifacts-staging-*"]
+    # Bucket names are global: exact names, carrying this account's id, never `...-staging-*`.
+    artifacts = f"arn:aws:s3:::gpu-orchestrator-artifacts-staging-{account}"
+    assert statement(doc, "ArtifactsBucket")["Resource"] == [artifacts, f"{artifacts}-logs"]
+    assert statement(doc, "ArtifactsObjects")["Resource"] == [f"{artifacts}-logs/*", f"{artifacts}/*"]
     assert statement(doc, "StateBucket")["Resource"] == [STATE]
     assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/staging/*"]
-    assert statement(doc, "PassOwnRoles")["Resource"] == sorted(
-        f"arn:aws:iam::{account}:role/{name}*-staging" for name in gh.ROLE_NAMES
-    )
+    # IAM: exact names only, so no new role or profile can be made by a prefix.
+    roles = sorted(f"arn:aws:iam::{account}:role/{name}-staging" for name in gh.ROLE_NAMES)
+    profile = f"arn:aws:iam::{account}:instance-profile/gpu-instance-profile-staging"
+    assert statement(doc, "BoundedRoles")["Resource"] == roles
+    assert statement(doc, "RoleTags")["Resource"] == roles
+    assert statement(doc, "InstanceProfile")["Resource"] == [profile]
+    assert statement(doc, "IamRead")["Resource"] == sorted([*roles, profile])
+    to_lambda = statement(doc, "PassShutdownRoleToLambda")
+    assert to_lambda["Resource"] == [f"arn:aws:iam::{account}:role/lambda-gpu-shutdown-role-staging"]
+    assert to_lambda["Condition"] == {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
+    to_profile = statement(doc, "PassInstanceRoleToProfile")
+    assert to_profile["Resource"] == [f"arn:aws:iam::{account}:role/gpu-instance-role-staging"]
+    assert to_profile["Condition"] == {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    for st in doc["Statement"]:
+        if st["Sid"].startswith(("Iam", "Bounded", "Role", "Instance", "Pass")):
+            assert all("*" not in arn for arn in st["Resource"]), st
     no_escalation = statement(doc, "NoSelfEscalation")
     assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
     assert f"arn:aws:iam::{account}:role/gpu-orchestrator-deploy-*" in no_escalation["Resource"]
@@ -166,7 +238,8 @@ def test_plan_policy_is_read_only(out: dict[str, Any]) -> None:
     verbs = {a.split(":")[1] for a in actions}
     assert all(v.startswith(("Get", "List", "Describe")) for v in verbs), verbs
     assert statement(doc, "StateObjects")["Resource"] == [f"{STATE}/prod/*"]
-    assert statement(doc, "AdapterBundles")["Resource"] == ["arn:aws:s3:::gpu-orchestrator-artifacts-prod-*/adapter/*"]
+    bundles = f"arn:aws:s3:::gpu-orchestrator-artifacts-prod-{_account(out)}/adapter/*"
+    assert statement(doc, "AdapterBundles")["Resource"] == [bundles]
 
 
 def test_inline_policies_fit_iams_size_limit(out: dict[str, Any]) -> None:
@@ -213,8 +286,8 @@ REGION = "us-east-1"
 NAMED: dict[str, tuple[str, str, str]] = {
     "aws_sqs_queue": ("name", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{{}}", "Queues"),
     "aws_dynamodb_table": ("name", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{{}}", "TaskStore"),
-    "aws_iam_role": ("name", f"arn:aws:iam::{ACCOUNT}:role/{{}}", "Iam"),
-    "aws_iam_instance_profile": ("name", f"arn:aws:iam::{ACCOUNT}:instance-profile/{{}}", "Iam"),
+    "aws_iam_role": ("name", f"arn:aws:iam::{ACCOUNT}:role/{{}}", "BoundedRoles"),
+    "aws_iam_instance_profile": ("name", f"arn:aws:iam::{ACCOUNT}:instance-profile/{{}}", "InstanceProfile"),
     "aws_lambda_function": ("function_name", f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{{}}", "Lambda"),
     "aws_cloudwatch_log_group": ("name", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{{}}", "Logs"),
     "aws_cloudwatch_metric_alarm": ("alarm_name", f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{{}}", "Alarms"),
@@ -255,7 +328,9 @@ def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(tmp_path
     doc = gh.deploy_policy(account=ACCOUNT, environment="prod", state_bucket_arn=state_arn, prefix="gpu-orchestrator")
     stacks = sorted(tmp_path.glob("stacks/*/cdk.tf.json"))
     assert len(stacks) >= 5, stacks
-    checked = 0
+    (boundary,) = statement(doc, "BoundedRoles")["Condition"]["StringEquals"].values()
+    assert boundary == f"arn:aws:iam::{ACCOUNT}:policy/gpu-orchestrator-boundary-prod"
+    checked = roles = 0
     for path in stacks:
         synthesized = json.loads(path.read_text())
         backend = synthesized["terraform"]["backend"]["s3"]
@@ -271,4 +346,7 @@ def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(tmp_path
                 patterns = statement(doc, sid)["Resource"]
                 assert any(fnmatchcase(arn, p) for p in patterns), f"{arn} is outside {sid}: {patterns}"
                 checked += 1
-    assert checked >= 12
+                if kind == "aws_iam_role":  # ...and it carries the one boundary the deploy role may write it with
+                    assert resource["permissions_boundary"] == boundary, resource["name"]
+                    roles += 1
+    assert checked >= 12 and roles == 3
