@@ -168,6 +168,29 @@ GPU_START_DEADLINE_S = setting(
 )
 ORCHESTRATOR_URL = setting("ORCHESTRATOR_URL", _text, None, "the CLI's orchestrator base URL")
 
+
+def _auth_mode(raw: str) -> str:
+    if raw not in ("token", "iam"):
+        raise ValueError("must be token or iam")
+    return raw
+
+
+ORCHESTRATOR_AUTH = setting(
+    "ORCHESTRATOR_AUTH",
+    _auth_mode,
+    "token",
+    "how callers are identified: token (bearer, one caller 'local') or iam (behind a Lambda function URL, AWS_IAM)",
+)
+_NO_IDS: tuple[str, ...] = ()
+ORCHESTRATOR_ADMIN_ARNS = setting(
+    "ORCHESTRATOR_ADMIN_ARNS", _ids, _NO_IDS, "IAM callers who see every task: ARNs, or ARN prefixes ending in '/'"
+)
+UPLOAD_MAX_BYTES = setting("UPLOAD_MAX_BYTES", _integer, 5 * 1024**3, "largest input file one presigned upload takes")
+UPLOAD_URL_EXPIRES_S = setting("UPLOAD_URL_EXPIRES_S", _integer, 3600, "lifetime of a presigned upload, seconds")
+RESULT_URL_EXPIRES_S = setting("RESULT_URL_EXPIRES_S", _integer, 900, "lifetime of a presigned result download, s")
+LOG_TAIL_BYTES = setting("LOG_TAIL_BYTES", _integer, 64 * 1024, "how much of the end of each log the API returns")
+GPUQ_CONFIG = setting("GPUQ_CONFIG", _text, None, "the gpuq CLI's config file (default ~/.config/gpuq/config.toml)")
+
 # -- what a job sees (the runner sets these for every attempt) ---------------------------------------------------------
 JOB_TASK_ID, JOB_INPUT_DIR, JOB_OUTPUT_DIR = "TASK_ID", "INPUT_DIR", "OUTPUT_DIR"
 JOB_PASSED_ENV = ("PATH", "HOME", "LANG")  # also from the adapter's env; nothing else of it reaches a job
@@ -234,7 +257,16 @@ ORCHESTRATOR = (
     ORCHESTRATOR_INSECURE,
     MAX_BODY_BYTES,
     GPU_START_DEADLINE_S,
+    ORCHESTRATOR_AUTH,
+    ORCHESTRATOR_ADMIN_ARNS,
+    ARTIFACTS_BUCKET,
+    UPLOAD_MAX_BYTES,
+    UPLOAD_URL_EXPIRES_S,
+    RESULT_URL_EXPIRES_S,
+    LOG_TAIL_BYTES,
 )
+# The gpuq CLI (orchestrator/cli.py): where the service is and how to sign for it.
+GPUQ = (ORCHESTRATOR_URL, ORCHESTRATOR_TOKEN, ORCHESTRATOR_AUTH, GPUQ_CONFIG, AWS_REGION, AWS_DEFAULT_REGION)
 
 
 def render(values: Mapping[Setting[Any], Any], *, program: tuple[Setting[Any], ...]) -> dict[str, str]:

@@ -98,10 +98,11 @@ class TaskStore:
         idempotency_key: str | None = None,
         task_id: str | None = None,
         at_ms: int | None = None,
+        submitted_by: str | None = None,
     ) -> TaskRecord:
-        """Put a new QUEUED item. With an idempotency key, a marker item (`marker_key`) is written in the same
-        transaction, so two concurrent submits with one key create exactly one task; the loser gets
-        TransitionRejected carrying the winner's task."""
+        """Put a new QUEUED item, owned by `submitted_by` (the caller's identity) when given. With an idempotency
+        key, a marker item (`marker_key`) is written in the same transaction, so two concurrent submits with one key
+        create exactly one task; the loser gets TransitionRejected carrying the winner's task."""
         at = now_ms() if at_ms is None else at_ms
         record = TaskRecord(
             task_id=task_id or new_task_id(at),
@@ -112,6 +113,7 @@ class TaskStore:
             updated_at=at,
             attempts=0,
             idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
             enqueue_id=new_enqueue_id(),
             enqueue_claimed_at=at,
             ttl=at // 1000 + RESULT_TTL_SECONDS,

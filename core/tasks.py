@@ -109,6 +109,7 @@ class TaskRecord:
     result_uri: str | None = None
     error: str | None = None
     idempotency_key: str | None = None
+    submitted_by: str | None = None  # the caller's identity (an IAM ARN, or "local" in bearer mode); None: unknown
     cancel_requested: bool = False
     completed_attempt: int | None = None  # the attempt whose outputs were uploaded in full (completion marker)
     ttl: int | None = None

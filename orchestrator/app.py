@@ -1,5 +1,6 @@
 """The HTTP service. `create_app(settings, clients)` builds it (tests inject moto-bound clients);
-`app_from_env()` is the factory uvicorn runs in the container (`uvicorn --factory orchestrator.app:app_from_env`).
+`app_from_env()` is the factory uvicorn runs in the container (`uvicorn --factory orchestrator.app:app_from_env`)
+and orchestrator/lambda_handler.py wraps for a Lambda function URL.
 The docs pages load Swagger UI / ReDoc from the service itself (fastapi-offline), so they work with no network."""
 
 from __future__ import annotations
@@ -12,17 +13,31 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
 from core import logs
 from core.store import TaskStore
 from core.tasks import TaskStatus
 
+from . import registry as types
+from .files import Artifacts
 from .gpu import GpuStarter
-from .http_guards import DOCS_ASSETS, BearerAuth, BodyLimit
-from .registry import registry_validator
-from .schemas import ErrorBody, Health, Live, SubmitRequest, Task, TaskPage
+from .http_guards import DOCS_ASSETS, BearerAuth, BodyLimit, IamAuth
+from .identity import SCOPE_KEY, Caller
+from .schemas import (
+    ErrorBody,
+    Health,
+    Live,
+    Logs,
+    Results,
+    SubmitRequest,
+    Task,
+    TaskPage,
+    TaskTypes,
+    UploadGrant,
+    UploadRequest,
+)
 from .service import ApiError, TaskService, Validator
 from .settings import Clients, Settings
 
@@ -30,6 +45,7 @@ log = logging.getLogger("orchestrator")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }
+FILE_OUT: dict[str, Any] = {"responses": ERRORS}
 # Fields a task does not have (yet) are left out rather than shown as null; next_cursor is always set.
 TASK_OUT: dict[str, Any] = {"response_model_exclude_unset": True, "responses": ERRORS}
 
@@ -50,51 +66,101 @@ def service_of(request: Request) -> TaskService:
     return service
 
 
+def caller_of(request: Request) -> Caller:
+    caller = request.scope.get(SCOPE_KEY)
+    if not isinstance(caller, Caller):  # only when no auth middleware ran: never serve such a request
+        raise ApiError(401, "unauthorized", "no caller identity")
+    return caller
+
+
+def artifacts_of(request: Request) -> Artifacts:
+    found: Artifacts | None = request.app.state.artifacts
+    if found is None:
+        raise ApiError(503, "files_unavailable", "this service has no artifacts bucket (ARTIFACTS_BUCKET) or S3 client")
+    return found
+
+
 Service = Annotated[TaskService, Depends(service_of)]
-# BearerAuth (middleware) enforces the token; this only declares it in the OpenAPI document, on every route here.
+Me = Annotated[Caller, Depends(caller_of)]
+Files = Annotated[Artifacts, Depends(artifacts_of)]
+# The auth middleware (BearerAuth or IamAuth) enforces it; these only declare it in the OpenAPI document.
 bearer = HTTPBearer(scheme_name="bearer", description="the ORCHESTRATOR_TOKEN value", auto_error=False)
-routes = APIRouter(dependencies=[Depends(bearer)])
-public = APIRouter()  # no token: listed in BearerAuth.OPEN_PATHS
+sigv4 = APIKeyHeader(
+    name="Authorization",
+    scheme_name="sigv4",
+    description="AWS SigV4 for service `lambda` (IAM mode: the function URL checks it; `gpuq` signs)",
+    auto_error=False,
+)
+public = APIRouter()  # no token: the paths http_guards.is_open lists
 
 
-@routes.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
-def submit(body: SubmitRequest, response: Response, service: Service) -> dict[str, Any]:
-    """Queue a task and make sure the GPU is starting. A repeat with the same `idempotency_key` returns the
-    first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
-    out = service.submit(body.type, body.params, body.idempotency_key)
-    if out.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return out.task
+def task_routes(security: Any) -> APIRouter:
+    """Every route that needs a caller, declaring `security` (the mode's scheme) in the OpenAPI document."""
+    routes = APIRouter(dependencies=[Depends(security)])
 
+    @routes.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
+    def submit(body: SubmitRequest, response: Response, service: Service, caller: Me) -> dict[str, Any]:
+        """Queue a task and make sure the GPU is starting. A repeat with the same `idempotency_key` returns the
+        first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
+        out = service.submit(body.type, body.params, body.idempotency_key, caller)
+        if out.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return out.task
 
-@routes.get("/tasks/{task_id}", response_model=Task, **TASK_OUT)
-def get_task(task_id: str, service: Service) -> dict[str, Any]:
-    return service.get(task_id)
+    @routes.get("/tasks/{task_id}", response_model=Task, **TASK_OUT)
+    def get_task(task_id: str, service: Service, caller: Me) -> dict[str, Any]:
+        """The task, if it is the caller's (or the caller is an admin); 404 otherwise."""
+        return service.get(task_id, caller)
 
+    @routes.get("/tasks", response_model=TaskPage, **TASK_OUT)
+    def list_tasks(
+        service: Service,
+        caller: Me,
+        status: Annotated[TaskStatus, Query(description="tasks in this status, newest first")],
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
+    ) -> dict[str, Any]:
+        """The caller's tasks (an admin's: everyone's). A page may hold fewer than `limit` items and still have
+        a next_cursor: follow it until it is null."""
+        items, next_cursor = service.list(status, limit, cursor, caller)
+        return {"items": items, "next_cursor": next_cursor}
 
-@routes.get("/tasks", response_model=TaskPage, **TASK_OUT)
-def list_tasks(
-    service: Service,
-    status: Annotated[TaskStatus, Query(description="tasks in this status, newest first")],
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
-) -> dict[str, Any]:
-    items, next_cursor = service.list(status, limit, cursor)
-    return {"items": items, "next_cursor": next_cursor}
+    @routes.post("/tasks/{task_id}/cancel", response_model=Task, **TASK_OUT)
+    def cancel_task(task_id: str, service: Service, caller: Me) -> dict[str, Any]:
+        """A QUEUED task becomes CANCELLED and never runs; a RUNNING one gets `cancel_requested` and its adapter
+        stops it. Cancelling a CANCELLED task returns it; other finished tasks answer 409."""
+        return service.cancel(task_id, caller)
 
+    @routes.get("/tasks/{task_id}/results", response_model=Results, **FILE_OUT)
+    def task_results(task_id: str, service: Service, files: Files, caller: Me) -> dict[str, Any]:
+        """The objects under the task's results prefix, each with a presigned GET URL valid `expires_in` seconds.
+        Empty until the adapter has kept something (a failed attempt keeps its logs there too)."""
+        return files.results(service.owned(task_id, caller))
 
-@routes.post("/tasks/{task_id}/cancel", response_model=Task, **TASK_OUT)
-def cancel_task(task_id: str, service: Service) -> dict[str, Any]:
-    """A QUEUED task becomes CANCELLED and never runs; a RUNNING one gets `cancel_requested` and its adapter
-    stops it. Cancelling a CANCELLED task returns it; other finished tasks answer 409."""
-    return service.cancel(task_id)
+    @routes.get("/tasks/{task_id}/logs", response_model=Logs, **FILE_OUT)
+    def task_logs(task_id: str, service: Service, files: Files, caller: Me) -> dict[str, Any]:
+        """The end of the job's stdout and stderr as the adapter kept them (LOG_TAIL_BYTES of each, `truncated`
+        when there is more)."""
+        return files.logs(service.owned(task_id, caller))
 
+    @routes.post("/uploads", response_model=UploadGrant, **FILE_OUT)
+    def upload(body: UploadRequest, files: Files, caller: Me) -> dict[str, Any]:
+        """A presigned S3 POST for one input file, under the caller's own prefix. Send `fields` and then the file
+        (form field `file`, last) to `url`; then name `key` in a param marked `s3_input`."""
+        return files.upload(caller, body.name, body.bytes)
 
-@routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
-def healthz(service: Service) -> JSONResponse:
-    """Reads the queues and the GPU state: 503 when AWS cannot be read or an instance id is unknown."""
-    ok, report = service.health()
-    return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
+    @routes.get("/types", response_model=TaskTypes, **FILE_OUT)
+    def task_types(request: Request, _: Me) -> dict[str, Any]:
+        """The registered task types and their params (what to submit, not what runs)."""
+        return {"types": request.app.state.types}
+
+    @routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    def healthz(service: Service) -> JSONResponse:
+        """Reads the queues and the GPU state: 503 when AWS cannot be read or an instance id is unknown."""
+        ok, report = service.health()
+        return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
+
+    return routes
 
 
 @public.get("/livez", response_model=Live)
@@ -121,6 +187,7 @@ async def bad_request(_: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings, clients: Clients, *, validate: Validator | None = None) -> FastAPI:
+    registry = types.load()
     starter = GpuStarter(clients.ec2, settings.instance_ids, settings.gpu_retry)
 
     @asynccontextmanager
@@ -143,22 +210,41 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         queue_url=settings.queue_url,
         dlq_url=settings.dlq_url,
         starter=starter,
-        validate=validate or registry_validator(),
+        validate=validate or types.registry_validator(registry=registry),
+        inputs_of=types.inputs_of(registry),
     )
     app.state.starter = starter
+    app.state.types = types.describe(registry)
+    app.state.artifacts = (
+        Artifacts(
+            s3=clients.s3,
+            bucket=settings.artifacts_bucket,
+            upload_max_bytes=settings.upload_max_bytes,
+            upload_expires_s=settings.upload_url_expires_s,
+            result_expires_s=settings.result_url_expires_s,
+            log_tail_bytes=settings.log_tail_bytes,
+        )
+        if settings.artifacts_bucket and clients.s3 is not None
+        else None
+    )
     if settings.insecure:
         logs.event(log, "insecure_local_mode", logging.WARNING, note="no bearer token required")
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, bad_request)
-    app.include_router(routes)
+    app.include_router(task_routes(sigv4 if settings.auth == "iam" else bearer))
     app.include_router(public)
-    # Added last = outermost: the token is checked before a body is read.
+    # Added last = outermost: the caller is known (or refused) before a body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BearerAuth, token=settings.token if not settings.insecure else None)
+    if settings.auth == "iam":
+        app.add_middleware(IamAuth, admins=settings.admin_arns)
+    else:
+        app.add_middleware(BearerAuth, token=settings.token if not settings.insecure else None)
     return app
 
 
-def app_from_env() -> FastAPI:
-    logs.setup()
+def app_from_env(*, loggers: tuple[str, ...] = ("",)) -> FastAPI:
+    """`loggers`: where the JSON log lines are set up (core.logs.setup); the whole process by default, the
+    service's own loggers where a runtime owns the root logger (Lambda)."""
+    logs.setup(loggers=loggers)
     settings = Settings.from_env()
     return create_app(settings, Clients.from_settings(settings))

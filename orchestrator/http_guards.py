@@ -1,4 +1,5 @@
-"""Request guards that run before any handler: body size limit, bearer token."""
+"""Request guards that run before any handler: body size limit, then who is calling (bearer token or the IAM
+identity of a Lambda function URL request). Each auth guard leaves the `Caller` in the scope for the handlers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .identity import LOCAL, SCOPE_KEY, Caller, iam_caller_arn, is_admin
 
 DOCS_ASSETS = "/docs-assets"  # where the app serves the docs pages' JS, CSS and icon (no CDN)
 
@@ -84,27 +87,32 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/livez"})
+
+
+def is_open(path: str) -> bool:
+    """The API docs (pages, their assets, /openapi.json) and /livez: served to anyone who reaches the service."""
+    if path in OPEN_PATHS:
+        return True
+    # The assets are static files; no dot segment, so the prefix can never stand for another route.
+    return path.startswith(DOCS_ASSETS + "/") and ".." not in path.split("/")
+
+
 class BearerAuth:
-    """Every path but the API docs (pages, their assets, /openapi.json) and /livez needs
-    `Authorization: Bearer <token>`, compared in constant time.
+    """Every path but the open ones (`is_open`) needs `Authorization: Bearer <token>`, compared in constant time.
+    The caller is then `local`, this mode's one principal, an admin (it sees every task).
     `token=None` is the explicit insecure local mode (Settings refuses it unless asked for)."""
-
-    OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/livez"})
-
-    @classmethod
-    def is_open(cls, path: str) -> bool:
-        if path in cls.OPEN_PATHS:
-            return True
-        # The assets are static files; no dot segment, so the prefix can never stand for another route.
-        return path.startswith(DOCS_ASSETS + "/") and ".." not in path.split("/")
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.token is None or self.is_open(scope["path"]):
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
+            return
+        if self.token is None:
+            await self.app({**scope, SCOPE_KEY: Caller(LOCAL, admin=True)}, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, presented = header.partition(b" ")
@@ -118,4 +126,25 @@ class BearerAuth:
                 ((b"www-authenticate", b"Bearer"),),
             )
             return
-        await self.app(scope, receive, send)
+        await self.app({**scope, SCOPE_KEY: Caller(LOCAL, admin=True)}, receive, send)
+
+
+class IamAuth:
+    """IAM mode: the caller is the ARN the function URL put in the Lambda event (orchestrator/identity.py says why
+    that can be trusted and nothing else can). A request without it is 401, whatever headers it carries: it did
+    not come through the function URL. `admins`: ORCHESTRATOR_ADMIN_ARNS."""
+
+    def __init__(self, app: ASGIApp, admins: tuple[str, ...]) -> None:
+        self.app = app
+        self.admins = admins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        arn = iam_caller_arn(scope)
+        if arn is None:
+            message = "no IAM identity: call the service through its function URL with a SigV4-signed request"
+            await _send_json(send, 401, {"error": "unauthorized", "message": message})
+            return
+        await self.app({**scope, SCOPE_KEY: Caller(arn, admin=is_admin(arn, self.admins))}, receive, send)

@@ -46,6 +46,7 @@ class Task(BaseModel):
     result_uri: str | None = None
     error: str | None = None
     idempotency_key: str | None = None
+    submitted_by: str | None = Field(default=None, description="the caller who submitted it (an IAM ARN, or local)")
     cancel_requested: bool | None = None
 
 
@@ -71,3 +72,67 @@ class Health(BaseModel):
     dlq: dict[str, Any]
     gpu: dict[str, Any]
     gpu_start_retrying: bool
+
+
+class UploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=1024, description="the file's name; kept as [A-Za-z0-9._-]")
+    bytes: int = Field(ge=0, description="the file's size; the presigned policy admits no larger body")
+
+
+class UploadGrant(BaseModel):
+    url: str = Field(description="POST the fields, then the file as the last form field `file`, here")
+    fields: dict[str, str]
+    key: str = Field(description="the S3 key: what a param marked s3_input takes")
+    expires_in: int = Field(description="seconds the grant stays valid")
+    max_bytes: int
+
+
+class ResultObject(BaseModel):
+    name: str = Field(description="the path under the task's results prefix")
+    key: str
+    size: int
+    url: str = Field(description="presigned GET, valid expires_in seconds")
+
+
+class Results(BaseModel):
+    task_id: str
+    status: TaskStatus
+    result_uri: str | None
+    objects: list[ResultObject]
+    truncated: bool = Field(description="true when there were more objects than one answer lists")
+    expires_in: int
+
+
+class LogTail(BaseModel):
+    text: str = Field(description="the end of the log, UTF-8 (undecodable bytes replaced)")
+    size: int = Field(description="the whole log's size in bytes")
+    truncated: bool = Field(description="true when text is only the last part")
+    present: bool
+
+
+class Logs(BaseModel):
+    task_id: str
+    status: TaskStatus
+    stdout: LogTail
+    stderr: LogTail
+
+
+class ParamInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    type: str
+    required: bool
+
+
+class TaskTypeInfo(BaseModel):
+    name: str
+    description: str
+    timeout_s: int
+    params: list[ParamInfo]
+
+
+class TaskTypes(BaseModel):
+    types: list[TaskTypeInfo]

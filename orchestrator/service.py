@@ -13,6 +13,12 @@ racing repeats exactly one sends) unless another request holds it and its lease 
 then it answers 503 `enqueue_in_progress` and a later repeat settles it. Taking the right gives the task a new
 enqueue_id, so a message the previous holder may still have sent is a stale copy the adapter deletes unrun.
 A repeat whose task already has `enqueued_at` (or has moved on) enqueues nothing and returns the first task.
+An idempotency key belongs to the caller who first used it: another caller repeating it gets 409, not the task.
+
+Ownership: every task records its `submitted_by` (the caller's identity, orchestrator/identity.py). Reading,
+cancelling and listing act only on the caller's own tasks unless the caller is an admin; another caller's task
+answers 404, as if it did not exist. A non-admin caller's `s3_input` params must name keys under its own upload
+prefix (`inputs/<slug>/`), so nobody can have a task read someone else's input.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +41,7 @@ from core.store import TaskStore, TransitionRejected
 from core.tasks import TaskRecord, TaskStatus
 
 from .gpu import GpuStarter
+from .identity import Caller
 
 log = logging.getLogger("orchestrator.service")
 AwsError = (ClientError, BotoCoreError)
@@ -43,6 +50,16 @@ TASK_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # a ULID; also keeps `idem#..
 
 # Given (type, params), returns the params to store (normalized) or raises InvalidTask.
 Validator = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+# Given a type, the names of its params that are S3 input keys (core.task_types.TaskType.s3_inputs).
+InputsOf = Callable[[str], Sequence[str]]
+TaskViews = list[dict[str, Any]]
+ListPage = tuple[TaskViews, str | None]  # task views, next_cursor
+LIST_SCAN_BUDGET = 1000  # index items one filtered list request reads at most before it answers with a cursor
+INDEX_PAGE = 100  # index items per query of a filtered list
+
+
+def _no_inputs(_: str) -> Sequence[str]:
+    return ()
 
 
 class ApiError(Exception):
@@ -89,6 +106,16 @@ def decode_cursor(raw: str, status: TaskStatus) -> dict[str, Any]:
     return key
 
 
+def _index_key(item: TaskRecord) -> dict[str, Any]:
+    """The status index's key of an item: what the index's LastEvaluatedKey would be after it."""
+    return {"task_id": item.task_id, "status": item.status.value, "created_at": item.created_at}
+
+
+def _same_owner(submitted_by: str | None, caller: Caller) -> bool:
+    # A task from before ownership was recorded counts as an admin's (bearer mode's one caller is one).
+    return submitted_by == caller.id or (submitted_by is None and caller.admin)
+
+
 @dataclass(frozen=True)
 class Submitted:
     task: dict[str, Any]
@@ -106,26 +133,49 @@ class TaskService:
     dlq_url: str
     starter: GpuStarter
     validate: Validator
+    inputs_of: InputsOf = _no_inputs
+    list_scan_budget: int = LIST_SCAN_BUDGET
 
-    def submit(self, task_type: str, params: Mapping[str, Any], idempotency_key: str | None) -> Submitted:
+    def submit(
+        self, task_type: str, params: Mapping[str, Any], idempotency_key: str | None, caller: Caller
+    ) -> Submitted:
         try:
             clean = self.validate(task_type, params)
         except InvalidTask as err:
             raise ApiError(422, "invalid_task", str(err)) from None
+        self._check_inputs(task_type, clean, caller)
         try:
-            task = self.store.create(task_type=task_type, params=clean, idempotency_key=idempotency_key)
+            task = self.store.create(
+                task_type=task_type, params=clean, idempotency_key=idempotency_key, submitted_by=caller.id
+            )
         except TransitionRejected as seen:
-            return self._replay(seen, task_type, clean)
+            return self._replay(seen, task_type, clean, caller)
         except AwsError as err:
             logs.event(log, "task_write_failed", logging.ERROR, error=str(err))
             raise ApiError(503, "store_unavailable", "could not record the task; nothing was queued") from None
         self._enqueue(task, keyed=idempotency_key is not None)
         return Submitted(task_view(task), False, self._start_gpu())
 
-    def _replay(self, seen: TransitionRejected, task_type: str, params: Mapping[str, Any]) -> Submitted:
+    def _check_inputs(self, task_type: str, params: Mapping[str, Any], caller: Caller) -> None:
+        if caller.admin:
+            return
+        for name in self.inputs_of(task_type):
+            value = params.get(name)
+            if isinstance(value, str) and not value.startswith(caller.input_prefix):
+                raise ApiError(
+                    422,
+                    "invalid_task",
+                    f"invalid params for {task_type}: {name}: not one of your uploads (keys under "
+                    f"{caller.input_prefix}; POST /uploads gives one)",
+                )
+
+    def _replay(self, seen: TransitionRejected, task_type: str, params: Mapping[str, Any], caller: Caller) -> Submitted:
         task = seen.item
         if task is None:  # the marker exists but its task does not: should not happen; let the client retry
             raise ApiError(503, "idempotency_conflict", "idempotency key is being used concurrently; retry")
+        if not _same_owner(task.submitted_by, caller):
+            # Not the task, nor its id: the key says nothing about another caller's work.
+            raise ApiError(409, "idempotency_key_reused", "idempotency_key was already used by another caller")
         if task.type != task_type or dict(task.params) != dict(params):
             raise ApiError(
                 409,
@@ -184,7 +234,8 @@ class TaskService:
     def _start_gpu(self) -> dict[str, str]:
         return {k: v.value for k, v in self.starter.ensure_started().items()}
 
-    def get(self, task_id: str) -> dict[str, Any]:
+    def owned(self, task_id: str, caller: Caller) -> TaskRecord:
+        """The task, if it exists and the caller may see it; 404 otherwise (the same answer for both)."""
         if not TASK_ID.match(task_id):
             raise ApiError(404, "not_found", f"no task {task_id}")
         try:
@@ -192,21 +243,50 @@ class TaskService:
         except AwsError as err:
             logs.event(log, "task_read_failed", logging.ERROR, task_id=task_id, error=str(err))
             raise ApiError(503, "store_unavailable", f"could not read task {task_id}; retry") from None
-        if item is None:
+        if item is None or not caller.owns(item.submitted_by):
             raise ApiError(404, "not_found", f"no task {task_id}")
-        return task_view(item)
+        return item
 
-    def list(self, status: TaskStatus, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def get(self, task_id: str, caller: Caller) -> dict[str, Any]:
+        return task_view(self.owned(task_id, caller))
+
+    def list(self, status: TaskStatus, limit: int, cursor: str | None, caller: Caller) -> ListPage:
+        """Newest first. An admin gets the index's pages as they are. For anyone else the index is read in pages
+        and filtered here (the store's query has no owner filter): the answer's cursor is the index key of the last
+        item read, so no item is skipped or repeated. A page may hold fewer than `limit` items, even none, and still
+        have a next_cursor: after `list_scan_budget` index items a request answers with what it found, so one
+        request stays bounded however many of other callers' tasks lie in between. Follow next_cursor to null."""
         start = decode_cursor(cursor, status) if cursor else None
         try:
-            page = self.store.list_by_status(status, limit=limit, cursor=start)
+            if caller.admin:
+                page = self.store.list_by_status(status, limit=limit, cursor=start)
+                return [task_view(i) for i in page.items], encode_cursor(page.cursor)
+            return self._list_own(status, limit, start, caller)
         except AwsError as err:
             logs.event(log, "task_list_failed", logging.ERROR, status=status.value, error=str(err))
             raise ApiError(503, "store_unavailable", "could not list tasks; retry") from None
-        return [task_view(i) for i in page.items], encode_cursor(page.cursor)
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        self.get(task_id)  # 404 for ids that do not exist (and for marker items)
+    def _list_own(self, status: TaskStatus, limit: int, start: dict[str, Any] | None, caller: Caller) -> ListPage:
+        found: TaskViews = []
+        read = 0
+        key = start
+        # Pages are bounded too, not only items: an index page may come back empty with a LastEvaluatedKey.
+        for _ in range(self.list_scan_budget // INDEX_PAGE + 2):
+            page = self.store.list_by_status(status, limit=INDEX_PAGE, cursor=key)
+            for position, item in enumerate(page.items, 1):
+                read += 1
+                if caller.owns(item.submitted_by):
+                    found.append(task_view(item))
+                more = position < len(page.items) or page.cursor is not None
+                if (len(found) == limit or read >= self.list_scan_budget) and more:
+                    return found, encode_cursor(_index_key(item))
+            if page.cursor is None:
+                return found, None
+            key = page.cursor
+        return found, encode_cursor(key)
+
+    def cancel(self, task_id: str, caller: Caller) -> dict[str, Any]:
+        self.owned(task_id, caller)  # 404 for ids that do not exist, marker items, and other callers' tasks
         try:
             return task_view(self.store.cancel(task_id))
         except AwsError as err:

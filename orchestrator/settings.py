@@ -22,24 +22,57 @@ class Settings:
     dlq_url: str
     table_name: str
     instance_ids: tuple[str, ...]
-    token: str | None  # None only in insecure local mode
+    token: str | None  # None in insecure local mode and in IAM mode
     insecure: bool = False
     status_index: str = STATUS_INDEX
     region: str | None = None
     max_body_bytes: int = c.MAX_BODY_BYTES.default or 0
     gpu_retry: StartRetry = field(default_factory=StartRetry)
+    auth: str = "token"  # or "iam": behind a Lambda function URL with AWS_IAM auth (orchestrator/identity.py)
+    admin_arns: tuple[str, ...] = ()
+    artifacts_bucket: str | None = None  # None: the file endpoints answer 503, the rest works
+    upload_max_bytes: int = c.UPLOAD_MAX_BYTES.default or 0
+    upload_url_expires_s: int = c.UPLOAD_URL_EXPIRES_S.default or 0
+    result_url_expires_s: int = c.RESULT_URL_EXPIRES_S.default or 0
+    log_tail_bytes: int = c.LOG_TAIL_BYTES.default or 0
 
     def __post_init__(self) -> None:
         if not self.instance_ids:
             raise SettingError(c.GPU_INSTANCE_IDS.name, "names no instance")
+        self._check_limits()
+        for entry in self.admin_arns:
+            if not entry.startswith("arn:"):
+                raise SettingError(c.ORCHESTRATOR_ADMIN_ARNS.name, f"{entry!r} is not an ARN or an ARN prefix")
+        if self.auth == "iam":
+            # Lambda checks the signature before the app runs; a token or an open mode beside it would only confuse
+            # what protects the service.
+            if self.token is not None:
+                raise SettingError(c.ORCHESTRATOR_TOKEN.name, "not used with ORCHESTRATOR_AUTH=iam; unset it")
+            if self.insecure:
+                raise SettingError(c.ORCHESTRATOR_INSECURE.name, "not used with ORCHESTRATOR_AUTH=iam")
+            return
         if self.token is None and not self.insecure:
             raise SettingError(
                 c.ORCHESTRATOR_TOKEN.name, "required (or start with --insecure-local / ORCHESTRATOR_INSECURE=1)"
             )
         if self.token is not None and not self.token.strip():
             raise SettingError(c.ORCHESTRATOR_TOKEN.name, "is empty")
+
+    def _check_limits(self) -> None:
         if self.max_body_bytes < 1024:
             raise SettingError(c.MAX_BODY_BYTES.name, "must be at least 1024")
+        # S3 takes at most 5 GiB in one POST; SigV4 presigned URLs live at most 7 days.
+        if not 1 <= self.upload_max_bytes <= 5 * 1024**3:
+            raise SettingError(c.UPLOAD_MAX_BYTES.name, "must be 1 .. 5 GiB (S3's limit for one POST upload)")
+        for spec, value in (
+            (c.UPLOAD_URL_EXPIRES_S, self.upload_url_expires_s),
+            (c.RESULT_URL_EXPIRES_S, self.result_url_expires_s),
+        ):
+            if not 1 <= value <= 7 * 24 * 3600:
+                raise SettingError(spec.name, "must be 1 .. 604800 seconds (SigV4's longest presigned lifetime)")
+        # Both logs go back in one response: a Lambda response holds at most 6 MB, and JSON may escape each byte.
+        if not 1 <= self.log_tail_bytes <= 256 * 1024:
+            raise SettingError(c.LOG_TAIL_BYTES.name, "must be 1 .. 262144")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, insecure: bool | None = None) -> Settings:
@@ -55,6 +88,13 @@ class Settings:
             region=c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env),
             max_body_bytes=c.MAX_BODY_BYTES.read(env),
             gpu_retry=StartRetry(deadline_s=c.GPU_START_DEADLINE_S.read(env)),
+            auth=c.ORCHESTRATOR_AUTH.read(env),
+            admin_arns=c.ORCHESTRATOR_ADMIN_ARNS.read(env),
+            artifacts_bucket=c.ARTIFACTS_BUCKET.read_optional(env),
+            upload_max_bytes=c.UPLOAD_MAX_BYTES.read(env),
+            upload_url_expires_s=c.UPLOAD_URL_EXPIRES_S.read(env),
+            result_url_expires_s=c.RESULT_URL_EXPIRES_S.read(env),
+            log_tail_bytes=c.LOG_TAIL_BYTES.read(env),
         )
 
 
@@ -65,10 +105,12 @@ class Clients:
     sqs: Any
     ec2: Any
     table: Any  # a DynamoDB Table resource (what core.store.TaskStore takes)
+    s3: Any = None  # presigns uploads and result downloads, reads logs; None: the file endpoints answer 503
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> Clients:
         import boto3
+        from botocore.config import Config
 
         # AWS_ENDPOINT_URL (tests, local demo) is honoured by boto3 itself.
         session = session or boto3.session.Session(region_name=settings.region)
@@ -76,4 +118,6 @@ class Clients:
             sqs=session.client("sqs"),
             ec2=session.client("ec2"),
             table=session.resource("dynamodb").Table(settings.table_name),
+            # SigV4 for presigned URLs: what every region accepts (and all that the newer ones do).
+            s3=session.client("s3", config=Config(signature_version="s3v4")),
         )

@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def service(local_aws: Any) -> Iterator[dict[str, str]]:
-    """Starts the service; yields the environment the CLI needs."""
+def service(local_aws: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Starts the service; yields the environment the CLI needs (and a config file path of its own, so whatever
+    `gpuq configure` wrote for the user running the tests plays no part)."""
     settings = Settings.from_env({**local_aws.env(), "ORCHESTRATOR_TOKEN": TOKEN})
     table = local_aws.resource("dynamodb").Table(local_aws.table_name)
     app = create_app(settings, Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), table=table))
@@ -36,6 +37,7 @@ def service(local_aws: Any) -> Iterator[dict[str, str]]:
             "PYTHONPATH": str(REPO),
             "ORCHESTRATOR_URL": url,
             "ORCHESTRATOR_TOKEN": TOKEN,
+            "GPUQ_CONFIG": str(tmp_path / "gpuq.toml"),
         }
 
 
@@ -144,3 +146,16 @@ def test_wait_exit_codes_for_timeout_cancel_and_failure(service: dict[str, str],
         thread.join(10)
     assert done.returncode == 1, done.stderr
     assert "status: FAILED" in done.stdout and "error: exit code 3" in done.stdout
+
+
+def test_python_m_orchestrator_is_gpuq(service: dict[str, str]) -> None:
+    helped = cli(service, "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: gpuq")
+    for command in ("submit", "results", "logs", "types", "configure", "list", "cancel", "status", "wait", "serve"):
+        assert command in helped.stdout
+    bad_mode = cli({**service, "ORCHESTRATOR_AUTH": "cookie"}, "status", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert bad_mode.returncode == 2 and "ORCHESTRATOR_AUTH" in bad_mode.stderr
+    broken = Path(service["GPUQ_CONFIG"])
+    broken.write_text("url = [unclosed")
+    refused = cli({k: v for k, v in service.items() if k != "ORCHESTRATOR_URL"}, "types")
+    assert refused.returncode == 2 and str(broken) in refused.stderr and len(refused.stderr.splitlines()) == 1

@@ -1,14 +1,23 @@
-"""The HTTP API against moto's server: validation, idempotent submit, reads, paging, cancel, healthz, auth."""
+"""The HTTP API against moto's server: validation, idempotent submit, reads, paging, cancel, healthz, auth; and IAM
+mode, through Mangum with function URL events as Lambda delivers them: identity, ownership, filtered paging."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from botocore.config import Config
+from mangum import Mangum
 
 from core.contract import SettingError
 from core.store import TaskStore, TransitionRejected
@@ -215,3 +224,189 @@ def test_auth_required_unless_insecure_local_mode(local_aws: Any) -> None:
     app = create_app(settings, Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), table=table))
     with running(app) as client:
         assert client.post("/tasks", json={"type": "noop"}).status_code == 202
+
+
+# --- identity and ownership (IAM mode behind a Lambda function URL) --------------------------------------------
+
+ACCOUNT = "123456789012"
+ALICE = f"arn:aws:sts::{ACCOUNT}:assumed-role/Dev/alice@example.com"
+BOB = f"arn:aws:sts::{ACCOUNT}:assumed-role/Dev/bob"
+CAROL = f"arn:aws:sts::{ACCOUNT}:assumed-role/Admin/carol"  # an admin by the role prefix below
+ADMINS = f"arn:aws:sts::{ACCOUNT}:assumed-role/Admin/"
+
+
+def make_iam_app(aws: Any, **env: str) -> Any:
+    """IAM mode, with every client (S3 included) bound to moto."""
+    settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_AUTH": "iam", "ORCHESTRATOR_ADMIN_ARNS": ADMINS, **env})
+    table = aws.resource("dynamodb").Table(settings.table_name)
+    s3 = aws.client("s3", config=Config(signature_version="s3v4"))
+    return create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table, s3=s3))
+
+
+def function_url_event(
+    method: str, path: str, *, arn: str | None, body: Any = None, query: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A Lambda function URL request (payload version 2.0) as Lambda hands it to the function: with AWS_IAM auth
+    the caller's identity is in requestContext.authorizer.iam (absent here when `arn` is None)."""
+    context: dict[str, Any] = {
+        "accountId": ACCOUNT,
+        "apiId": "abcdefghij",
+        "domainName": "abcdefghij.lambda-url.us-east-1.on.aws",
+        "domainPrefix": "abcdefghij",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7", "userAgent": "t"},
+        "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+        "routeKey": "$default",
+        "stage": "$default",
+        "time": "01/Jan/2026:00:00:00 +0000",
+        "timeEpoch": 1767225600000,
+    }
+    if arn is not None:
+        context["authorizer"] = {
+            "iam": {"accessKey": "ASIAEXAMPLE", "accountId": ACCOUNT, "callerId": "AROAEXAMPLE:x", "userArn": arn}
+        }
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": urlencode(query or {}),
+        "headers": {"host": context["domainName"], "x-forwarded-proto": "https", "x-forwarded-port": "443"},
+        "requestContext": context,
+        "isBase64Encoded": False,
+    }
+    if body is not None:
+        event["body"] = json.dumps(body)
+        event["headers"]["content-type"] = "application/json"
+    return event
+
+
+def invoke(handler: Any, method: str, path: str, *, arn: str | None, **kw: Any) -> tuple[int, Any]:
+    """One request through Mangum, as the Lambda runtime makes it: (status, decoded JSON body)."""
+    out = handler(function_url_event(method, path, arn=arn, **kw), SimpleNamespace())
+    return out["statusCode"], json.loads(out["body"]) if out.get("body") else None
+
+
+def test_iam_callers_see_read_and_cancel_only_their_own_tasks(local_aws: Any) -> None:
+    handler = Mangum(make_iam_app(local_aws), lifespan="off")
+    status, task = invoke(handler, "POST", "/tasks", arn=ALICE, body={"type": "noop", "idempotency_key": "a-1"})
+    assert status == 202, task
+    assert task["submitted_by"] == ALICE and store(local_aws).get(task["task_id"]).submitted_by == ALICE
+    tid = task["task_id"]
+    assert invoke(handler, "GET", f"/tasks/{tid}", arn=ALICE)[0] == 200
+    assert invoke(handler, "GET", f"/tasks/{tid}", arn=CAROL)[0] == 200  # an admin sees every task
+    for method, path in (
+        ("GET", f"/tasks/{tid}"),
+        ("POST", f"/tasks/{tid}/cancel"),
+        ("GET", f"/tasks/{tid}/results"),
+        ("GET", f"/tasks/{tid}/logs"),
+    ):
+        status, body = invoke(handler, method, path, arn=BOB)
+        assert status == 404 and body["error"] == "not_found", (path, body)  # as if it did not exist
+    assert store(local_aws).get(tid).status == "QUEUED"  # bob's cancel changed nothing
+
+    # an idempotency key belongs to its first caller: another caller learns nothing about that task
+    status, body = invoke(handler, "POST", "/tasks", arn=BOB, body={"type": "noop", "idempotency_key": "a-1"})
+    assert status == 409 and tid not in body["message"]
+    status, again = invoke(handler, "POST", "/tasks", arn=ALICE, body={"type": "noop", "idempotency_key": "a-1"})
+    assert status == 202 and again["task_id"] == tid
+
+    bob_task = invoke(handler, "POST", "/tasks", arn=BOB, body={"type": "noop"})[1]["task_id"]
+    legacy = store(local_aws).create(task_type="noop", params={}).task_id  # from before tasks had an owner
+    listed = {
+        who: [t["task_id"] for t in invoke(handler, "GET", "/tasks", arn=who, query={"status": "QUEUED"})[1]["items"]]
+        for who in (ALICE, BOB, CAROL)
+    }
+    assert listed[ALICE] == [tid] and listed[BOB] == [bob_task]
+    assert set(listed[CAROL]) == {tid, bob_task, legacy}
+    assert invoke(handler, "GET", f"/tasks/{legacy}", arn=ALICE)[0] == 404
+    status, cancelled = invoke(handler, "POST", f"/tasks/{tid}/cancel", arn=ALICE)
+    assert status == 200 and cancelled["status"] == "CANCELLED"
+
+
+def test_iam_requests_without_an_identity_are_401_however_they_arrive(local_aws: Any) -> None:
+    app = make_iam_app(local_aws)
+    handler = Mangum(app, lifespan="off")
+    for method, path in (("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/types"), ("GET", "/healthz")):
+        status, body = invoke(handler, method, path, arn=None, body={"type": "noop"} if method == "POST" else None)
+        assert status == 401 and "IAM identity" in body["message"], path
+    assert invoke(handler, "GET", "/livez", arn=None) == (200, {"ok": True})
+    # not through Lambda at all (no event): nothing a client sends stands in for the identity
+    forged = {"Authorization": f"AWS4-HMAC-SHA256 Credential=AKIA/x, userArn={CAROL}", "X-Amz-User-Arn": CAROL}
+    with running(app) as client:
+        assert client.get("/tasks", params={"status": "QUEUED"}, headers=forged).status_code == 401
+        assert client.post("/tasks", json={"type": "noop"}, headers=forged).status_code == 401
+        spec = client.get("/openapi.json").json()
+    assert items(local_aws) == []
+    [(name, scheme)] = spec["components"]["securitySchemes"].items()
+    assert name == "sigv4" and scheme["type"] == "apiKey" and spec["paths"]["/tasks"]["post"]["security"]
+
+
+def test_a_non_admin_list_filters_after_the_index_query_and_pages_without_gaps(local_aws: Any) -> None:
+    app = make_iam_app(local_aws)
+    handler = Mangum(app, lifespan="off")
+    tasks = store(local_aws)
+    owners = [ALICE, BOB, None, BOB, ALICE, ALICE, BOB, BOB, BOB, ALICE, None]
+    made = [
+        (tasks.create(task_type="noop", params={}, at_ms=1_700_000_000_000 + i, submitted_by=o).task_id, o)
+        for i, o in enumerate(owners)
+    ]
+    alices = [tid for tid, owner in reversed(made) if owner == ALICE]
+
+    def pages(who: str, limit: int) -> list[list[str]]:
+        out, cursor = [], None
+        for _ in range(50):
+            query = {"status": "QUEUED", "limit": limit, **({"cursor": cursor} if cursor else {})}
+            status, page = invoke(handler, "GET", "/tasks", arn=who, query=query)
+            assert status == 200, page
+            out.append([t["task_id"] for t in page["items"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return out
+        raise AssertionError("paging did not end")
+
+    got = pages(ALICE, 2)
+    assert [tid for page in got for tid in page] == alices and all(len(p) <= 2 for p in got)
+    # a tight read budget: pages come back short, even empty, with a cursor; following it still finds every task
+    app.state.service = replace(app.state.service, list_scan_budget=2)
+    tight = pages(ALICE, 3)
+    assert [tid for page in tight for tid in page] == alices and [] in tight
+    assert [tid for page in pages(CAROL, 4) for tid in page] == [tid for tid, _ in reversed(made)]
+
+
+def test_iam_mode_settings_refuse_a_token_and_non_arn_admins(local_aws: Any) -> None:
+    base = {**local_aws.env(), "ORCHESTRATOR_AUTH": "iam"}
+    with pytest.raises(SettingError, match="ORCHESTRATOR_TOKEN"):
+        Settings.from_env({**base, "ORCHESTRATOR_TOKEN": TOKEN})
+    with pytest.raises(SettingError, match="ORCHESTRATOR_ADMIN_ARNS"):
+        Settings.from_env({**base, "ORCHESTRATOR_ADMIN_ARNS": "alice"})
+    with pytest.raises(SettingError, match="ORCHESTRATOR_AUTH"):
+        Settings.from_env({**base, "ORCHESTRATOR_AUTH": "cookie"})
+    assert Settings.from_env(base).token is None  # no token needed: Lambda checks the signature
+
+
+def test_the_lambda_entry_point_serves_function_url_events(local_aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**local_aws.env(), "ORCHESTRATOR_AUTH": "iam"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ORCHESTRATOR_TOKEN", raising=False)
+    sys.modules.pop("orchestrator.lambda_handler", None)
+    # Importing it sets up JSON logging for the service's loggers, as in Lambda: the tests after this one get the
+    # logging they had.
+    names = ("orchestrator", "botocore", "urllib3")
+    kept_root = logging.getLogger("").handlers[:]  # the runtime's root logger is left alone
+    kept = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names
+    }
+    module = importlib.import_module("orchestrator.lambda_handler")
+    try:
+        assert logging.getLogger("").handlers == kept_root and logging.getLogger("orchestrator").propagate is False
+        status, task = invoke(module.handler, "POST", "/tasks", arn=ALICE, body={"type": "noop"})
+        assert status == 202 and task["submitted_by"] == ALICE
+        assert messages(local_aws)[0]["task_id"] == task["task_id"]
+        status, types = invoke(module.handler, "GET", "/types", arn=BOB)
+        assert status == 200 and "noop" in [t["name"] for t in types["types"]]
+        assert invoke(module.handler, "GET", "/tasks", arn=None, query={"status": "QUEUED"})[0] == 401
+    finally:
+        sys.modules.pop("orchestrator.lambda_handler", None)
+        for name, (handlers, level, propagate) in kept.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(level)
