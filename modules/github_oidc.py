@@ -117,16 +117,9 @@ PERMISSIONS_BOUNDARY_ACTIONS = (
 )
 #
 # Writes that change what a runtime role may do or who may assume it: only on a role carrying the boundary.
-ROLE_WRITE = (
-    "iam:CreateRole",
-    "iam:DeleteRole",
-    "iam:DeleteRolePolicy",
-    "iam:DetachRolePolicy",
-    "iam:PutRolePermissionsBoundary",
-    "iam:PutRolePolicy",
-    "iam:UpdateAssumeRolePolicy",
-    "iam:UpdateRole",
-    "iam:UpdateRoleDescription",
+# That is every action taking the boundary key but AttachRolePolicy and DeleteRolePermissionsBoundary (never allowed).
+ROLE_WRITE = tuple(
+    a for a in PERMISSIONS_BOUNDARY_ACTIONS if a not in ("iam:AttachRolePolicy", "iam:DeleteRolePermissionsBoundary")
 )
 # Refused (explicit Deny) whenever the role would be without the boundary, whatever else a policy allows.
 # AttachRolePolicy is in no Allow at all: our stacks use inline policies only, so no managed policy (say

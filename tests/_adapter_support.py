@@ -1,7 +1,7 @@
 """Helpers shared by the adapter tests: env for a worker with times shrunk to seconds, submitting the way the
 orchestrator does (item, then its core.message message), bounded waits, and a counting local HTTP server.
 
-`aws` is the lead's `local_aws` (the synthesized `local` environment in moto) built once per test module instead of
+`aws` is conftest's `local_aws` (the synthesized `local` environment in moto) built once per test module instead of
 once per test - a build costs seconds and these tests run dozens of them. Each test gets its own copy of the
 synthesized queue + DLQ; tasks are isolated by their unique ids in the shared table and bucket.
 """

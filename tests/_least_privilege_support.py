@@ -108,12 +108,13 @@ def warnings(caplog: pytest.LogCaptureFixture, component: str) -> list[tuple[str
     ]
 
 
-def refused(call: Callable[[], Any]) -> str:
-    """Run `call`; the server must refuse it (an authorization error in the response, not a client-side check)."""
+def refused(call: Callable[[], Any], denied: frozenset[str] | set[str] = DENIED) -> str:
+    """Run `call`; the server must refuse it (an authorization error in the response, not a client-side check):
+    its error code one of `denied`."""
     with pytest.raises(ClientError) as info:
         call()
     error = info.value.response["Error"]
-    assert error["Code"] in DENIED, error
+    assert error["Code"] in denied, error
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 403)
     return str(error.get("Message", ""))
 

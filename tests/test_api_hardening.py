@@ -7,39 +7,20 @@ import base64
 import http.client
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from core.store import TaskStore
 from core.task_types import InvalidParams, ParamSpec, RegistryError, load_registry
 from core.tasks import TaskStatus
-from orchestrator.app import create_app
 from orchestrator.http_guards import DOCS_ASSETS
-from orchestrator.server import serve_in_thread
 from orchestrator.service import ApiError, decode_cursor
-from orchestrator.settings import Clients, Settings
+from tests.test_orchestrator_api import AUTH, make_app, running
 
-TOKEN = "hardening-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-
-
-def make_app(aws: Any, **env: str) -> Any:
-    settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_TOKEN": TOKEN, **env})
-    table = aws.resource("dynamodb").Table(settings.table_name)
-    return create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
-
-
-@contextmanager
-def running(app: Any, **client_kw: Any) -> Iterator[httpx.Client]:
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=10, **client_kw) as client:
-        yield client
 
 
 def cursor_of(raw_json: str) -> str:

@@ -24,10 +24,10 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 
 import modules  # noqa: F401  (registers the provider package cheaply, before any cdktf import)
 from localaws import authserver
+from tests._least_privilege_support import refused as refused_with
 from tests.infra_helpers import load, resources
 
 ACCOUNT = "123456789012"  # moto's account: the policies are rendered for the account the server plays
@@ -61,12 +61,7 @@ FOREIGN_TRUST = trust({"AWS": f"arn:aws:iam::{FOREIGN}:root"})
 
 def refused(call: Callable[[], Any]) -> str:
     """The server refuses `call` for want of permission (not a validation error, not a missing resource)."""
-    with pytest.raises(ClientError) as info:
-        call()
-    error = info.value.response["Error"]
-    assert error["Code"] in DENIED, error
-    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 403)
-    return str(error.get("Message", ""))
+    return refused_with(call, DENIED)
 
 
 # -- what `make bootstrap ENV=dev` and `make plan ENV=dev` synthesize, rendered for moto's account ------------------

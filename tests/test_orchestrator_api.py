@@ -32,7 +32,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def make_app(aws: Any, **env: str) -> Any:
     settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_TOKEN": TOKEN, **env})
-    table = aws.resource("dynamodb").Table(aws.table_name)
+    table = aws.resource("dynamodb").Table(settings.table_name)  # a TASK_TABLE_NAME override reaches the table too
     return create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
 
 

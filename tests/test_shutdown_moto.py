@@ -1,6 +1,6 @@
 """`shutdown-gpu-lambda`'s handler against moto's server: real boto3 clients over HTTP, built by the handler from env.
 
-Each test gets the lead's `local_aws`: a reset moto server holding what the synthesized `local` stacks declare,
+Each test gets conftest's `local_aws`: a reset moto server holding what the synthesized `local` stacks declare,
 and runs the handler with the environment the synthesized Lambda resource carries. The stopping race, which needs
 a `stopping` state moto does not have, is in test_shutdown_stopping.py.
 """
@@ -56,7 +56,7 @@ TEST_OVERRIDES = {"IDLE_WINDOW_SECONDS": "0", "MIN_UPTIME_SECONDS": "0", "STOPPI
 
 
 def stack_from(aws: Any) -> Stack:
-    """The `local` environment as the stacks declare it (lead's `local_aws`: queue, table + GSI, GPU instance), with
+    """The `local` environment as the stacks declare it (conftest's `local_aws`: queue, table + GSI, GPU instance), with
     the Lambda's own environment variables from the synthesized function. The harness launches the GPU stopped;
     these tests start from the common case of a running one."""
     ec2 = aws.client("ec2")
