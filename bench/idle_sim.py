@@ -3,7 +3,7 @@
 - floor: stops the moment the last task ends and starts the moment one arrives (only the boot time is idle).
 - seed:  the seed's `QueueEmptyFor30Min` alarm (ApproximateNumberOfMessagesVisible == 0 for 6 x 5 min, missing
          data = missing, actions only on a transition into ALARM) invoking a Lambda that stops the instance as is.
-- ours:  the adapter's on-node autostop + the `shutdown-gpu-lambda` on a 5-minute schedule, both running the
+- ours:  the adapter's on-node autostop + the `shutdown-gpu-lambda` on a 1-minute schedule, both running the
          project's real code (functions.shutdown.decision, adapter.autostop) against the simulated queue and table.
 
 All policies share the orchestrator's start-on-submit (StartInstances when a task arrives and the instance is
@@ -198,7 +198,7 @@ class Params:
     delay_s: int
     wake_delay_s: int
     policy: Policy
-    schedule_s: int = 300
+    schedule_s: int = 60  # modules/stacks.py LambdaStack: rate(1 minute)
     poll_s: int = 20  # the adapter's long poll: one idle loop turn
     stopping_wait_s: int = 40
     races: int = 2

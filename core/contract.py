@@ -163,8 +163,11 @@ ADAPTER_POWEROFF = setting(
 ORCHESTRATOR_TOKEN = setting("ORCHESTRATOR_TOKEN", _text, None, "bearer token callers must present")
 ORCHESTRATOR_INSECURE = setting("ORCHESTRATOR_INSECURE", _flag, False, "1: serve without a token (local only)")
 MAX_BODY_BYTES = setting("MAX_BODY_BYTES", _integer, 64 * 1024, "largest request body accepted")
-GPU_START_DEADLINE_S = setting(
-    "GPU_START_DEADLINE_S", _number, 600.0, "how long to keep retrying the start of a stopping instance"
+CONTROLLER_FUNCTION_NAME = setting(
+    "CONTROLLER_FUNCTION_NAME",
+    _text,
+    REQUIRED,
+    "the function that starts and stops GPUs (the shutdown Lambda), invoked asynchronously after each submit",
 )
 ORCHESTRATOR_URL = setting("ORCHESTRATOR_URL", _text, None, "the CLI's orchestrator base URL")
 
@@ -197,6 +200,15 @@ JOB_PASSED_ENV = ("PATH", "HOME", "LANG")  # also from the adapter's env; nothin
 JOB_PASSED_ENV_PREFIXES = ("CUDA_", "NVIDIA_")  # the GPU's: CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, ...
 JOB_USER = setting("JOB_USER", _text, None, "run jobs as this unprivileged user (the unit: gpu-job); unset: as ours")
 
+# -- what the programs tell each other outside the environment ---------------------------------------------------------
+# The `source` of the event the API sends the controller after a submit; the controller logs such a run as trigger
+# "api". Asynchronous invoke: https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html
+API_EVENT_SOURCE = "gpu-orchestrator.api"
+# The API function's alias whose function URL only admins may call (the stack's admin policy allows
+# lambda:InvokeFunctionUrl on that alias only): a request that came in through it is an admin's
+# (orchestrator/identity.py). Function URLs on an alias: https://docs.aws.amazon.com/lambda/latest/dg/urls-configuration.html
+ADMIN_ALIAS = "admin"
+
 # Which program reads which settings (documentation, and what `render` checks a program's rendering against).
 LAMBDA = (
     TASK_QUEUE_URL,
@@ -216,7 +228,6 @@ ADAPTER = (
     TASK_TABLE_NAME,
     TASK_STATUS_INDEX,
     ARTIFACTS_BUCKET,
-    GPU_INSTANCE_IDS,
     TASK_TYPES_FILE,
     AWS_ENDPOINT_URL,
     AWS_DEFAULT_REGION,
@@ -256,7 +267,7 @@ ORCHESTRATOR = (
     ORCHESTRATOR_TOKEN,
     ORCHESTRATOR_INSECURE,
     MAX_BODY_BYTES,
-    GPU_START_DEADLINE_S,
+    CONTROLLER_FUNCTION_NAME,
     ORCHESTRATOR_AUTH,
     ORCHESTRATOR_ADMIN_ARNS,
     ARTIFACTS_BUCKET,

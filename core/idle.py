@@ -1,6 +1,7 @@
 """The idle rule, as a pure function: what the system looks like right now (an Observation) -> what to do (a Decision).
 
-Shared by the `shutdown-gpu-lambda` (fleet-wide backstop, run by the alarm and by a 5-minute schedule) and by the
+Shared by the `shutdown-gpu-lambda` (the controller: run by the API after each submit, by the alarm and by a 1-minute
+schedule) and by the
 adapter's on-node autostop (adapter/autostop.py), so both judge "idle" the same way, with the same defaults
 (`Policy.from_env`, over the settings declared in core/contract.py). No I/O, no clock: `now` is an
 input, which is what lets the test table replay each known failure of the seed's metric alarm.
@@ -17,9 +18,13 @@ The rule (all times epoch seconds):
 - STOP the running instances only when nothing waits, nothing is busy, each has been up `min_uptime_s`, and the
   system has been idle `idle_window_s`: idle since max(instance LaunchTime, newest finished_at of an ended task,
   last heartbeat of a dead RUNNING item). LaunchTime is reset by every start, so a fresh start always gets a window.
-- START stopped instances when work waits and none is pending/running: one per waiting message, at least one.
-  A `stopping` instance cannot be started (EC2 answers IncorrectInstanceState): the decision says so, and the
-  handler either waits for `stopped` within its time budget or leaves it to the next scheduled run.
+- START only as many instances as the work needs, one task per instance: needed = min(instances present, tasks),
+  where tasks = queued (visible + delayed, at least 1 while work waits) + running (in-flight messages, at least 1
+  while a RUNNING heartbeat is fresh). Start (needed - up) of the stopped ones, pending/running ones counting as up,
+  so an instance is never started one more than needed, also when some are already up.
+  A `stopping` instance cannot be started (EC2 answers IncorrectInstanceState): when the stopped ones fall short,
+  the decision names the stopping ones still needed, and the handler either waits for `stopped` within its time
+  budget or leaves them to the next scheduled run.
 """
 
 from __future__ import annotations
@@ -123,8 +128,36 @@ def _idle_since(obs: Observation, inst: Instance) -> float:
     return max(marks) if marks else obs.now
 
 
-def _wanted_starts(obs: Observation) -> int:
-    return max(1, obs.visible + obs.delayed)
+def task_demand(obs: Observation, policy: Policy) -> int:
+    """How many tasks want an instance right now: queued plus running. Each count is approximate (SQS's), so a
+    waiting or busy signal with a zero count still counts as one task."""
+    queued = max(obs.visible + obs.delayed, 1) if waiting_reason(obs, policy) else 0
+    running = max(obs.in_flight, 1) if busy_reason(obs, policy) else 0
+    return queued + running
+
+
+def _start_for(obs: Observation, policy: Policy, present: list[Instance], waiting: str) -> Decision:
+    """Work waits: start the stopped instances the demand needs beyond those up, never more."""
+    up = [i for i in present if i.state.up]
+    stopped = [i.instance_id for i in present if i.state == InstanceState.STOPPED]
+    stopping = [i.instance_id for i in present if i.state == InstanceState.STOPPING]
+    tasks = task_demand(obs, policy)
+    needed = min(len(present), tasks)
+    missing = needed - len(up)
+    counts = f"{waiting}; {tasks} task(s) for {len(present)} instance(s): {needed} needed, {len(up)} up"
+    if missing <= 0:
+        return Decision(Action.NONE, f"{counts}, enough to take it")
+    start = tuple(stopped[:missing])
+    later = tuple(stopping[: missing - len(start)])
+    if start:
+        note = f"; {len(later)} more once stopping ones have stopped" if later else ""
+        return Decision(Action.START, f"{counts}: start {len(start)}{note}", start, later)
+    return Decision(
+        Action.NONE,
+        f"{counts}; instance(s) still stopping, start once stopped "
+        "(this run if it can wait, else the next scheduled run)",
+        stopping_ids=later,
+    )
 
 
 def decide(obs: Observation, policy: Policy) -> Decision:
@@ -132,22 +165,10 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     if not present:
         return Decision(Action.NONE, "no managed instance exists (missing or terminated)")
     up = [i for i in present if i.state.up]
-    stopped = [i for i in present if i.state == InstanceState.STOPPED]
-    stopping = tuple(i.instance_id for i in present if i.state == InstanceState.STOPPING)
 
     waiting = waiting_reason(obs, policy)
     if waiting:
-        if up:
-            return Decision(Action.NONE, f"{waiting}; {len(up)} instance(s) up to take it")
-        if stopped:
-            ids = tuple(i.instance_id for i in stopped[: _wanted_starts(obs)])
-            return Decision(Action.START, f"{waiting}; no instance up", ids)
-        return Decision(
-            Action.NONE,
-            f"{waiting}; instance(s) still stopping, start once stopped "
-            "(this run if it can wait, else the next scheduled run)",
-            stopping_ids=stopping,
-        )
+        return _start_for(obs, policy, present, waiting)
 
     busy = busy_reason(obs, policy)
     if busy:

@@ -6,8 +6,6 @@ The docs pages load Swagger UI / ReDoc from the service itself (fastapi-offline)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -22,7 +20,7 @@ from core.tasks import TaskStatus
 
 from . import registry as types
 from .files import Artifacts
-from .gpu import GpuStarter
+from .gpu import ControllerNotifier, GpuStates
 from .http_guards import DOCS_ASSETS, BearerAuth, BodyLimit, IamAuth
 from .identity import SCOPE_KEY, Caller
 from .schemas import (
@@ -31,6 +29,7 @@ from .schemas import (
     Live,
     Logs,
     Results,
+    Submission,
     SubmitRequest,
     Task,
     TaskPage,
@@ -98,14 +97,15 @@ def task_routes(security: Any) -> APIRouter:
     """Every route that needs a caller, declaring `security` (the mode's scheme) in the OpenAPI document."""
     routes = APIRouter(dependencies=[Depends(security)])
 
-    @routes.post("/tasks", status_code=202, response_model=Task, **TASK_OUT)
+    @routes.post("/tasks", status_code=202, response_model=Submission, **TASK_OUT)
     def submit(body: SubmitRequest, response: Response, service: Service, caller: Me) -> dict[str, Any]:
-        """Queue a task and make sure the GPU is starting. A repeat with the same `idempotency_key` returns the
-        first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
+        """Queue a task and tell the controller, which starts a GPU for it; `gpu` says whether that message got
+        through (if not, the controller's 1-minute schedule starts one). A repeat with the same `idempotency_key`
+        returns the first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
         out = service.submit(body.type, body.params, body.idempotency_key, caller)
         if out.replayed:
             response.headers["Idempotent-Replayed"] = "true"
-        return out.task
+        return {**out.task, "gpu": out.gpu}
 
     @routes.get("/tasks/{task_id}", response_model=Task, **TASK_OUT)
     def get_task(task_id: str, service: Service, caller: Me) -> dict[str, Any]:
@@ -156,7 +156,8 @@ def task_routes(security: Any) -> APIRouter:
 
     @routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz(service: Service) -> JSONResponse:
-        """Reads the queues and the GPU state: 503 when AWS cannot be read or an instance id is unknown."""
+        """Reads the queues and the GPU state, and says whether the latest nudge of the controller got through: 503
+        when AWS cannot be read or an instance id is unknown."""
         ok, report = service.health()
         return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)
 
@@ -188,20 +189,12 @@ async def bad_request(_: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings, clients: Clients, *, validate: Validator | None = None) -> FastAPI:
     registry = types.load()
-    starter = GpuStarter(clients.ec2, settings.instance_ids, settings.gpu_retry)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            starter.close()  # stop the `stopping` retry thread; the shutdown Lambda remains the backstop
-
+    # Nothing here outlives a request (no thread, no lifespan work): the controller Lambda starts the GPUs.
+    controller = ControllerNotifier(clients.lambda_, settings.controller_function)
     app = FastAPIOffline(
         title="GPU task orchestrator",
         version="1",
-        lifespan=lifespan,
-        description="Queue GPU tasks of registered types; the GPU instance starts when work arrives.",
+        description="Queue GPU tasks of registered types; a GPU instance starts when work arrives.",
         static_url=DOCS_ASSETS,
     )
     app.state.service = TaskService(
@@ -209,11 +202,12 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         sqs=clients.sqs,
         queue_url=settings.queue_url,
         dlq_url=settings.dlq_url,
-        starter=starter,
+        controller=controller,
+        gpus=GpuStates(clients.ec2, settings.instance_ids),
         validate=validate or types.registry_validator(registry=registry),
         inputs_of=types.inputs_of(registry),
     )
-    app.state.starter = starter
+    app.state.controller = controller
     app.state.types = types.describe(registry)
     app.state.artifacts = (
         Artifacts(

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .identity import LOCAL, SCOPE_KEY, Caller, iam_caller_arn, is_admin
+from .identity import LOCAL, SCOPE_KEY, Caller, iam_caller
 
 DOCS_ASSETS = "/docs-assets"  # where the app serves the docs pages' JS, CSS and icon (no CDN)
 
@@ -142,9 +142,9 @@ class IamAuth:
         if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        arn = iam_caller_arn(scope)
-        if arn is None:
+        caller = iam_caller(scope, self.admins)
+        if caller is None:
             message = "no IAM identity: call the service through its function URL with a SigV4-signed request"
             await _send_json(send, 401, {"error": "unauthorized", "message": message})
             return
-        await self.app({**scope, SCOPE_KEY: Caller(arn, admin=is_admin(arn, self.admins))}, receive, send)
+        await self.app({**scope, SCOPE_KEY: caller}, receive, send)

@@ -11,7 +11,16 @@
   https://pypi.org/project/mangum/). Nothing a client sends can set it: a request that did not come through
   Lambda (uvicorn, a test client) has no event, hence no identity, and is refused.
 
-An IAM caller sees only the tasks whose `submitted_by` is its ARN, unless the ARN matches ORCHESTRATOR_ADMIN_ARNS.
+An IAM caller sees only the tasks whose `submitted_by` is its ARN, unless it is an admin: its ARN matches
+ORCHESTRATOR_ADMIN_ARNS, or the request came in through the function's admin alias (`core.contract.ADMIN_ALIAS`).
+That alias has its own function URL, and the stack's admin managed policy allows lambda:InvokeFunctionUrl on that
+alias only (https://docs.aws.amazon.com/lambda/latest/dg/urls-auth.html), so reaching the app through it is proof
+of holding that policy. Lambda tells the function which ARN it was invoked by in the context object's
+`invoked_function_arn`, which names the alias when the invoker used one
+(https://docs.aws.amazon.com/lambda/latest/dg/python-context-object.html); Mangum hands that context to the app as
+`scope["aws.context"]`. Nobody may hold lambda:InvokeFunction on either qualifier: a direct Invoke carries an event
+the invoker wrote, identity included; only a function URL's event is written by Lambda.
+
 For an assumed role the ARN includes the session name, which whoever assumes the role chooses unless the role's
 trust policy pins it (IAM Identity Center sets it to the user name).
 """
@@ -23,6 +32,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from core.contract import ADMIN_ALIAS
 
 LOCAL = "local"  # the identity of bearer mode's one caller
 SCOPE_KEY = "orchestrator.caller"  # where the auth middleware leaves the Caller in the ASGI scope
@@ -71,3 +82,22 @@ def iam_caller_arn(scope: Mapping[str, Any]) -> str | None:
             return None
         node = node.get(key)
     return node if isinstance(node, str) and node.startswith("arn:") else None
+
+
+def invoked_through_alias(scope: Mapping[str, Any], alias: str = ADMIN_ALIAS) -> bool:
+    """Whether Lambda ran this request for the function's `alias`: the context's invoked_function_arn is
+    `arn:aws:lambda:<region>:<account>:function:<name>:<alias>` (an unqualified invoke has no 8th part)."""
+    arn = getattr(scope.get("aws.context"), "invoked_function_arn", None)
+    if not isinstance(arn, str):
+        return False
+    parts = arn.split(":")
+    return len(parts) == 8 and (parts[0], parts[2], parts[5], parts[7]) == ("arn", "lambda", "function", alias)
+
+
+def iam_caller(scope: Mapping[str, Any], admins: Iterable[str]) -> Caller | None:
+    """The IAM caller of a function URL request, admin by ORCHESTRATOR_ADMIN_ARNS or by the admin alias; None when
+    the request carries no IAM identity (it did not come through a function URL)."""
+    arn = iam_caller_arn(scope)
+    if arn is None:
+        return None
+    return Caller(arn, admin=is_admin(arn, admins) or invoked_through_alias(scope))

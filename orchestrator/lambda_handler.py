@@ -2,9 +2,10 @@
 
 The app is built once per execution environment, at import (the cold start), from the same environment settings
 the container reads; with ORCHESTRATOR_AUTH=iam the caller is the ARN the function URL puts in each event
-(orchestrator/identity.py). Lifespan is off: Lambda gives no shutdown hook to run it in, and a frozen environment
-runs no background thread, so the GPU starter's retry of a `stopping` instance may not finish here; the shutdown
-Lambda's schedule stays the backstop for that, as it is for the container.
+(orchestrator/identity.py), and a request through the `admin` alias's URL is an admin's. Lifespan is off: Lambda
+gives no shutdown hook to run it in, and the app needs none: nothing of it outlives a request (a frozen environment
+runs no background thread). A submit's only GPU work is one asynchronous invoke of the controller Lambda
+(orchestrator/gpu.py), which starts and stops the GPUs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.tasks import TaskStatus
 
+from .gpu import NudgeStatus
+
 
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +52,20 @@ class Task(BaseModel):
     cancel_requested: bool | None = None
 
 
+class GpuNudge(BaseModel):
+    """What a submit told the controller, the function that starts GPUs (orchestrator/gpu.py)."""
+
+    controller: NudgeStatus = Field(
+        description="notified: the controller was invoked and starts a GPU if none is free; failed: the invoke "
+        "failed (see error) and the controller's 1-minute schedule starts one; skipped: this request queued nothing"
+    )
+    error: str | None = None
+
+
+class Submission(Task):
+    gpu: GpuNudge
+
+
 class TaskPage(BaseModel):
     items: list[Task]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
@@ -64,14 +80,25 @@ class Live(BaseModel):
     ok: bool
 
 
+class NudgeRecord(GpuNudge):
+    task_id: str | None
+    at_ms: int | None = Field(description="epoch ms")
+
+
+class ControllerHealth(BaseModel):
+    function: str = Field(description="CONTROLLER_FUNCTION_NAME")
+    last_nudge: NudgeRecord | None = Field(description="this process's latest submit nudge, null before any")
+    last_failure: NudgeRecord | None = Field(description="this process's latest failed nudge, null if none")
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     ok: bool
     queue: dict[str, Any]
     dlq: dict[str, Any]
-    gpu: dict[str, Any]
-    gpu_start_retrying: bool
+    gpu: dict[str, Any] = Field(description="instance id -> EC2 state, or an error")
+    controller: ControllerHealth
 
 
 class UploadRequest(BaseModel):

@@ -1,5 +1,8 @@
 """What the HTTP handlers do, without HTTP: submit, read, list, cancel, health.
 
+After a submit queues its message, the controller (the shutdown Lambda) is nudged with one asynchronous invoke
+(orchestrator/gpu.py); it alone starts and stops GPUs. The response's `gpu` says whether the nudge got through.
+
 Crash safety of submit (write, then send, then mark):
 1. The item is written QUEUED first (with an idempotency key: item + `idem#<key>` marker in one transaction),
    holding the identity of its first message (`enqueue_id`) and, with it, the right to send it.
@@ -40,7 +43,7 @@ from core.message import TaskMessage
 from core.store import TaskStore, TransitionRejected
 from core.tasks import TaskRecord, TaskStatus
 
-from .gpu import GpuStarter
+from .gpu import SKIPPED, ControllerNotifier, GpuStates
 from .identity import Caller
 
 log = logging.getLogger("orchestrator.service")
@@ -120,18 +123,20 @@ def _same_owner(submitted_by: str | None, caller: Caller) -> bool:
 class Submitted:
     task: dict[str, Any]
     replayed: bool  # True: the idempotency key was seen before and this is the first request's task
-    gpu: dict[str, str]
+    gpu: dict[str, str]  # what the controller was told (orchestrator.gpu.Nudge.view)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskService:
-    """The handlers' logic over injected clients: `sqs` a boto3 SQS client, `store` over the task table."""
+    """The handlers' logic over injected clients: `sqs` a boto3 SQS client, `store` over the task table,
+    `controller` nudges the controller after a submit, `gpus` reads the instances for /healthz."""
 
     store: TaskStore
     sqs: Any
     queue_url: str
     dlq_url: str
-    starter: GpuStarter
+    controller: ControllerNotifier
+    gpus: GpuStates
     validate: Validator
     inputs_of: InputsOf = _no_inputs
     list_scan_budget: int = LIST_SCAN_BUDGET
@@ -154,7 +159,7 @@ class TaskService:
             logs.event(log, "task_write_failed", logging.ERROR, error=str(err))
             raise ApiError(503, "store_unavailable", "could not record the task; nothing was queued") from None
         self._enqueue(task, keyed=idempotency_key is not None)
-        return Submitted(task_view(task), False, self._start_gpu())
+        return Submitted(task_view(task), False, self._nudge(task.task_id))
 
     def _check_inputs(self, task_type: str, params: Mapping[str, Any], caller: Caller) -> None:
         if caller.admin:
@@ -192,13 +197,13 @@ class TaskService:
                     raise ApiError(
                         503, "enqueue_in_progress", f"task {task.task_id} is being queued by another request; retry"
                     ) from None
-                return Submitted(task_view(now), True, {})
+                return Submitted(task_view(now), True, SKIPPED.view())
             except AwsError as err:
                 logs.event(log, "claim_enqueue_failed", logging.ERROR, task_id=task.task_id, error=str(err))
                 raise ApiError(503, "store_unavailable", "could not read the task; retry") from None
             self._enqueue(task, keyed=True)
-            return Submitted(task_view(task), True, self._start_gpu())
-        return Submitted(task_view(task), True, {})
+            return Submitted(task_view(task), True, self._nudge(task.task_id))
+        return Submitted(task_view(task), True, SKIPPED.view())
 
     def _enqueue(self, task: TaskRecord, *, keyed: bool) -> None:
         task_id = task.task_id
@@ -231,8 +236,8 @@ class TaskService:
             logs.event(log, "mark_enqueued_failed", logging.WARNING, task_id=task_id, error=str(err))
         logs.event(log, "task_enqueued", task_id=task_id, type=task.type)
 
-    def _start_gpu(self) -> dict[str, str]:
-        return {k: v.value for k, v in self.starter.ensure_started().items()}
+    def _nudge(self, task_id: str) -> dict[str, str]:
+        return self.controller.notify(task_id).view()
 
     def owned(self, task_id: str, caller: Caller) -> TaskRecord:
         """The task, if it exists and the caller may see it; 404 otherwise (the same answer for both)."""
@@ -316,11 +321,13 @@ class TaskService:
                 ok = False
                 report[name] = {"error": str(err)}
         try:
-            report["gpu"] = {k: v.value for k, v in self.starter.describe().items()}
+            report["gpu"] = {k: v.value for k, v in self.gpus.describe().items()}
         except AwsError as err:
             ok = False
             report["gpu"] = {"error": str(err)}
         if ok and any(v == InstanceState.UNKNOWN.value for v in report["gpu"].values()):
             ok = False  # a configured instance id that EC2 does not know: the config is wrong
-        report["gpu_start_retrying"] = self.starter.retrying()
+        # A failed nudge leaves `ok` alone: the schedule still starts the GPU within a minute, and a 503 here would
+        # take a working submit path out of service for a slower start.
+        report["controller"] = self.controller.health()
         return ok, report

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from botocore.config import Config
 
 from core import contract as c
 from core.contract import SettingError
 from core.tasks import STATUS_INDEX
 
-from .gpu import StartRetry
+# An Event invoke returns once Lambda has queued the event; this bounds how long a submit can spend on it when Lambda
+# is slow or unreachable (a failed nudge is only logged: the controller's schedule is the backstop).
+NUDGE_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
 
 
 @dataclass(frozen=True)
@@ -23,11 +27,11 @@ class Settings:
     table_name: str
     instance_ids: tuple[str, ...]
     token: str | None  # None in insecure local mode and in IAM mode
+    controller_function: str  # the controller Lambda the API nudges after each submit
     insecure: bool = False
     status_index: str = STATUS_INDEX
     region: str | None = None
     max_body_bytes: int = c.MAX_BODY_BYTES.default or 0
-    gpu_retry: StartRetry = field(default_factory=StartRetry)
     auth: str = "token"  # or "iam": behind a Lambda function URL with AWS_IAM auth (orchestrator/identity.py)
     admin_arns: tuple[str, ...] = ()
     artifacts_bucket: str | None = None  # None: the file endpoints answer 503, the rest works
@@ -83,11 +87,11 @@ class Settings:
             table_name=c.TASK_TABLE_NAME.read(env),
             instance_ids=c.GPU_INSTANCE_IDS.read(env),
             token=c.ORCHESTRATOR_TOKEN.read_optional(env),
+            controller_function=c.CONTROLLER_FUNCTION_NAME.read(env),
             insecure=c.ORCHESTRATOR_INSECURE.read(env) if insecure is None else insecure,
             status_index=c.TASK_STATUS_INDEX.read(env),
             region=c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env),
             max_body_bytes=c.MAX_BODY_BYTES.read(env),
-            gpu_retry=StartRetry(deadline_s=c.GPU_START_DEADLINE_S.read(env)),
             auth=c.ORCHESTRATOR_AUTH.read(env),
             admin_arns=c.ORCHESTRATOR_ADMIN_ARNS.read(env),
             artifacts_bucket=c.ARTIFACTS_BUCKET.read_optional(env),
@@ -98,25 +102,27 @@ class Settings:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Clients:
-    """boto3 objects the app uses; tests build them against moto, production from the default chain."""
+    """boto3 objects the app uses; tests build them against moto (the Lambda client with localaws.lambdas'
+    in-process asynchronous invoke), production from the default chain."""
 
     sqs: Any
-    ec2: Any
+    ec2: Any  # DescribeInstances for /healthz only: starting and stopping is the controller's
+    lambda_: Any  # invokes the controller (CONTROLLER_FUNCTION_NAME) asynchronously after each submit
     table: Any  # a DynamoDB Table resource (what core.store.TaskStore takes)
     s3: Any = None  # presigns uploads and result downloads, reads logs; None: the file endpoints answer 503
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> Clients:
         import boto3
-        from botocore.config import Config
 
         # AWS_ENDPOINT_URL (tests, local demo) is honoured by boto3 itself.
         session = session or boto3.session.Session(region_name=settings.region)
         return cls(
             sqs=session.client("sqs"),
             ec2=session.client("ec2"),
+            lambda_=session.client("lambda", config=NUDGE_CONFIG),
             table=session.resource("dynamodb").Table(settings.table_name),
             # SigV4 for presigned URLs: what every region accepts (and all that the newer ones do).
             s3=session.client("s3", config=Config(signature_version="s3v4")),

@@ -58,3 +58,13 @@ def local_aws(moto_endpoint: str, synthesized):  # type: ignore[no-untyped-def]
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
     return localaws.build(synthesized("local"), moto_endpoint)
+
+
+@pytest.fixture
+def controller(local_aws):  # type: ignore[no-untyped-def]
+    """The controller Lambda an app nudges after each submit, invoked asynchronously in-process (localaws.lambdas:
+    moto cannot run a function without Docker); its worker thread stops with the test."""
+    from localaws.lambdas import LocalController
+
+    with LocalController(local_aws) as started:
+        yield started

@@ -19,6 +19,7 @@ from mangum import Mangum
 from core.store import TaskStore
 from core.task_types import load_registry
 from core.tasks import TaskStatus
+from localaws.lambdas import LocalController
 from orchestrator.app import create_app
 from orchestrator.files import safe_name
 from orchestrator.identity import Caller
@@ -35,17 +36,23 @@ def s3_client(aws: Any) -> Any:
     return aws.client("s3", config=Config(signature_version="s3v4"))
 
 
-def make_app(aws: Any, *, s3: bool = True, **env: str) -> Any:
-    settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_TOKEN": TOKEN, **env})
+def make_app(aws: Any, controller: LocalController, *, s3: bool = True, **env: str) -> Any:
+    settings = Settings.from_env({**aws.env(), **controller.env(), "ORCHESTRATOR_TOKEN": TOKEN, **env})
     table = aws.resource("dynamodb").Table(settings.table_name)
-    clients = Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table, s3=s3_client(aws) if s3 else None)
+    clients = Clients(
+        sqs=aws.client("sqs"),
+        ec2=aws.client("ec2"),
+        lambda_=controller.client,
+        table=table,
+        s3=s3_client(aws) if s3 else None,
+    )
     return create_app(settings, clients)
 
 
 @pytest.fixture
-def api(local_aws: Any) -> Iterator[httpx.Client]:
+def api(local_aws: Any, controller: LocalController) -> Iterator[httpx.Client]:
     with (
-        serve_in_thread(make_app(local_aws, LOG_TAIL_BYTES="1024", UPLOAD_MAX_BYTES="1000000")) as url,
+        serve_in_thread(make_app(local_aws, controller, LOG_TAIL_BYTES="1024", UPLOAD_MAX_BYTES="1000000")) as url,
         httpx.Client(base_url=url, timeout=10, headers=AUTH) as client,
     ):
         yield client
@@ -199,8 +206,8 @@ def test_types_describe_params_but_not_what_runs(api: httpx.Client) -> None:
     assert api.get("/types", headers={"Authorization": "Bearer no"}).status_code == 401
 
 
-def test_file_endpoints_answer_503_without_a_bucket_or_s3_client(local_aws: Any) -> None:
-    for app in (make_app(local_aws, s3=False), make_app(local_aws, ARTIFACTS_BUCKET="")):
+def test_file_endpoints_answer_503_without_a_bucket_or_s3_client(local_aws: Any, controller: LocalController) -> None:
+    for app in (make_app(local_aws, controller, s3=False), make_app(local_aws, controller, ARTIFACTS_BUCKET="")):
         with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=10, headers=AUTH) as client:
             task_id = client.post("/tasks", json={"type": "noop"}).json()["task_id"]  # the rest still works
             for method, path, body in (
@@ -212,8 +219,10 @@ def test_file_endpoints_answer_503_without_a_bucket_or_s3_client(local_aws: Any)
                 assert resp.status_code == 503 and resp.json()["error"] == "files_unavailable", path
 
 
-def test_iam_uploads_go_under_the_callers_prefix_and_only_its_owner_may_use_one(local_aws: Any) -> None:
-    handler = Mangum(make_iam_app(local_aws), lifespan="off")
+def test_iam_uploads_go_under_the_callers_prefix_and_only_its_owner_may_use_one(
+    local_aws: Any, controller: LocalController
+) -> None:
+    handler = Mangum(make_iam_app(local_aws, controller), lifespan="off")
     content = b"alice's data\n"
     status, grant = invoke(handler, "POST", "/uploads", arn=ALICE, body={"name": "d.txt", "bytes": len(content)})
     assert status == 200, grant

@@ -16,6 +16,7 @@ import pytest
 from core.store import TaskStore
 from core.task_types import InvalidParams, ParamSpec, RegistryError, load_registry
 from core.tasks import TaskStatus
+from localaws.lambdas import LocalController
 from orchestrator.http_guards import DOCS_ASSETS
 from orchestrator.service import ApiError, decode_cursor
 from tests.test_orchestrator_api import AUTH, make_app, running
@@ -34,8 +35,10 @@ def key_json(created_at: str, status: str = "QUEUED") -> str:
 OUT_OF_RANGE_CREATED_AT = ["1e400", "-1e400", "1e38", "-1e39", str(10**38), str(-(10**39)), "9" * 60]
 
 
-def test_cursor_with_out_of_range_created_at_or_deep_nesting_is_400(local_aws: Any) -> None:
-    with running(make_app(local_aws), headers=AUTH) as api:
+def test_cursor_with_out_of_range_created_at_or_deep_nesting_is_400(
+    local_aws: Any, controller: LocalController
+) -> None:
+    with running(make_app(local_aws, controller), headers=AUTH) as api:
         for created_at in OUT_OF_RANGE_CREATED_AT:
             resp = api.get("/tasks", params={"status": "QUEUED", "cursor": cursor_of(key_json(created_at))})
             assert resp.status_code == 400, (created_at, resp.text)
@@ -67,8 +70,8 @@ BAD_PARAMS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def test_numbers_dynamodb_cannot_store_and_lone_surrogates_are_422(local_aws: Any) -> None:
-    with running(make_app(local_aws), headers=AUTH) as api:
+def test_numbers_dynamodb_cannot_store_and_lone_surrogates_are_422(local_aws: Any, controller: LocalController) -> None:
+    with running(make_app(local_aws, controller), headers=AUTH) as api:
         for body, needle in BAD_PARAMS:
             # ensure_ascii: the surrogate travels as a valid \ud800 escape; the service must refuse it itself
             raw = json.dumps(body, ensure_ascii=True).encode()
@@ -81,8 +84,10 @@ def test_numbers_dynamodb_cannot_store_and_lone_surrogates_are_422(local_aws: An
     assert [i["params"]["seconds"] for i in table.scan()["Items"] if "status" in i] == [Decimal("1E-130")]
 
 
-def test_reads_list_and_cancel_answer_503_when_the_table_is_unreachable(local_aws: Any) -> None:
-    with running(make_app(local_aws, TASK_TABLE_NAME="no-such-table"), headers=AUTH) as api:
+def test_reads_list_and_cancel_answer_503_when_the_table_is_unreachable(
+    local_aws: Any, controller: LocalController
+) -> None:
+    with running(make_app(local_aws, controller, TASK_TABLE_NAME="no-such-table"), headers=AUTH) as api:
         cursor = cursor_of(key_json("1700000000000"))
         for method, path, params in (
             ("GET", f"/tasks/{ULID}", {}),
@@ -96,16 +101,18 @@ def test_reads_list_and_cancel_answer_503_when_the_table_is_unreachable(local_aw
         assert api.get("/tasks/not-an-id").status_code == 404  # never reaches the store
 
 
-def test_livez_is_public_and_touches_no_aws(local_aws: Any) -> None:
+def test_livez_is_public_and_touches_no_aws(local_aws: Any, controller: LocalController) -> None:
     broken = {"TASK_TABLE_NAME": "no-such-table", "TASK_QUEUE_URL": local_aws.queue_url + "-missing"}
-    with running(make_app(local_aws, **broken)) as anonymous:
+    with running(make_app(local_aws, controller, **broken)) as anonymous:
         resp = anonymous.get("/livez")
         assert resp.status_code == 200 and resp.json() == {"ok": True}
         assert anonymous.get("/healthz").status_code == 401  # the deep check still needs the token
 
 
-def test_docs_are_served_without_any_cdn_and_openapi_declares_bearer(local_aws: Any) -> None:
-    with running(make_app(local_aws)) as anonymous:
+def test_docs_are_served_without_any_cdn_and_openapi_declares_bearer(
+    local_aws: Any, controller: LocalController
+) -> None:
+    with running(make_app(local_aws, controller)) as anonymous:
         html = anonymous.get("/docs")
         assert html.status_code == 200
         urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)

@@ -25,12 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def service(local_aws: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+def service(local_aws: Any, controller: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Starts the service; yields the environment the CLI needs (and a config file path of its own, so whatever
     `gpuq configure` wrote for the user running the tests plays no part)."""
     settings = Settings.from_env({**local_aws.env(), "ORCHESTRATOR_TOKEN": TOKEN})
     table = local_aws.resource("dynamodb").Table(local_aws.table_name)
-    app = create_app(settings, Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), table=table))
+    clients = Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), lambda_=controller.client, table=table)
+    app = create_app(settings, clients)
     with serve_in_thread(app) as url:
         yield {
             "PATH": os.environ.get("PATH", ""),

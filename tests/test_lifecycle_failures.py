@@ -23,6 +23,7 @@ from adapter.queue import sweep_dlq
 from core.message import TaskMessage
 from core.store import TaskStore
 from core.tasks import TaskStatus
+from localaws.lambdas import LocalController
 from tests._adapter_support import REPO, queue_counts, store_for, submit, worker_env
 
 module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
@@ -91,15 +92,16 @@ def test_racing_keyed_submits_send_exactly_one_message(aws: Any) -> None:
 
     settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_INSECURE": "1"})
     table = aws.resource("dynamodb").Table(settings.table_name)
-    app = create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
     body = {"type": "noop", "params": {}, "idempotency_key": "race-1"}
-    with serve_in_thread(app) as url:
+    with LocalController(aws) as controller:
+        clients = Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), lambda_=controller.client, table=table)
+        with serve_in_thread(create_app(settings, clients)) as url:
 
-        def post(_: int) -> int:
-            return httpx.post(f"{url}/tasks", json=body, timeout=20).status_code
+            def post(_: int) -> int:
+                return httpx.post(f"{url}/tasks", json=body, timeout=20).status_code
 
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            codes = list(pool.map(post, range(12)))
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                codes = list(pool.map(post, range(12)))
     assert set(codes) <= {202, 503} and 202 in codes, codes  # 503 enqueue_in_progress: the CLI retries
     bodies = [json.loads(m["Body"]) for m in messages(aws)]
     assert len(bodies) == 1, bodies
@@ -117,9 +119,10 @@ def test_repeats_of_a_keyed_submit_whose_sender_died_send_one_message(aws: Any, 
     task = store.create(task_type="noop", params={}, idempotency_key="died-1", at_ms=1)
     settings = Settings.from_env({**aws.env(), "ORCHESTRATOR_INSECURE": "1"})
     table = aws.resource("dynamodb").Table(settings.table_name)
-    app = create_app(settings, Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), table=table))
-    with serve_in_thread(app) as url, ThreadPoolExecutor(max_workers=6) as pool:
-        codes = list(pool.map(lambda _: httpx.post(f"{url}/tasks", json=body, timeout=20).status_code, range(6)))
+    with LocalController(aws) as controller:
+        clients = Clients(sqs=aws.client("sqs"), ec2=aws.client("ec2"), lambda_=controller.client, table=table)
+        with serve_in_thread(create_app(settings, clients)) as url, ThreadPoolExecutor(max_workers=6) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{url}/tasks", json=body, timeout=20).status_code, range(6)))
     assert 202 in codes and set(codes) <= {202, 503}, codes
     bodies = [json.loads(m["Body"]) for m in messages(aws)]
     current = store.get(task.task_id)

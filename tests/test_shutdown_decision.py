@@ -66,7 +66,7 @@ CASES = [
         Action.NONE,
         reason="visible",
     ),
-    # -- failure 3: a burst between samples; the 5-min schedule re-judges from the newest finished_at ----------------
+    # -- failure 3: a burst between samples; the 1-min schedule re-judges from the newest finished_at ----------------
     Case(
         "f3 burst ended 5 min ago: window restarts", obs(last_finished_at=NOW - 5 * MIN), Action.NONE, reason="< window"
     ),
@@ -168,7 +168,7 @@ CASES = [
         Action.NONE,
         reason="missing",
     ),
-    Case("work waiting, instance up: nothing to do", obs(visible=4), Action.NONE, reason="up to take it"),
+    Case("work waiting, only instance up: nothing to do", obs(visible=4), Action.NONE, reason="enough to take it"),
     # -- several instances ------------------------------------------------------------------------------------------
     Case(
         "one waiting message starts one of two stopped",
@@ -194,12 +194,68 @@ CASES = [
 ]
 
 
+# -- one task per instance: 3 instances in mixed states, 1, 2 and 5 tasks ---------------------------------------------
+S = InstanceState
+MIXED = (state(S.RUNNING, "i-a"), state(S.STOPPED, "i-b"), state(S.STOPPING, "i-c"))
+BOOTING = (state(S.PENDING, "i-a"), state(S.STOPPED, "i-b"), state(S.STOPPED, "i-c"))
+CASES += [
+    Case("1 task, 1 of 3 up: the up one takes it", obs(visible=1, instances=MIXED), Action.NONE, reason="1 up, enough"),
+    Case("2 tasks, 1 of 3 up: start the stopped one", obs(visible=2, instances=MIXED), Action.START, ("i-b",)),
+    Case(
+        "5 tasks, 1 of 3 up: start the stopped one now, the stopping one once stopped",
+        obs(visible=5, instances=MIXED),
+        Action.START,
+        ("i-b",),
+        reason="1 more once stopping",
+    ),
+    Case(
+        "1 task queued, 1 in flight, 1 booting: start one more, not two",
+        obs(visible=1, in_flight=1, instances=BOOTING),
+        Action.START,
+        ("i-b",),
+        reason="2 task(s) for 3 instance(s): 2 needed, 1 up",
+    ),
+    Case(
+        "2 tasks queued, 1 in flight, 1 booting: start the two others",
+        obs(visible=2, in_flight=1, instances=BOOTING),
+        Action.START,
+        ("i-b", "i-c"),
+    ),
+    Case(
+        "5 tasks, all 3 stopped: start the 3",
+        obs(visible=5, instances=tuple(state(InstanceState.STOPPED, i) for i in ("i-a", "i-b", "i-c"))),
+        Action.START,
+        ("i-a", "i-b", "i-c"),
+    ),
+    Case(
+        "1 task, all 3 stopped: start exactly one",
+        obs(visible=1, instances=tuple(state(InstanceState.STOPPED, i) for i in ("i-a", "i-b", "i-c"))),
+        Action.START,
+        ("i-a",),
+    ),
+    Case(
+        "young QUEUED row not counted yet, fresh heartbeat: 2 tasks, 1 up",
+        obs(newest_queued_at=NOW - 5, running_heartbeat_at=NOW - 10, instances=MIXED),
+        Action.START,
+        ("i-b",),
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_decision_table(case: Case) -> None:
     decision = decide(case.obs, case.policy)
     assert decision.action == case.action, decision.reason
     assert decision.instance_ids == case.ids
     assert case.reason in decision.reason
+
+
+def test_mixed_fleet_names_the_stopping_instances_still_needed() -> None:
+    assert decide(obs(visible=5, instances=MIXED), POLICY).stopping_ids == ("i-c",)
+    assert decide(obs(visible=2, instances=MIXED), POLICY).stopping_ids == ()  # i-b suffices: never one more
+    only_stopping = (state(InstanceState.RUNNING, "i-a"), state(InstanceState.STOPPING, "i-c"))
+    d = decide(obs(visible=2, instances=only_stopping), POLICY)
+    assert d.action == Action.NONE and d.stopping_ids == ("i-c",) and "next scheduled run" in d.reason
 
 
 def test_stopping_decision_names_what_to_start_later() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from core import contract
 from core.idle import Policy
 from core.observe import Sources, observe
 from functions.shutdown.handler import ShutdownSettings, handler, run
@@ -150,6 +151,29 @@ def test_queued_task_with_stopped_instance_is_started(stack: Stack, capsys: pyte
     assert record["decision"]["action"] == "START"
     assert record["outcome"] == [{"instance_id": stack.instance_id, "from": "stopped", "to": "pending"}]
     assert stack.state() == "running"
+
+
+def test_the_apis_event_is_trigger_api_and_starts_only_the_instances_the_work_needs(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three instances, two stopped and one running a task: one more task waits, so exactly one more starts."""
+    extra = [
+        i["InstanceId"] for i in stack.ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2)["Instances"]
+    ]
+    stack.ec2.stop_instances(InstanceIds=extra)
+    monkeypatch.setenv("GPU_INSTANCE_IDS", ",".join([stack.instance_id, *extra]))
+    for _ in range(2):
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{}")
+    stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=1)  # the running one's task, in flight
+    event = {"source": contract.API_EVENT_SOURCE, "reason": "submit", "task_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}
+    record = invoke(capsys, event)
+    assert record["trigger"] == "api" and record["cause"] == {"reason": "submit", "task_id": event["task_id"]}
+    assert record["decision"]["action"] == "START" and record["decision"]["instance_ids"] == [extra[0]]
+    states = stack.ec2.describe_instances(InstanceIds=extra)["Reservations"][0]["Instances"]
+    assert sorted(i["State"]["Name"] for i in states) == ["running", "stopped"]
+    record = invoke(capsys, event)  # the same event again (Lambda delivers at least once): nothing more starts
+    assert record["decision"]["action"] == "NONE" and record["outcome"] == []
+    assert "2 task(s) for 3 instance(s): 2 needed, 2 up" in record["decision"]["reason"]
 
 
 def test_missing_instance_is_not_an_error(

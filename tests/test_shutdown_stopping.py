@@ -11,6 +11,8 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,8 +32,9 @@ def stack(local_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Stack:
 
 class Ec2StoppingProxy:
     """Forwards every request to moto. An instance in `stopping` reads as mid-stop (for the given number of
-    DescribeInstances answers, or until removed when None); StartInstances on it, or on one in `refuse_start`,
-    gets AWS's IncorrectInstanceState."""
+    DescribeInstances answers, or until removed when None), as does one in `stopping_until` while `clock()` is before
+    its time; StartInstances on such an instance, or on one in `refuse_start`, gets AWS's IncorrectInstanceState.
+    `started_at` records `clock()` at each StartInstances that went through to moto."""
 
     ERROR = (
         '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>IncorrectInstanceState</Code>'
@@ -39,10 +42,13 @@ class Ec2StoppingProxy:
         "<RequestID>proxy</RequestID></Response>"
     )
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, clock: Callable[[], float] = time.time) -> None:
         self.upstream = urlsplit(upstream).netloc
+        self.clock = clock
         self.stopping: dict[str, int | None] = {}
+        self.stopping_until: dict[str, float] = {}
         self.refuse_start: set[str] = set()
+        self.started_at: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -72,9 +78,11 @@ class Ec2StoppingProxy:
         action = form.get("Action", [""])[0]
         if action == "StartInstances":
             ids = [v[0] for k, v in form.items() if k.startswith("InstanceId.")]
-            refused = [i for i in ids if i in self.stopping or i in self.refuse_start]
+            refused = [i for i in ids if i in self.stopping or i in self._timed() or i in self.refuse_start]
             if refused:
                 return 400, [("Content-Type", "text/xml")], self.ERROR.format(refused[0]).encode()
+            for iid in ids:
+                self.started_at.setdefault(iid, []).append(self.clock())
         conn = http.client.HTTPConnection(self.upstream, timeout=10)
         try:
             conn.request(method, path, body=body, headers={k: v for k, v in headers.items() if k.lower() != "host"})
@@ -86,7 +94,7 @@ class Ec2StoppingProxy:
         if action == "DescribeInstances":
             text = payload.decode()
             with self.lock:
-                shown = list(self.stopping)
+                shown = list(self.stopping) + self._timed()
                 for iid, left in list(self.stopping.items()):
                     if left is not None:  # counting down to the moment the OS has finished shutting down
                         if left <= 1:
@@ -102,6 +110,10 @@ class Ec2StoppingProxy:
                 )
             payload = text.encode()
         return resp.status, out_headers, payload
+
+    def _timed(self) -> list[str]:
+        now = self.clock()
+        return [iid for iid, until in self.stopping_until.items() if now < until]
 
     def __enter__(self) -> Ec2StoppingProxy:
         self.thread.start()
@@ -173,3 +185,30 @@ def test_start_refused_with_incorrect_instance_state_is_logged_not_raised(
             }
         ]
         assert stack.state() == "stopped"
+
+
+def test_stopped_ones_start_before_the_wait_and_the_stopping_one_after_it_in_the_same_run(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three tasks, three instances: one running, one stopped, one stopping. The stopped one is started at once
+    (not after the wait), the stopping one as soon as it has stopped, within the run's time."""
+    ec2 = stack.ec2
+    stopped, stopping = (
+        i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2)["Instances"]
+    )
+    ec2.stop_instances(InstanceIds=[stopped, stopping])
+    with Ec2StoppingProxy(stack.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("STOPPING_WAIT_SECONDS", "10")
+        monkeypatch.setenv("GPU_INSTANCE_IDS", ",".join([stack.instance_id, stopped, stopping]))
+        proxy.stopping[stopping] = 2  # mid-stop for the first look and the first poll
+        for _ in range(3):
+            stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{}")
+        record = invoke(capsys)
+    assert record["first_decision"]["instance_ids"] == [stopped]
+    assert record["first_decision"]["stopping_ids"] == [stopping]
+    assert record["decision"]["action"] == "START" and record["decision"]["instance_ids"] == [stopping]
+    assert [o["instance_id"] for o in record["outcome"]] == [stopped, stopping]
+    assert proxy.started_at[stopped][0] < proxy.started_at[stopping][0]
+    reservations = ec2.describe_instances(InstanceIds=[stack.instance_id, stopped, stopping])["Reservations"]
+    assert {i["State"]["Name"] for r in reservations for i in r["Instances"]} == {"running"}

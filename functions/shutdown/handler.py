@@ -1,9 +1,14 @@
-"""`shutdown-gpu-lambda`: stop the GPU when truly idle, start it when work waits. Handler: `shutdown.handler.handler`.
+"""`shutdown-gpu-lambda`, the controller: the one owner of GPU starts and stops. Handler: `shutdown.handler.handler`.
 
-Invoked by the CloudWatch alarm (fast path) and by an EventBridge schedule every 5 minutes (the backstop that
-makes the seed's failures 2-4 harmless: a stuck or silent alarm no longer matters, and a task that arrived while
-the instance was stopping is started on the next run). Every invocation is idempotent: it reads the world, decides,
-re-reads right before a stop, acts, and prints exactly one JSON line with the inputs and the decision.
+It stops the GPUs when truly idle and starts as many as waiting work needs (core/idle.py). Invoked asynchronously
+by the API after each accepted submit (trigger "api", event source `core.contract.API_EVENT_SOURCE`), by the
+CloudWatch alarm, and by an EventBridge schedule every minute: the backstop that makes the seed's failures 2-4
+harmless (a stuck or silent alarm, or a lost API nudge, no longer matters, and a task that arrived while an
+instance was stopping is started within a minute of it reaching `stopped`). Reserved concurrency 1 runs one
+decision at a time. Every invocation is idempotent, so Lambda's at-least-once delivery of asynchronous events
+(https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html) is harmless: it reads the
+world, decides, re-reads right before a stop, acts, and prints exactly one JSON line with the inputs and the
+decision.
 
 Environment: the settings `core.contract.LAMBDA` lists (names, defaults and meanings are declared there). The region
 comes from the runtime (AWS_REGION).
@@ -86,16 +91,21 @@ def run(
     sleep: Callable[[float], None] = time.sleep,
     remaining_s: float | None = None,
     trigger: str | None = None,
+    cause: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """observe -> decide -> (re-observe before a stop | wait out `stopping`) -> act; returns the logged record."""
+    """observe -> decide -> (re-observe before a stop) -> act -> (wait out `stopping`, re-decide, start) ; returns
+    the logged record. `cause`: what the invoking event said (the API's reason and task id), for the log."""
     policy = config.policy
+    started = clock()
     record: dict[str, Any] = {
         "trigger": trigger,
         "policy": asdict(policy),
         "instance_ids": list(config.instance_ids),
     }
+    if cause:
+        record["cause"] = dict(cause)
     try:
-        first = observe(src, clock(), policy)
+        first = observe(src, started, policy)
         record["observation"] = _obs_log(first)
         decision = decide(first, policy)
         record["first_decision"] = decision.to_log()
@@ -104,18 +114,13 @@ def run(
             second = observe(src, clock(), policy)
             record["recheck"] = _obs_log(second)
             decision = confirm_stop(decision, decide(second, policy))
-        elif decision.stopping_ids:
-            budget = config.stopping_wait_s
-            if remaining_s is not None:
-                budget = min(budget, remaining_s - LAMBDA_MARGIN_S)
-            if budget > 0 and wait_until_stopped(
-                src.ec2, decision.stopping_ids, budget_s=budget, clock=clock, sleep=sleep
-            ):
-                after = observe(src, clock(), policy)
-                record["after_wait"] = _obs_log(after)
-                decision = decide(after, policy)
+        outcome = act(src.ec2, decision)  # the stopped ones start now, before any wait for the stopping ones
+        if decision.stopping_ids:
+            left = None if remaining_s is None else remaining_s - (clock() - started)
+            decision, more = _after_stopping(config, src, decision, record, left, clock=clock, sleep=sleep)
+            outcome += more
         record["decision"] = decision.to_log()
-        record["outcome"] = act(src.ec2, decision)
+        record["outcome"] = outcome
         return record
     except Exception as err:
         record["error"] = f"{type(err).__name__}: {err}"
@@ -124,13 +129,52 @@ def run(
         logs.event(log, "gpu_idle_decision", logging.ERROR if "error" in record else logging.INFO, **record)
 
 
-def _trigger(event: Any) -> str | None:
+def _after_stopping(
+    config: ShutdownSettings,
+    src: Sources,
+    decision: Decision,
+    record: dict[str, Any],
+    remaining_s: float | None,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[Decision, list[dict[str, Any]]]:
+    """Work waits on `stopping` instances: wait for `stopped` within the Lambda's remaining time, then decide again
+    from a fresh read (what was just started counts as up) and act only on a START: a stop always needs its own
+    re-check, which the next run gives it."""
+    budget = config.stopping_wait_s
+    if remaining_s is not None:
+        budget = min(budget, remaining_s - LAMBDA_MARGIN_S)
+    if budget <= 0 or not wait_until_stopped(src.ec2, decision.stopping_ids, budget_s=budget, clock=clock, sleep=sleep):
+        return decision, []
+    after = observe(src, clock(), config.policy)
+    record["after_wait"] = _obs_log(after)
+    again = decide(after, config.policy)
+    if again.action == Action.START:
+        return again, act(src.ec2, again)
+    if decision.action == Action.START:
+        return decision, []  # what this run started stands; the fresh read needs no more
+    return Decision(Action.NONE, f"after waiting for stopping instance(s): {again.reason}"), []
+
+
+def trigger_of(event: Any) -> str | None:
+    """What invoked this run, for the log: "alarm", "api" (the orchestrator after a submit), else the event's
+    source ("aws.events" for the schedule)."""
     if not isinstance(event, dict):
         return None
     if "alarmData" in event:
         return "alarm"
     source = event.get("source")
+    if source == c.API_EVENT_SOURCE:
+        return "api"
     return str(source) if source is not None else None
+
+
+def cause_of(event: Any) -> dict[str, Any] | None:
+    """The API's reason and task id, when the API sent the event."""
+    if trigger_of(event) != "api":
+        return None
+    return {k: event[k] for k in ("reason", "task_id") if isinstance(event.get(k), str)}
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
@@ -147,7 +191,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         instance_ids=config.instance_ids,
     )
     remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else None
-    record = run(config, src, remaining_s=remaining, trigger=_trigger(event))
+    record = run(config, src, remaining_s=remaining, trigger=trigger_of(event), cause=cause_of(event))
     return {
         "action": record["decision"]["action"],
         "reason": record["decision"]["reason"],
