@@ -1,9 +1,13 @@
-"""Synth speed: our `make synth` path (one process, only the provider submodules we use) beside the stock
-`import cdktf_cdktf_provider_aws` alone, measured in the same run on the same machine.
+"""Synth speed, measured in one run on one machine against a floor: a one-resource CDKTF synth (one process: cdktf,
+the AWS provider's submodule for one SQS queue, one stack). Beside it: our `make synth` path (every stack, only the
+provider submodules we use) on a warm dependency-layer cache, the same on a cold one (build/layers moved aside, and
+put back afterwards), and the same through the stock `import cdktf_cdktf_provider_aws`.
 
     .venv/bin/python bench/synth.py [--repeat 3] [--env local]
 
-Prints each time (best of --repeat) and the ratio; the synthesized JSON of both paths is compared too.
+Prints each time (best of --repeat) in seconds and as a ratio to the floor. The synthesized trees are compared
+byte for byte: warm against stock (the provider import path changes nothing) and warm against cold (a layer built
+afresh is the cached one). A cold repeat runs pip against the package index (modules/layer.py).
 """
 
 from __future__ import annotations
@@ -11,29 +15,47 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LAYER_CACHE = ROOT / "build" / "layers"  # modules/layer.py CACHE_DIR; not imported: that would load cdktf here
 ENV = {
     **os.environ,
     "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
     "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1",
     "PYTHONPATH": str(ROOT),
 }
+# The floor: the least a CDKTF synth costs here (node and jsii start, cdktf loads, one resource is written).
+FLOOR = """
+import sys
+import modules  # registers the provider package without its eager __init__, as main.py does
+from cdktf import App, TerraformStack
+from cdktf_cdktf_provider_aws.provider import AwsProvider
+from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
+app = App(outdir=sys.argv[1])
+stack = TerraformStack(app, "floor")
+AwsProvider(stack, "aws", region="us-east-1")
+SqsQueue(stack, "queue", name="floor")
+app.synth()
+"""
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str], before: Callable[[], None] = lambda: None) -> float:
+    before()
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
-def best(cmd: list[str], env: dict[str, str], repeat: int) -> float:
-    return min(timed(cmd, env) for _ in range(repeat))
+def best(cmd: list[str], env: dict[str, str], repeat: int, before: Callable[[], None] = lambda: None) -> float:
+    return min(timed(cmd, env, before) for _ in range(repeat))
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -42,30 +64,58 @@ def same_tree(a: Path, b: Path) -> bool:
     return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
+@contextmanager
+def layer_cache_aside(parking: Path) -> Iterator[Callable[[], None]]:
+    """Moves build/layers into `parking` and yields what empties the cache before each cold run; the original cache
+    comes back whatever happens (the cold runs' zips are this bench's own and are dropped)."""
+    parked = parking / "layers"
+    had_cache = LAYER_CACHE.exists()
+    if had_cache:
+        shutil.move(str(LAYER_CACHE), parked)
+
+    def empty() -> None:
+        shutil.rmtree(LAYER_CACHE, ignore_errors=True)
+
+    try:
+        yield empty
+    finally:
+        empty()
+        if had_cache:
+            shutil.move(str(parked), LAYER_CACHE)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--env", default="local")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fast_out, stock_out = Path(tmp) / "fast", Path(tmp) / "stock"
+        out = {name: Path(tmp) / name for name in ("floor", "warm", "cold", "stock")}
         synth = [sys.executable, "main.py"]
-        fast = best(synth, {**ENV, "ENV": args.env, "CDKTF_OUTDIR": str(fast_out)}, args.repeat)
-        stock_synth = best(
-            synth,
-            {**ENV, "ENV": args.env, "CDKTF_OUTDIR": str(stock_out), "GPU_ORCH_STOCK_PROVIDER_IMPORT": "1"},
-            args.repeat,
+        env = {**ENV, "ENV": args.env}
+        floor = best([sys.executable, "-c", FLOOR, str(out["floor"])], ENV, args.repeat)
+        subprocess.run(
+            synth, cwd=ROOT, env={**env, "CDKTF_OUTDIR": str(out["warm"])}, check=True, stdout=subprocess.DEVNULL
         )
-        import_only = best([sys.executable, "-c", "import cdktf_cdktf_provider_aws"], ENV, args.repeat)
-        identical = same_tree(fast_out, stock_out)
-    print(f"environment {args.env}, best of {args.repeat}")
-    print(f"  make synth path (all 6 stacks, one process, used submodules only): {fast:6.2f} s")
-    print(f"  stock `import cdktf_cdktf_provider_aws` alone:                      {import_only:6.2f} s")
-    print(f"  synth through the stock import:                                    {stock_synth:6.2f} s")
-    print(f"  ratio synth / stock import alone: {fast / import_only:.2f}  (below 1.00 = faster)")
-    print(f"  ratio synth / stock synth:        {fast / stock_synth:.2f}")
-    print(f"  synthesized output byte-identical: {identical}")
-    return 0 if identical else 1
+        warm = best(synth, {**env, "CDKTF_OUTDIR": str(out["warm"])}, args.repeat)  # the run above warmed the cache
+        with layer_cache_aside(Path(tmp)) as empty_cache:
+            cold = best(synth, {**env, "CDKTF_OUTDIR": str(out["cold"])}, args.repeat, before=empty_cache)
+        stock = best(
+            synth, {**env, "CDKTF_OUTDIR": str(out["stock"]), "GPU_ORCH_STOCK_PROVIDER_IMPORT": "1"}, args.repeat
+        )
+        identical_stock = same_tree(out["warm"], out["stock"])
+        identical_cold = same_tree(out["warm"], out["cold"])
+    print(f"environment {args.env}, best of {args.repeat}; ratio = time / floor")
+    for label, seconds in (
+        ("floor: one-resource CDKTF synth", floor),
+        ("make synth path, warm layer cache", warm),
+        ("make synth path, cold layer cache", cold),
+        ("synth through the stock provider import", stock),
+    ):
+        print(f"  {label:<42} {seconds:6.2f} s  {seconds / floor:5.2f}x")
+    print(f"  synthesized output byte-identical, warm vs stock import: {identical_stock}")
+    print(f"  synthesized output byte-identical, warm vs cold cache:   {identical_cold}")
+    return 0 if identical_stock and identical_cold else 1
 
 
 if __name__ == "__main__":

@@ -318,6 +318,17 @@ def _log_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     return {"id": a["name"], "name": a["name"], "arn": arn}
 
 
+def _checked_zip(stack_dir: Path, filename: str, source_code_hash: str, what: str) -> bytes:
+    """The asset's bytes, refused (as Terraform would plan a change) when they are not what the hash says."""
+    import base64
+    import hashlib
+
+    code = (stack_dir / filename).read_bytes()
+    if base64.b64encode(hashlib.sha256(code).digest()).decode() != source_code_hash:
+        raise UnsupportedTerraform(f"{what}: source_code_hash does not match {filename}")
+    return code
+
+
 @creator(
     "aws_lambda_function",
     "function_name",
@@ -332,23 +343,25 @@ def _log_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     "reserved_concurrent_executions",
     "tracing_config",
     "dead_letter_config",
+    "layers",
+    "architectures",
+    "publish",
 )
 def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
-    import base64
-    import hashlib
-
-    code = (stack_dir / a["filename"]).read_bytes()
-    if base64.b64encode(hashlib.sha256(code).digest()).decode() != a["source_code_hash"]:
-        raise UnsupportedTerraform(f"{a['function_name']}: source_code_hash does not match {a['filename']}")
+    """moto checks that each layer version ARN exists (CreateFunction refuses an unknown one) and, with `publish`,
+    publishes version 1 as Lambda does; the version and the qualified ARN come back as Terraform's attributes."""
     kwargs: dict[str, Any] = {
         "FunctionName": a["function_name"],
         "Role": a["role"],
         "Runtime": a["runtime"],
         "Handler": a["handler"],
-        "Code": {"ZipFile": code},
+        "Code": {"ZipFile": _checked_zip(stack_dir, a["filename"], a["source_code_hash"], a["function_name"])},
         "MemorySize": int(a["memory_size"]),
         "Timeout": int(a["timeout"]),
         "Environment": {"Variables": dict(_one(a.get("environment", {"variables": {}}))["variables"])},
+        "Layers": list(a.get("layers", [])),
+        "Architectures": list(a.get("architectures", ["x86_64"])),
+        "Publish": bool(a.get("publish", False)),
     }
     if "tracing_config" in a:
         kwargs["TracingConfig"] = {"Mode": _one(a["tracing_config"])["mode"]}
@@ -368,6 +381,10 @@ def _function(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
         "id": a["function_name"],
         "function_name": a["function_name"],
         "arn": fn["FunctionArn"],
+        "version": fn["Version"],
+        "qualified_arn": f"{fn['FunctionArn']}:{fn['Version']}",
+        "layers": [layer["Arn"] for layer in fn.get("Layers", [])],
+        "architectures": fn["Architectures"],
         "environment": kwargs["Environment"]["Variables"],
         "dead_letter_target_arn": kwargs.get("DeadLetterConfig", {}).get("TargetArn", ""),
     }
@@ -386,6 +403,89 @@ def _permission(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         SourceArn=a["source_arn"],
     )
     return {"id": sid}
+
+
+@creator(
+    "aws_lambda_layer_version",
+    "layer_name",
+    "filename",
+    "source_code_hash",
+    "compatible_runtimes",
+    "compatible_architectures",
+)
+def _layer_version(c: Clients, a: dict[str, Any], stack_dir: Path) -> dict[str, Any]:
+    layer = c("lambda").publish_layer_version(
+        LayerName=a["layer_name"],
+        Content={"ZipFile": _checked_zip(stack_dir, a["filename"], a["source_code_hash"], a["layer_name"])},
+        CompatibleRuntimes=list(a.get("compatible_runtimes", [])),
+        CompatibleArchitectures=list(a.get("compatible_architectures", [])),
+    )
+    return {
+        "id": layer["LayerVersionArn"],
+        "arn": layer["LayerVersionArn"],
+        "layer_arn": layer["LayerArn"],
+        "layer_name": a["layer_name"],
+        "version": str(layer["Version"]),
+        "code_size": layer["Content"]["CodeSize"],
+    }
+
+
+@creator("aws_lambda_alias", "name", "function_name", "function_version", "description")
+def _alias(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    alias = c("lambda").create_alias(
+        FunctionName=a["function_name"],
+        Name=a["name"],
+        FunctionVersion=a["function_version"],
+        Description=a.get("description", ""),
+    )
+    return {
+        "id": alias["AliasArn"],
+        "arn": alias["AliasArn"],
+        "name": a["name"],
+        "function_name": a["function_name"],
+        "function_version": alias["FunctionVersion"],
+    }
+
+
+FUNCTION_URL_AUTH_TYPES = ("AWS_IAM", "NONE")  # CreateFunctionUrlConfig AuthType (Lambda API Reference)
+
+
+@creator("aws_lambda_function_url", "function_name", "authorization_type", "qualifier")
+def _function_url(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    """An unqualified URL is moto's (create_function_url_config). A URL on an alias is modelled here: moto 5.2.5
+    ignores CreateFunctionUrlConfig's Qualifier and would replace the function's own URL with it. What is modelled:
+    the alias must exist (GetAlias), AuthType must be one Lambda accepts, and the URL has the form Lambda gives
+    (`https://<32 lowercase alphanumerics>.lambda-url.<region>.on.aws/`, here derived from the alias ARN so it is the
+    same on every build), with the alias ARN as its function_arn. moto serves neither kind of URL over HTTP."""
+    import hashlib
+
+    auth = a["authorization_type"]
+    if auth not in FUNCTION_URL_AUTH_TYPES:
+        raise UnsupportedTerraform(f"{a['function_name']}: function URL auth type {auth} is not AWS_IAM or NONE")
+    qualifier = a.get("qualifier")
+    if not qualifier:
+        url = c("lambda").create_function_url_config(FunctionName=a["function_name"], AuthType=auth)
+        return {"id": a["function_name"], "function_url": url["FunctionUrl"], "function_arn": url["FunctionArn"]}
+    alias_arn = c("lambda").get_alias(FunctionName=a["function_name"], Name=qualifier)["AliasArn"]
+    url_id = hashlib.sha256(alias_arn.encode()).hexdigest()[:32]
+    region = alias_arn.split(":")[3]
+    return {
+        "id": f"{a['function_name']}/{qualifier}",
+        "function_url": f"https://{url_id}.lambda-url.{region}.on.aws/",
+        "function_arn": alias_arn,
+        "url_id": url_id,
+        "qualifier": qualifier,
+        "authorization_type": auth,
+    }
+
+
+@creator("aws_iam_policy", "name", "description", "policy")
+def _managed_policy(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    json.loads(a["policy"])  # a policy that is not JSON would fail at apply: fail here too
+    created = c("iam").create_policy(
+        PolicyName=a["name"], PolicyDocument=a["policy"], Description=a.get("description", "")
+    )["Policy"]
+    return {"id": created["Arn"], "arn": created["Arn"], "name": a["name"], "policy_id": created["PolicyId"]}
 
 
 @creator("aws_cloudwatch_event_rule", "name", "schedule_expression", "description")

@@ -233,3 +233,26 @@ def grant_dead_letter(role: Role, *, region: str, account: str, queue_name: str)
     """SendMessage on one function's dead-letter queue: Lambda delivers failed async events with the function's
     own role, and refuses to create a function whose role cannot."""
     return [role.add(DEAD_LETTER_ACTIONS, [arn("sqs", queue_name, region=region, account=account)])]
+
+
+def check_environment(scope: Construct, environment: Mapping[str, str]) -> None:
+    """A function's environment: no key the Lambda runtime reserves, every key a valid variable name."""
+    reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
+    if reserved:
+        raise ConstructPropError(
+            scope, "environment", f"environment: {', '.join(reserved)} is reserved by the Lambda runtime; do not set it"
+        )
+    for key in environment:
+        check_pattern(
+            scope, "environment", key, ENV_KEY, "an environment variable name (Lambda: [A-Za-z][A-Za-z0-9_]*)"
+        )
+
+
+def check_sizes(
+    scope: Construct, *, memory_mb: int, timeout_seconds: int, reserved_concurrency: int | None, log_retention_days: int
+) -> None:
+    """A function's MemorySize, Timeout, ReservedConcurrentExecutions and its log group's retention."""
+    check_range(scope, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
+    check_range(scope, "timeout_seconds", timeout_seconds, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
+    check_range(scope, "reserved_concurrency", reserved_concurrency, 0, None, "Lambda ReservedConcurrentExecutions")
+    check_in(scope, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")

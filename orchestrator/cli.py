@@ -169,6 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", choices=["token", "iam"], default=None, help="default: iam for a function URL")
     p.add_argument("--region", default=None)
     p.add_argument("--project", type=Path, default=Path("."), help="the checkout holding cdktf.out (default: .)")
+    p.add_argument("--admin", action="store_true", help="use the admin URL (needs the admin policy; sees all tasks)")
     p = sub.add_parser("serve", help="run the service (uvicorn) from environment configuration")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -351,7 +352,7 @@ def _types(found: dict[str, Any], as_json: bool, out: TextIO) -> None:
 def _configure(args: argparse.Namespace, out: TextIO) -> int:
     path = cliconfig.config_path(os.environ)
     wrote = cliconfig.configure(
-        args.env, url=args.url, auth=args.auth, region=args.region, project=args.project, path=path
+        args.env, url=args.url, auth=args.auth, region=args.region, project=args.project, path=path, admin=args.admin
     )
     out.write(f"wrote {path}: " + " ".join(f"{k}={v}" for k, v in wrote.items()) + "\n")
     return EXIT_OK

@@ -20,9 +20,10 @@ from core import contract as c
 
 from .client import SetupError, lambda_url_region
 
-API_STACK = "gpu-orchestrator-api"
-# Output names the api stack may give its URL, in the order they are tried.
-URL_OUTPUTS = ("ApiUrl", "FunctionUrl", "Url")
+API_STACK = "gpu-orchestrator-api"  # modules/layout.py API (the CLI ships without modules/)
+# The api stack's outputs (modules/stacks.py ApiStack): the function URL every caller with the submit policy may
+# call, and the `admin` alias's URL, which only holders of the admin policy may call (and which sees every task).
+URL_OUTPUT, ADMIN_URL_OUTPUT = "ApiUrl", "AdminApiUrl"
 KEYS = ("url", "auth", "region", "environment")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -64,9 +65,9 @@ def write(path: Path, values: Mapping[str, str], note: str) -> None:
     os.replace(tmp, path)
 
 
-def stack_url(environment: str, project: Path, timeout_s: float = 120.0) -> str:
-    """The API URL from `terraform output -json` of the environment's api stack. SetupError says, in one line,
-    what could not be found."""
+def stack_url(environment: str, project: Path, *, admin: bool = False, timeout_s: float = 120.0) -> str:
+    """The API URL (with `admin`, the admin URL) from `terraform output -json` of the environment's api stack.
+    SetupError says, in one line, what could not be found."""
     stack = project / "cdktf.out" / environment / "stacks" / API_STACK
     terraform = shutil.which("terraform")
     if terraform is None:
@@ -91,13 +92,13 @@ def stack_url(environment: str, project: Path, timeout_s: float = 120.0) -> str:
     except ValueError:
         raise SetupError(f"terraform output in {stack} is not JSON") from None
     values = {k: v.get("value") for k, v in outputs.items() if isinstance(v, dict)} if isinstance(outputs, dict) else {}
-    for name in URL_OUTPUTS:
-        value = values.get(name)
-        if isinstance(value, str) and value.startswith(("https://", "http://")):
-            return value
+    name = ADMIN_URL_OUTPUT if admin else URL_OUTPUT
+    value = values.get(name)
+    if isinstance(value, str) and value.startswith(("https://", "http://")):
+        return value
     if not values:
         raise SetupError(f"{API_STACK} ({environment}) has no outputs: is it applied (`make apply ENV={environment}`)?")
-    raise SetupError(f"{API_STACK} ({environment}) has no URL output (looked for {', '.join(URL_OUTPUTS)})")
+    raise SetupError(f"{API_STACK} ({environment}) has no URL output {name}")
 
 
 def configure(
@@ -108,12 +109,13 @@ def configure(
     region: str | None,
     project: Path,
     path: Path,
+    admin: bool = False,
 ) -> dict[str, str]:
     """Find the URL (given, else the stack's outputs), decide how to call it, write the file; returns what it wrote."""
     if not _ENV_NAME.match(environment):  # it names a folder under cdktf.out
         raise SetupError(f"{environment!r} is not an environment name")
     try:
-        found = url or stack_url(environment, project)
+        found = url or stack_url(environment, project, admin=admin)
     except SetupError as exc:
         raise SetupError(f"could not find the API URL of {environment}: {exc}; pass --url URL") from None
     mode = auth or ("iam" if lambda_url_region(found) else "token")

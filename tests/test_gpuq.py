@@ -36,12 +36,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def service(local_aws: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
+def service(local_aws: Any, controller: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The service with S3; yields the environment a gpuq process needs (its own, empty config file path)."""
     settings = Settings.from_env({**local_aws.env(), "ORCHESTRATOR_TOKEN": TOKEN})
     table = local_aws.resource("dynamodb").Table(local_aws.table_name)
     s3 = local_aws.client("s3", config=Config(signature_version="s3v4"))
-    clients = Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), table=table, s3=s3)
+    clients = Clients(
+        sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), lambda_=controller.client, table=table, s3=s3
+    )
     with serve_in_thread(create_app(settings, clients)) as url:
         yield {
             "PATH": os.environ.get("PATH", ""),
@@ -171,7 +173,9 @@ def test_configure_reads_the_api_stack_outputs_and_says_what_it_could_not_find(
     stack = project / "cdktf.out" / "dev" / "stacks" / "gpu-orchestrator-api"
     stack.mkdir(parents=True)
     function_url = "https://abcdefghij0123456789.lambda-url.eu-west-1.on.aws/"
-    bin_dir = fake_terraform(tmp_path / "bin", {"FunctionName": "orchestrator-api-dev", "ApiUrl": function_url})
+    admin_url = "https://klmnopqrst0123456789.lambda-url.eu-west-1.on.aws/"
+    outputs = {"ApiFunctionName": "gpu-orchestrator-api-dev", "ApiUrl": function_url, "AdminApiUrl": admin_url}
+    bin_dir = fake_terraform(tmp_path / "bin", outputs)
     env = {**service, "PATH": f"{bin_dir}:{service['PATH']}"}
     done = gpuq(env, "configure", "--env", "dev", "--project", str(project))
     assert done.returncode == 0, done.stderr
@@ -179,6 +183,9 @@ def test_configure_reads_the_api_stack_outputs_and_says_what_it_could_not_find(
     config = tomllib.loads(Path(service["GPUQ_CONFIG"]).read_text())
     assert config == {"url": function_url, "auth": "iam", "region": "eu-west-1", "environment": "dev"}
     assert "auth=iam" in done.stdout
+    admin = gpuq(env, "configure", "--env", "dev", "--project", str(project), "--admin")
+    assert admin.returncode == 0, admin.stderr
+    assert tomllib.loads(Path(service["GPUQ_CONFIG"]).read_text())["url"] == admin_url
 
     # what it could not find, in one line each, and what to do instead
     no_tf = {**service, "PATH": str(tmp_path / "empty")}
@@ -200,7 +207,7 @@ def test_configure_reads_the_api_stack_outputs_and_says_what_it_could_not_find(
     failed = gpuq(
         {**service, "PATH": f"{nourl}:{service['PATH']}"}, "configure", "--env", "dev", "--project", str(project)
     )
-    assert failed.returncode == 2 and "no URL output" in failed.stderr
+    assert failed.returncode == 2 and "no URL output ApiUrl" in failed.stderr
 
     # --url needs no terraform; the written config is then what gpuq uses when nothing overrides it
     local = gpuq(no_tf, "configure", "--env", "dev", "--url", service["ORCHESTRATOR_URL"])
