@@ -18,12 +18,23 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS_FILE = ROOT / "environments.toml"
 DEFAULT_ENVIRONMENT = "local"
 
-_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]{0,16}$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# EC2 instance types are <family>.<size> (g5.xlarge, p4d.24xlarge, g6e.12xlarge); EC2 checks that the type exists.
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# An SSM parameter's fully qualified name: "/"-separated levels of a-zA-Z0-9_.- (PutParameter).
+PARAMETER_NAME = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+GPU_MODES = ("adopt", "create")
+# AWS's public parameter naming the latest "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)": the name is
+# /aws/service/deeplearning/ami/<architecture>/<the AMI's name without "deep", "learning", "ami">/latest/ami-id
+# (DLAMI Developer Guide, "Finding the ID of a DLAMI": https://docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html).
+DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+# Settings only create mode reads: set in adopt mode they would be silently ignored, so that is an error.
+CREATE_ONLY = ("instance_type", "gpu_instance_count", "root_volume_gb", "ami_parameter")
 
 
 class ConfigError(ValueError):
@@ -41,8 +52,24 @@ class EnvironmentConfig:
     region: str = "us-east-1"
     account: str = ""
     """12-digit AWS account id. Terraform refuses to run against any other account (allowed_account_ids)."""
+    gpu_mode: str = "adopt"
+    """"adopt" (the seed's): the GPU instances exist and are listed in gpu_instance_ids; an SSM association installs
+    the adapter on them. "create": the gpu stack launches gpu_instance_count instances from a launch template whose
+    user data installs the adapter; gpu_instance_ids must then be empty."""
     gpu_instance_ids: tuple[str, ...] = ()
-    """The GPU EC2 instance(s) the system starts and stops. Start/Stop permissions are scoped to exactly these."""
+    """adopt mode: the GPU EC2 instance(s) the system starts and stops. Start/Stop permissions are scoped to exactly
+    these (create mode scopes them by the environment tag instead)."""
+    instance_type: str = "g5.xlarge"
+    """create mode: the EC2 instance type (<family>.<size>; EC2 refuses types it does not offer). Default g5.xlarge
+    (one NVIDIA A10G)."""
+    gpu_instance_count: int = 1
+    """create mode: how many GPU instances to launch, 1..20."""
+    root_volume_gb: int = 100
+    """create mode: the encrypted gp3 root volume in GiB, 1..16384 (EBS gp3 limits; EC2 also refuses less than the
+    AMI's snapshot, about 75 GiB for the Deep Learning AMIs)."""
+    ami_parameter: str = DEFAULT_AMI_PARAMETER
+    """create mode: the SSM parameter naming the AMI (read at plan time). Default: AWS's public parameter for the
+    latest Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)."""
     remote_state: bool = True
     """S3 state (one key per stack) with S3-native locking. False: local state files (the `local` env only)."""
     state_bucket: str = ""
@@ -74,6 +101,11 @@ class EnvironmentConfig:
     @property
     def resolved_state_bucket(self) -> str:
         return self.state_bucket or f"gpu-orchestrator-tfstate-{self.name}-{self.account}-{self.region}"
+
+    @property
+    def parameter_prefix(self) -> str:
+        """Where this environment's SSM parameters live (the adapter's release under <prefix>/adapter/)."""
+        return f"/gpu-orchestrator/{self.name}"
 
     def name_of(self, base: str) -> str:
         """A resource name unique to this environment (two environments can share one account and region)."""
@@ -142,12 +174,9 @@ def validate(c: EnvironmentConfig) -> None:
         raise ConfigError(c.name, "account", "not set (set it in environments.toml or export CDK_DEFAULT_ACCOUNT)")
     if not _ACCOUNT.match(c.account):
         raise ConfigError(c.name, "account", f"{c.account!r} is not a 12-digit AWS account id")
-    if not c.gpu_instance_ids:
-        raise ConfigError(
-            c.name, "gpu_instance_ids", "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)"
-        )
+    _validate_gpu(c)
     for instance in c.gpu_instance_ids:
-        if not _INSTANCE_ID.match(instance):
+        if not INSTANCE_ID.match(instance):
             raise ConfigError(
                 c.name, "gpu_instance_ids", f"{instance!r} is not an EC2 instance id (i-0123456789abcdef0)"
             )
@@ -170,3 +199,32 @@ def validate(c: EnvironmentConfig) -> None:
         raise ConfigError(c.name, "idle_window_minutes", f"{c.idle_window_minutes} is not a multiple of 5")
     if c.github_repository and not _REPOSITORY.match(c.github_repository):
         raise ConfigError(c.name, "github_repository", f"{c.github_repository!r} is not owner/name")
+
+
+def _validate_gpu(c: EnvironmentConfig) -> None:
+    if c.gpu_mode not in GPU_MODES:
+        raise ConfigError(c.name, "gpu_mode", f"{c.gpu_mode!r} is not one of {', '.join(GPU_MODES)}")
+    if c.gpu_mode == "adopt":
+        if not c.gpu_instance_ids:
+            raise ConfigError(
+                c.name,
+                "gpu_instance_ids",
+                "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)",
+            )
+        defaults = EnvironmentConfig(name=c.name)
+        for key in CREATE_ONLY:
+            if getattr(c, key) != getattr(defaults, key):
+                raise ConfigError(c.name, key, 'only read when gpu_mode = "create" (this environment adopts)')
+        return
+    if c.gpu_instance_ids:
+        raise ConfigError(
+            c.name, "gpu_instance_ids", 'must be empty when gpu_mode = "create" (the stack launches them)'
+        )
+    if not INSTANCE_TYPE.match(c.instance_type):
+        raise ConfigError(c.name, "instance_type", f"{c.instance_type!r} is not an EC2 instance type (g5.xlarge)")
+    for key, low, high in (("gpu_instance_count", 1, 20), ("root_volume_gb", 1, 16384)):
+        value = getattr(c, key)
+        if not low <= value <= high:
+            raise ConfigError(c.name, key, f"{value} is outside {low}..{high}")
+    if not PARAMETER_NAME.match(c.ami_parameter):
+        raise ConfigError(c.name, "ami_parameter", f"{c.ami_parameter!r} is not an SSM parameter name (/a/b/c)")

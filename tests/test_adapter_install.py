@@ -21,6 +21,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import tests._adapter_support as support
 from adapter.config import from_env
 from adapter.procs import METADATA_ADDRESSES, JobUser, metadata_block_rule
@@ -242,3 +244,92 @@ def test_unit_file_matches_the_adapter() -> None:
     )
     # The warm stop must fit: a long poll in flight, then the job's grace, then the requeue calls.
     assert int(service["TimeoutStopSec"]) > config.wait_time_s + config.stop_grace_s + 10
+
+
+# --- bootstrap.sh: what both gpu modes run to install the unit, install.sh and install.env ---
+
+BOOTSTRAP = REPO / "adapter" / "deploy" / "bootstrap.sh"
+# systemctl stand-in: records its argv; `is-active` answers from $STUB_STATE/active (the test decides).
+SYSTEMCTL = """#!/bin/sh
+printf '%s\\n' "$*" >>"$STUB_STATE/systemctl.calls"
+if [ "$1" = is-active ]; then test -e "$STUB_STATE/active"; fi
+"""
+
+
+def bootstrap(root: Path, *command: str, active: bool = False) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run `command` (bootstrap.sh by hand, or a rendered script with sh) unprivileged with root as its "/" and the
+    systemctl stub first on PATH; the result and the systemctl calls this run made."""
+    state = root / "stub"
+    (state / "bin").mkdir(parents=True, exist_ok=True)
+    (state / "bin" / "systemctl").write_text(SYSTEMCTL)
+    (state / "bin" / "systemctl").chmod(0o755)
+    (state / "active").unlink(missing_ok=True)
+    if active:
+        (state / "active").touch()
+    calls = state / "systemctl.calls"
+    before = calls.read_text().splitlines() if calls.exists() else []
+    env = {
+        "PATH": f"{state / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "STUB_STATE": str(state),
+        "GPU_ADAPTER_SYSROOT": str(root / "sysroot"),
+    }
+    done = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=60, check=False)
+    after = calls.read_text().splitlines() if calls.exists() else []
+    return done, after[len(before) :]
+
+
+def installed(root: Path) -> dict[str, tuple[str, int]]:
+    """path under the sysroot -> (content, mode) of what bootstrap.sh writes."""
+    out = {}
+    for rel in ("etc/systemd/system/gpu-adapter.service", "opt/gpu-adapter/install.sh", "etc/gpu-adapter/install.env"):
+        path = root / "sysroot" / rel
+        out[rel] = (path.read_text(), path.stat().st_mode & 0o777)
+    return out
+
+
+def test_bootstrap_by_hand_installs_the_files_and_starts_the_unit_once(tmp_path: Path) -> None:
+    first, calls = bootstrap(tmp_path, "sh", str(BOOTSTRAP), "/gpu-orchestrator/dev/adapter", "eu-west-1")
+    assert first.returncode == 0, first.stderr
+    files = installed(tmp_path)
+    assert files["etc/systemd/system/gpu-adapter.service"] == (UNIT.read_text(), 0o644)
+    assert files["opt/gpu-adapter/install.sh"] == (INSTALL.read_text(), 0o755)
+    env_lines = files["etc/gpu-adapter/install.env"][0].splitlines()
+    assert env_lines[1:] == ["ADAPTER_SSM_PREFIX=/gpu-orchestrator/dev/adapter", "AWS_DEFAULT_REGION=eu-west-1"]
+    assert calls == ["is-active --quiet gpu-adapter", "daemon-reload", "enable --now gpu-adapter"]
+    assert json.loads(first.stdout.splitlines()[-1])["event"] == "bootstrapped"
+
+    again, calls = bootstrap(tmp_path, "sh", str(BOOTSTRAP), "/gpu-orchestrator/dev/adapter", "eu-west-1", active=True)
+    assert again.returncode == 0, again.stderr
+    assert calls == ["is-active --quiet gpu-adapter", "enable --now gpu-adapter"]  # no reload, no restart
+    assert json.loads(again.stdout.splitlines()[-1])["changed"] == "" and installed(tmp_path) == files
+
+
+def test_rendered_bootstrap_writes_the_same_files_and_restarts_only_on_a_change(tmp_path: Path) -> None:
+    from modules.gpu import render_bootstrap
+
+    by_hand = tmp_path / "by-hand"
+    assert bootstrap(by_hand, "sh", str(BOOTSTRAP), "/gpu-orchestrator/dev/adapter", "us-east-1")[0].returncode == 0
+    script = tmp_path / "rendered.sh"
+    script.write_text(render_bootstrap(environment="dev", parameter_prefix="/gpu-orchestrator/dev", region="us-east-1"))
+    rendered = tmp_path / "rendered"
+    done, calls = bootstrap(rendered, "sh", str(script))  # how the SSM agent runs a runShellScript
+    assert done.returncode == 0, done.stderr
+    assert installed(rendered) == installed(by_hand)
+    assert calls == ["is-active --quiet gpu-adapter", "daemon-reload", "enable --now gpu-adapter"]
+
+    # A release replaced install.sh with its own; the environment's prefix changed while the adapter runs.
+    (rendered / "sysroot/opt/gpu-adapter/install.sh").write_text("#!/bin/sh\n# from the release\n")
+    moved = render_bootstrap(environment="dev", parameter_prefix="/gpu-orchestrator/dev2", region="us-east-1")
+    script.write_text(moved)
+    done, calls = bootstrap(rendered, "sh", str(script), active=True)
+    assert done.returncode == 0, done.stderr
+    assert calls == ["is-active --quiet gpu-adapter", "enable --now gpu-adapter", "restart gpu-adapter"]
+    assert json.loads(done.stdout.splitlines()[-1])["changed"] == "/etc/gpu-adapter/install.env"
+    assert (rendered / "sysroot/opt/gpu-adapter/install.sh").read_text().endswith("# from the release\n")
+
+
+@pytest.mark.parametrize("prefix", ["", "gpu-orchestrator/dev/adapter", "/gpu orchestrator/dev", "/x/'y'"])
+def test_bootstrap_refuses_a_prefix_it_cannot_write_safely(tmp_path: Path, prefix: str) -> None:
+    done, calls = bootstrap(tmp_path, "sh", str(BOOTSTRAP), prefix, "us-east-1")
+    assert done.returncode == 2 and "SSM prefix" in done.stderr
+    assert calls == [] and not (tmp_path / "sysroot").exists()

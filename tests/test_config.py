@@ -50,7 +50,8 @@ def test_seed_overrides_win_over_the_file() -> None:
         ("dev", {"CDK_DEFAULT_ACCOUNT": "12345"}, "account"),
         ("dev", {**ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-xyz"}, "gpu_instance_ids"),
         ("dev", {**ACCOUNT, "CDK_DEFAULT_REGION": "moon-1"}, "region"),
-        ("staging", ACCOUNT, "gpu_instance_ids"),
+        ("prod", ACCOUNT, "gpu_instance_ids"),  # adopt mode without instances to adopt
+        ("staging", {**ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}, "gpu_instance_ids"),  # create
     ],
 )
 def test_bad_settings_fail_with_one_line_naming_setting_and_environment(
@@ -114,3 +115,59 @@ def test_main_refuses_bad_config_before_writing_anything(tmp_path: Path) -> None
         "config error: environment 'dev': gpu_instance_ids: 'i-nope' is not an EC2 instance id (i-0123456789abcdef0)"
     ]
     assert not outdir.exists()
+
+
+CREATE = '[x]\naccount = "111111111111"\ngpu_mode = "create"\n'
+
+
+def test_create_mode_takes_its_defaults_and_needs_no_instance_ids(tmp_path: Path) -> None:
+    config = load_config("x", env={}, path=write(tmp_path, CREATE))
+    assert (config.gpu_mode, config.gpu_instance_ids) == ("create", ())
+    assert (config.instance_type, config.gpu_instance_count, config.root_volume_gb) == ("g5.xlarge", 1, 100)
+    assert config.ami_parameter == (
+        "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+    )
+    assert config.parameter_prefix == "/gpu-orchestrator/x"
+    bigger = CREATE + 'instance_type = "g6e.12xlarge"\ngpu_instance_count = 20\nroot_volume_gb = 16384\n'
+    config = load_config("x", env={}, path=write(tmp_path, bigger))
+    assert (config.instance_type, config.gpu_instance_count, config.root_volume_gb) == ("g6e.12xlarge", 20, 16384)
+
+
+def test_every_environment_of_the_file_adopts_by_default() -> None:
+    assert load_config("local", env={}).gpu_mode == "adopt"
+    assert load_config("dev", env=ACCOUNT).gpu_mode == "adopt"
+
+
+@pytest.mark.parametrize(
+    ("body", "setting"),
+    [
+        ('[x]\naccount = "111111111111"\ngpu_mode = "spot"\ngpu_instance_ids = ["i-0123456789abcdef0"]\n', "gpu_mode"),
+        (CREATE + 'gpu_instance_ids = ["i-0123456789abcdef0"]\n', "gpu_instance_ids"),
+        (CREATE + "gpu_instance_count = 0\n", "gpu_instance_count"),
+        (CREATE + "gpu_instance_count = 21\n", "gpu_instance_count"),
+        (CREATE + "root_volume_gb = 0\n", "root_volume_gb"),
+        (CREATE + "root_volume_gb = 16385\n", "root_volume_gb"),
+        (CREATE + 'instance_type = "big"\n', "instance_type"),
+        (CREATE + 'ami_parameter = "ami-0123456789abcdef0"\n', "ami_parameter"),
+        (CREATE + 'gpu_instance_count = "2"\n', "gpu_instance_count"),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\ninstance_type = "g5.2xlarge"\n',
+            "instance_type",
+        ),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\ngpu_instance_count = 2\n',
+            "gpu_instance_count",
+        ),
+    ],
+)
+def test_gpu_settings_fail_with_one_line(tmp_path: Path, body: str, setting: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("x", env={}, path=write(tmp_path, body))
+    assert err.value.setting == setting and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"environment 'x': {setting}:")
+
+
+def test_create_mode_refuses_instance_ids_from_the_seed_override(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("x", env={"CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}, path=write(tmp_path, CREATE))
+    assert err.value.setting == "gpu_instance_ids"
