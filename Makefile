@@ -3,7 +3,7 @@
 #   make synth            synthesize ENV (default: local) into cdktf.out/$(ENV)
 #   make list|diff STACK= the cdktf CLI's view of the synthesized stacks
 #   make plan|apply|destroy|bootstrap ENV=dev   Terraform, per stack, in dependency order (see README)
-#   make test|lint|scan|golden|bench|local
+#   make test|lint|scan|golden|bench|local|canvas
 
 ENV ?= local
 STACK ?=
@@ -19,7 +19,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CHECKPOINT_DISABLE := 1
 
 .DEFAULT_GOAL := synth
-.PHONY: synth list diff plan apply destroy bootstrap test lint scan golden bench local demo deps clean
+.PHONY: synth list diff plan apply destroy bootstrap test lint scan golden bench local demo canvas browser deps clean
 
 $(STAMP): requirements.lock
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -32,6 +32,13 @@ $(CDKTF): package.json package-lock.json
 	@touch $@
 
 deps: $(STAMP)
+
+# The canvas page's browser test drives Debian's headless Chromium (selenium + chromedriver, same version): installed
+# from Debian's packages when missing (root, as on CI machines); elsewhere install chromium + chromium-driver yourself.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver; }
 
 synth: $(STAMP)
 	ENV=$(ENV) $(PY) main.py
@@ -58,7 +65,7 @@ bootstrap: $(STAMP)
 	ENV=$(ENV) GPU_ORCH_BOOTSTRAP=1 $(PY) main.py
 	$(PY) scripts/tf.py bootstrap --env $(ENV)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -74,6 +81,10 @@ bench: $(STAMP)
 	$(PY) bench/synth.py
 	$(PY) bench/idle_cost.py
 	$(PY) bench/lifecycle.py
+	$(PY) bench/canvas.py
+
+canvas: $(STAMP)
+	$(PY) scripts/canvas_local.py
 
 clean:
 	rm -rf cdktf.out build plans

