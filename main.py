@@ -48,14 +48,26 @@ def main() -> int:
 
 def compose(app: Construct, config: EnvironmentConfig) -> None:
     """The stacks of one environment and how they depend on each other (the seed's diagram)."""
-    from modules.stacks import AlarmStack, ArtifactsStack, DynamoDbStack, IamStack, LambdaStack, SqsStack
+    from modules import stacks
 
-    sqs = SqsStack(app, config=config)
-    dynamodb = DynamoDbStack(app, config=config)
-    artifacts = ArtifactsStack(app, config=config, queue=sqs.queue, table=dynamodb.table)
-    iam = IamStack(app, config=config, queue=sqs.queue, table=dynamodb.table, artifacts=artifacts)
-    function = LambdaStack(app, config=config, iam=iam, queue=sqs.queue, table=dynamodb.table)
-    AlarmStack(app, config=config, function=function.function, queue=sqs.queue)
+    sqs = stacks.SqsStack(app, config=config)
+    dynamodb = stacks.DynamoDbStack(app, config=config)
+    queue, table = sqs.queue, dynamodb.table
+    artifacts = stacks.ArtifactsStack(app, config=config, queue=queue, table=table)
+    iam = stacks.IamStack(app, config=config, queue=queue, table=table, artifacts=artifacts)
+    gpu = stacks.GpuStack(app, config=config, iam=iam)
+    controller = stacks.LambdaStack(app, config=config, iam=iam, queue=queue, table=table, gpu=gpu).function
+    stacks.ApiStack(
+        app,
+        config=config,
+        iam=iam,
+        queue=queue,
+        table=table,
+        artifacts=artifacts,
+        controller=controller,
+        instance_ids=gpu.host.instance_ids,
+    )
+    stacks.AlarmStack(app, config=config, function=controller, queue=queue)
 
 
 if __name__ == "__main__":

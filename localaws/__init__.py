@@ -2,13 +2,18 @@
 
 `build()` reads every `cdk.tf.json` of one synthesized environment and creates each resource it declares in a moto
 server (queues with their redrive policy, the table with its attributes and index, roles with their trust and
-policy documents, the instance profile, the Lambda from its zipped asset, the alarm, the bucket...), resolving the
-references between resources and between stacks the way Terraform would. An argument it does not model is an
-error, so the harness cannot drift from the stacks. It does not plan, diff, or destroy, and it knows only the
-resource types our stacks use.
+policy documents, the instance profile, both Lambdas from their zipped assets, the API's layer, alias, function
+URLs and managed policies, the GPU host's SSM document and association or its security group, launch template and
+instances, the alarm, the bucket...), resolving the references between resources and between stacks the way
+Terraform would. An argument it does not model is an error, so the harness cannot drift from the stacks. It does
+not plan, diff, or destroy, and it knows only the resource types our stacks use. What moto lacks and the harness
+models instead is said where it is modelled: localaws/resources.py (the alias's function URL),
+localaws/gpu_resources.py (associations, launch-template profiles, AWS's public AMI parameters),
+localaws/lambdas.py (asynchronous invoke), localaws/host.py (an instance booting its bootstrap).
 
-The GPU instances are inputs to the stacks, not resources of them: the harness launches a moto instance for each
-configured id and substitutes the new ids throughout before creating anything.
+Adopted GPU instances (the default mode) are inputs to the stacks, not resources of them: the harness launches a
+moto instance for each configured id and substitutes the new ids throughout before creating anything. Created
+ones (create mode) are `aws_instance` resources like any other; either way they are left stopped.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 import boto3
 
 from core import contract
+from localaws import gpu_resources  # noqa: F401  (registers the GPU host stack's creators)
+from localaws.gpu_resources import DataResolver, escape_literals
 from localaws.resources import create
-from localaws.tfjson import Resolver, load_stacks, resource_order, stack_order
-from modules.layout import ARTIFACTS, DYNAMODB, SQS, STACK_ORDER
+from localaws.tfjson import Stack, load_stacks, resource_order, stack_order
+from modules.layout import ARTIFACTS, DYNAMODB, LAMBDA, SQS, STACK_ORDER
 
 DEFAULT_REGION = "us-east-1"
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -77,6 +84,7 @@ class LocalAws:
             contract.TASK_STATUS_INDEX: self.status_index,
             contract.ARTIFACTS_BUCKET: self.bucket,
             contract.GPU_INSTANCE_IDS: ",".join(self.instance_ids),
+            contract.CONTROLLER_FUNCTION_NAME: self.outputs[LAMBDA]["FunctionName"],
         }
         return {**self.credentials, **{setting.name: value for setting, value in names.items()}}
 
@@ -104,11 +112,14 @@ def _substitute(value: Any, mapping: Mapping[str, str]) -> Any:
 
 
 def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
-    for stack in stacks.values():
-        for res in stack.resources():
-            if res.type == "aws_lambda_function":
-                # Read with the contract's own parser: the Lambda's environment must be what the Lambda reads.
-                return list(contract.GPU_INSTANCE_IDS.read(res.body["environment"]["variables"]))
+    """The adopted instances (inputs to the stacks, not resources of them), from the controller's environment; none
+    when the stacks create their instances (create mode: `aws_instance` resources)."""
+    if any(res.type == "aws_instance" for stack in stacks.values() for res in stack.resources()):
+        return []
+    for res in stacks[LAMBDA].resources():
+        if res.type == "aws_lambda_function":
+            # Read with the contract's own parser: the Lambda's environment must be what the Lambda reads.
+            return list(contract.GPU_INSTANCE_IDS.read(res.body["environment"]["variables"]))
     raise ValueError("no shutdown function in the synthesized stacks: cannot tell the GPU instance ids")
 
 
@@ -140,28 +151,34 @@ def build(
         return clients[service]
 
     configured = _configured_instances(stacks)
-    launched = client("ec2").run_instances(
-        ImageId="ami-12c6146b", MinCount=len(configured), MaxCount=len(configured), InstanceType="g5.xlarge"
-    )["Instances"]
-    mapping = {old: inst["InstanceId"] for old, inst in zip(configured, launched, strict=True)}
-    if instance_state == "stopped":
-        client("ec2").stop_instances(InstanceIds=list(mapping.values()))
+    mapping: dict[str, str] = {}
+    if configured:
+        launched = client("ec2").run_instances(
+            ImageId="ami-12c6146b", MinCount=len(configured), MaxCount=len(configured), InstanceType="g5.xlarge"
+        )["Instances"]
+        mapping = {old: inst["InstanceId"] for old, inst in zip(configured, launched, strict=True)}
+        if instance_state == "stopped":
+            client("ec2").stop_instances(InstanceIds=list(mapping.values()))
 
-    resolver = Resolver()
+    resolver = DataResolver(client)
     for name in stack_order(stacks, STACK_ORDER):
-        stack = stacks[name]
+        original = stacks[name]
+        stack = escape_literals(Stack(name, original.directory, _substitute(original.doc, mapping)))
         resolver.bind(stack)
         for res in resource_order(stack):
-            args = resolver.resolve(name, _substitute(res.body, mapping))
+            args = resolver.resolve(name, res.body)
             resolver.attributes[res.key] = create(res.type, client, args, stack.directory, res.key)
         resolver.record_outputs(stack)
 
+    created = [a["id"] for k, a in resolver.attributes.items() if k.split("/", 1)[1].startswith("aws_instance.")]
+    if created and instance_state == "stopped":  # as an adopted instance is found: stopped until work arrives
+        client("ec2").stop_instances(InstanceIds=created)
     local = LocalAws(
         endpoint_url=endpoint_url,
         region=region,
         outputs=resolver.outputs,
         attributes=resolver.attributes,
-        instance_ids=list(mapping.values()),
+        instance_ids=list(mapping.values()) or created,
         instance_id_map=mapping,
         credentials=creds,
     )
@@ -182,6 +199,6 @@ def _describe(local: LocalAws, client: Any) -> None:
     table = client("dynamodb").describe_table(TableName=local.table_name)["Table"]
     local.status_index = table["GlobalSecondaryIndexes"][0]["IndexName"]
     local.bucket = local.outputs[ARTIFACTS]["BucketName"]
-    (function,) = local.of_type("aws_lambda_function").values()
+    (function,) = [a for k, a in local.of_type("aws_lambda_function").items() if k.startswith(f"{LAMBDA}/")]
     local.lambda_env = dict(function["environment"])
     local.idle_window_seconds = int(local.lambda_env["IDLE_WINDOW_SECONDS"])

@@ -1,10 +1,13 @@
 """`make local`: the whole system on this machine, as a new user first meets it.
 
-Synthesizes the `local` environment, builds a local AWS from it (moto on 127.0.0.1), starts the orchestrator, and
-emulates the GPU instance: when the orchestrator starts the (moto) instance, an adapter process "boots" on it; when
-the instance stops, the adapter gets SIGTERM like systemd would send it. Then it submits tasks through the CLI,
-shows their results in S3, lets the shutdown Lambda find the system idle and stop the instance, prints where
-everything was, and stops everything it started.
+Synthesizes the `local` environment, builds a local AWS from it (moto on 127.0.0.1), starts the orchestrator (the
+API's app, in bearer-token mode) with the controller Lambda it nudges (in-process, localaws.lambdas), and emulates
+the GPU host (localaws.host): when the controller starts the (moto) instance, the host boots the way AWS would boot
+it, running the bootstrap the stacks gave it (the SSM association's document), which installs the adapter from the
+bundle in the local S3 and starts its unit; when the instance stops, the adapter gets SIGTERM like systemd would
+send it. Then, with the gpuq CLI, it submits tasks and waits for them, uploads a file, runs a task on it and
+downloads what the task wrote; shows the results in S3, lets the controller find the system idle and stop the
+instance, prints where everything was, and stops everything it started.
 
     python -m localaws.demo [--tasks 3] [--size 96] [--idle-seconds 5] [--keep-running]
 """
@@ -20,11 +23,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from botocore.config import Config as BotoConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 600  # the whole demo, whatever happens: nothing it starts outlives this
@@ -34,66 +38,9 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-class EmulatedInstance:
-    """Stands in for the GPU box: runs `python -m adapter` while the moto instance is running, SIGTERMs it when the
-    instance stops (as systemd does at shutdown), and reports what it saw."""
-
-    def __init__(self, ec2: Any, instance_id: str, env: dict[str, str], log_path: Path) -> None:
-        self.ec2, self.instance_id, self.env, self.log_path = ec2, instance_id, env, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.states: list[str] = []
-        self.boots = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="emulated-gpu", daemon=True)
-
-    def state(self) -> str:
-        reservation = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]
-        return str(reservation["Instances"][0]["State"]["Name"])
-
-    def start(self) -> None:
-        self.states.append(self.state())  # before anyone can start it: the demo shows the GPU starting from stopped
-        print(f"   [gpu {self.instance_id}] {self.states[0]}", flush=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.3):
-            state = self.state()
-            if not self.states or self.states[-1] != state:
-                self.states.append(state)
-                print(f"   [gpu {self.instance_id}] {state}", flush=True)
-            if state == "running" and self.process is None:
-                self.boots += 1
-                log = self.log_path.open("ab")
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "adapter"],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            elif state in ("stopping", "stopped") and self.process is not None:
-                self._terminate()
-
-    def _terminate(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._terminate()
-
-
 def cli(url: str, token: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ORCHESTRATOR_URL": url, "ORCHESTRATOR_TOKEN": token}
+    """`gpuq ARGS` (the installed console script's module), with the service's URL and token and no config file."""
+    env = {**os.environ, "ORCHESTRATOR_URL": url, "ORCHESTRATOR_TOKEN": token, "GPUQ_CONFIG": os.devnull}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=ROOT,
@@ -119,13 +66,18 @@ def run(args: argparse.Namespace) -> int:
         results = submit_tasks(url, token, args.tasks, args.size)
         if results is None:
             return 1
-        show_results(local, results)
+        for event in boot_events(work / "host.log"):
+            print(f"   [gpu host] {event}")
+        digested = file_in_and_out(url, token, work)
+        if digested is None:
+            return 1
+        show_results(local, [*results, digested])
         if not shut_down_when_idle(local, gpu, args.idle_seconds, work):
             return 1
-        say("done: every task SUCCEEDED with its results in S3, and the idle GPU was stopped")
+        say("done: every task SUCCEEDED with its results in S3 and downloaded, and the idle GPU was stopped")
         print(
-            f"   synthesized stacks: {outdir / 'stacks'}\n   logs (JSON lines): {work / 'adapter.log'}, "
-            f"{work / 'lambda.log'}\n"
+            f"   synthesized stacks: {outdir / 'stacks'}\n   logs (JSON lines): {work / 'host.log'} (the GPU host's "
+            f"journal), {work / 'lambda.log'}\n"
             "   (moto, the orchestrator and the adapter are stopped now; run `make local` again any time)"
         )
         if args.keep_running:
@@ -139,7 +91,7 @@ def synthesize_local() -> Path:
     from scripts.synth import synthesize
 
     outdir = ROOT / "cdktf.out" / "local"
-    say("1/6 synthesizing the `local` environment (cdktf)")
+    say("1/7 synthesizing the `local` environment (cdktf)")
     synthesize("local", outdir)
     print(f"   stacks: {outdir / 'stacks'}")
     return outdir
@@ -151,7 +103,7 @@ def start_local_aws(stack: ExitStack, outdir: Path) -> Any:
     from localaws.server import moto_server
 
     endpoint = stack.enter_context(moto_server())
-    say(f"2/6 building the local AWS from the synthesized stacks (moto at {endpoint})")
+    say(f"2/7 building the local AWS from the synthesized stacks (moto at {endpoint})")
     local = localaws.build(outdir, endpoint)
     print(
         f"   queue {local.queue_url}\n   table {local.table_name}\n   bucket {local.bucket}\n"
@@ -160,39 +112,54 @@ def start_local_aws(stack: ExitStack, outdir: Path) -> Any:
     return local
 
 
-def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, EmulatedInstance]:
-    """The orchestrator (in a thread, bearer token on) and the emulated GPU instance; their URL, token and GPU."""
+def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, Any]:
+    """The orchestrator (in a thread, bearer token on), the controller it nudges, and the emulated GPU host; their
+    URL, token and host."""
+    from localaws.host import EmulatedHost
+    from localaws.lambdas import LocalController
     from orchestrator.app import create_app
     from orchestrator.server import serve_in_thread
     from orchestrator.settings import Clients, Settings
 
-    say("3/6 starting the orchestrator and the emulated GPU instance")
+    say("3/7 starting the orchestrator, its controller and the emulated GPU host")
     token = secrets.token_urlsafe(24)
     settings = Settings.from_env({**local.env(), "ORCHESTRATOR_TOKEN": token})
+    # The controller's minimum uptime, shrunk like the idle window below: the demo's instance is up for seconds.
+    controller = stack.enter_context(LocalController(local, env={"MIN_UPTIME_SECONDS": "0"}))
     clients = Clients(
-        sqs=local.client("sqs"), ec2=local.client("ec2"), table=local.resource("dynamodb").Table(local.table_name)
+        sqs=local.client("sqs"),
+        ec2=local.client("ec2"),
+        lambda_=controller.client,
+        table=local.resource("dynamodb").Table(local.table_name),
+        s3=local.client("s3", config=BotoConfig(signature_version="s3v4")),
     )
     url = stack.enter_context(serve_in_thread(create_app(settings, clients)))
     print(f"   orchestrator {url} (bearer token required; OpenAPI at {url}/docs)")
-    adapter_env = {
-        **os.environ,
-        **local.adapter_env(work / "adapter"),
-        "PYTHONPATH": str(ROOT),
-        "WAIT_TIME_SECONDS": "1",
-        "HEARTBEAT_SECONDS": "2",
-        "WORKER_ID": "demo-gpu",
-        # The instance's own autostop powers the OS off; here the Lambda shows the idle stop instead.
-        "IDLE_WINDOW_SECONDS": "0",
-    }
-    gpu = EmulatedInstance(local.client("ec2"), local.instance_ids[0], adapter_env, work / "adapter.log")
+    print(f"   controller {controller.function_name}: invoked asynchronously after each submit")
+    gpu = EmulatedHost(
+        local.client("ec2"),
+        local.instance_ids[0],
+        local.env(),
+        work / "host.log",
+        ssm=local.client("ssm"),
+        associations=local.of_type("aws_ssm_association").values(),
+        # The instance's own autostop powers the OS off; here the controller shows the idle stop instead.
+        overrides={
+            "WAIT_TIME_SECONDS": "1",
+            "HEARTBEAT_SECONDS": "2",
+            "WORKER_ID": "demo-gpu",
+            "IDLE_WINDOW_SECONDS": "0",
+        },
+    )
     gpu.start()
     stack.callback(gpu.close)
+    print(f"   GPU host {local.instance_ids[0]}: boots through its SSM association's bootstrap (journal: host.log)")
     return url, token, gpu
 
 
 def submit_tasks(url: str, token: str, count: int, size: int) -> list[dict[str, Any]] | None:
     """`count` matmul tasks through the CLI, each waited for; their final views, or None if one did not succeed."""
-    say(f"4/6 submitting {count} matmul task(s) with the CLI (python -m orchestrator submit ... --wait)")
+    say(f"4/7 submitting {count} matmul task(s) with the CLI (gpuq submit ... --wait)")
     results: list[dict[str, Any]] = []
     for n in range(count):
         argv = ["submit", "matmul", "-p", f"size={size}", "-p", "repeat=2", "--wait", "--interval", "0.5", "--json"]
@@ -209,8 +176,47 @@ def submit_tasks(url: str, token: str, count: int, size: int) -> list[dict[str, 
     return results
 
 
+def file_in_and_out(url: str, token: str, work: Path) -> dict[str, Any] | None:
+    """A file through the whole loop with one CLI call: upload it (a presigned POST), submit a task naming it, wait
+    with progress, download what the task wrote."""
+    say("5/7 a file in and out: gpuq submit digest --input input=<file> --wait --download <dir>")
+    source = work / "input.txt"
+    source.write_text("".join(f"line {n} of the demo's input file\n" for n in range(1, 101)))
+    out_dir = work / "downloaded"
+    argv = ["submit", "digest", "--input", f"input={source}", "--wait", "--interval", "0.5", "--download", str(out_dir)]
+    done = cli(url, token, *argv, "--json")
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(f"   {line}")
+    if done.returncode != 0:
+        print(f"   the digest task did not succeed (exit {done.returncode}):\n{done.stdout}")
+        return None
+    task = json.loads(lines[-1])
+    result = json.loads((out_dir / "result.json").read_text())
+    print(f"   task {task['task_id']}: {task['status']} after {task.get('attempts')} attempt(s)")
+    print(f"   downloaded into {out_dir}: {sorted(p.name for p in out_dir.iterdir())}")
+    print(f"   result.json says: {json.dumps(result, sort_keys=True)[:200]}")
+    return dict(task)
+
+
+def boot_events(journal: Path) -> list[str]:
+    """What the host's own bootstrap did on its first boot, from its journal: the files it installed and the
+    release install.sh unpacked from the bundle in S3."""
+    shown = []
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "bootstrapped":
+            shown.append(f"bootstrap.sh installed: {entry.get('changed', '')}")
+        elif entry.get("event") == "installed":
+            shown.append(f"install.sh installed {entry.get('bundle', '')}")
+    return shown
+
+
 def show_results(local: Any, results: list[dict[str, Any]]) -> None:
-    say("5/6 results in S3")
+    say("6/7 results in S3")
     s3 = local.client("s3")
     for task in results:
         prefix = f"results/{task['task_id']}/"
@@ -220,10 +226,10 @@ def show_results(local: Any, results: list[dict[str, Any]]) -> None:
         print(f"     result.json: {json.dumps(body, sort_keys=True)[:200]}")
 
 
-def shut_down_when_idle(local: Any, gpu: EmulatedInstance, idle_seconds: float, work: Path) -> bool:
+def shut_down_when_idle(local: Any, gpu: Any, idle_seconds: float, work: Path) -> bool:
     """The shutdown Lambda stops the idle instance, and the emulated GPU's adapter goes with it."""
     say(
-        f"6/6 idle shutdown: the shutdown Lambda, idle window shrunk to {idle_seconds} s for the demo "
+        f"7/7 idle shutdown: the shutdown Lambda, idle window shrunk to {idle_seconds} s for the demo "
         f"(this environment's is {local.idle_window_seconds} s)"
     )
     stopped = idle_shutdown(local, idle_seconds, work / "lambda.log")

@@ -57,7 +57,10 @@ is refused with an error, never guessed. Policy variables (`${aws:username}`) ar
 Permissions boundaries: a session of a role that carries one (sts:AssumeRole) gets an action only if the boundary
 also allows it (and nothing the boundary denies). IAM users in moto have no boundary. Resource-based policies
 (bucket, queue, key, function policies), session policies and SCPs are not evaluated; nor are the conditions of
-trust policies (moto's own AssumeRole check stays), or anything for S3 and STS, which keep moto's evaluation.
+trust policies (moto's own AssumeRole check stays), or anything for STS, which keeps moto's evaluation.
+
+S3: moto's own resource (the bucket, or bucket/key) and action, decided by `evaluate` with one request context key,
+`s3:prefix` for ListBucket (`s3_context`), so a ListBucket grant conditioned on a prefix lists only under it.
 
 The errors are what AWS sends, in the shape each protocol needs (stock moto answers every refusal, unknown key or
 bad signature with an XML body, which botocore cannot parse for the JSON-protocol services): DynamoDB/SSM/Logs
@@ -437,6 +440,16 @@ def _request_class(action: str | None) -> type:
             if self._is_assuming_role_operation(resource) and not self._check_role_trust_relationship(resource):
                 self._raise_access_denied()
 
+        def _create_aws_request(self) -> Any:
+            """moto signs an empty body as the request's parsed parameters (`self._body or self._data`), which
+            fails every GET with path parameters (Lambda's GetFunctionConfiguration, GetAlias...): the signature
+            covers the bytes sent, so a GET or DELETE without a body is signed as one. (For the query protocols
+            (EC2, SQS, IAM) moto hands over the form as `_data` and no `_body`: those keep moto's way.)"""
+            request = super()._create_aws_request()
+            if self._method in ("GET", "DELETE", "HEAD") and not self._body:
+                request.data = b""
+            return request
+
         def _raise_access_denied(self) -> None:
             prefix = "You are not authorized to perform this operation. " if self._service == "ec2" else ""
             raise _error(
@@ -499,4 +512,34 @@ def install() -> None:
         (LambdaResponse, lambda_targets),
     ):
         cls._authenticate_and_authorize_normal_action = _authorizer(targets_of)  # type: ignore[method-assign]
+    _install_s3()
     _installed.append(True)
+
+
+def s3_context(action: str, path: str) -> dict[str, str]:
+    """The request context of an S3 request: `s3:prefix` for ListBucket (ListObjects/ListObjectsV2), the `prefix`
+    query parameter as sent, absent when the request names none (Amazon S3 User Guide, "Condition key examples":
+    s3:prefix limits a ListBucket grant to keys under a prefix)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if action.lower() != "s3:listbucket":
+        return {}
+    prefix = parse_qs(urlsplit(path).query, keep_blank_values=True).get("prefix")
+    return {"s3:prefix": prefix[0]} if prefix else {}
+
+
+def _install_s3() -> None:
+    """S3 requests evaluated by `evaluate` (conditions and boundaries included) instead of moto's matcher, which
+    ignores every Condition: a ListBucket grant limited by s3:prefix would otherwise list the whole bucket."""
+    from moto.iam.access_control import S3IAMRequest
+
+    def check_action_permitted(self: Any, resource: str) -> None:
+        context = s3_context(self._action, self._path)
+        documents = [_document(p) for p in self._access_key.collect_policies()]
+        if evaluate(documents, self._action, resource, context) != ALLOW:
+            self._raise_access_denied()
+        boundary = _boundary_of(self._access_key)
+        if boundary is not None and evaluate([boundary], self._action, resource, context) != ALLOW:
+            self._raise_access_denied()
+
+    S3IAMRequest.check_action_permitted = check_action_permitted  # type: ignore[method-assign]

@@ -50,9 +50,11 @@ QUEUE_ACTIONS = _union(
 )
 TABLE_ACTIONS = _union(table.SUBMIT_ACTIONS, table.WORKER_ACTIONS, table.INDEX_READ_ACTIONS)
 OBJECT_ACTIONS = _union(bucket.READ_ACTIONS, bucket.WRITE_ACTIONS)
+BUCKET_LIST_ACTIONS = _union(bucket.LIST_ACTIONS)  # the API lists a task's results
 PARAMETER_ACTIONS = _union(rollout.READ_PARAMETER_ACTIONS)
 INSTANCE_ACTIONS = _union(gpu.START_ACTIONS, gpu.STOP_ACTIONS)
-DESCRIBE_ACTIONS = _union(gpu.DESCRIBE_ACTIONS)  # DescribeInstances: "*" only (no resource-level permissions)
+DESCRIBE_ACTIONS = _union(gpu.DESCRIBE_ACTIONS)
+SSM_AGENT_ACTIONS = _union(gpu.SSM_AGENT_ACTIONS)  # DescribeInstances: "*" only (no resource-level permissions)
 LOG_ACTIONS = _union(function.LOG_ACTIONS)
 INVOKE_ACTIONS = ("lambda:InvokeFunction",)
 # The artifacts bucket encrypts with the aws/s3 managed key, whose key policy lets any principal of the account use
@@ -75,11 +77,13 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
     artifacts = arn("s3", artifacts_buckets(prefix, config.name, config.account)[0], region="", account="")
     functions = [arn("lambda", f"function:{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
     groups = [arn("logs", f"log-group:/aws/lambda/{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
+    instances = gpu.instances_for(config)
     return policy(
         [
             Statement(QUEUE_ACTIONS, tuple(queues), sid="Queues"),
             Statement(TABLE_ACTIONS, (*tables, *(f"{t}/index/*" for t in tables)), sid="TaskTable"),
             Statement(OBJECT_ACTIONS, (f"{artifacts}/*",), sid="ArtifactsObjects"),
+            Statement(BUCKET_LIST_ACTIONS, (artifacts,), sid="ArtifactsListing"),
             Statement(
                 KMS_VIA_S3_ACTIONS,
                 (arn("kms", "key/*", **where),),
@@ -90,16 +94,27 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
                 PARAMETER_ACTIONS, (arn("ssm", f"parameter/{prefix}/{config.name}/*", **where),), sid="Parameters"
             ),
             Statement(DESCRIBE_ACTIONS, ("*",), sid="DescribeInstances"),
-            Statement(
-                INSTANCE_ACTIONS,
-                tuple(arn("ec2", f"instance/{i}", **where) for i in config.gpu_instance_ids),
-                sid="GpuInstances",
-            ),
+            Statement(INSTANCE_ACTIONS, instances.arns, instances.conditions, sid="GpuInstances"),
+            # The SSM agent on the hosts registers and takes its commands on "*" (modules/gpu.py says why).
+            Statement(SSM_AGENT_ACTIONS, ("*",), sid="SsmAgent"),
+            *_bootstrap_document(config),
             Statement(LOG_ACTIONS, (*groups, *(f"{g}:*" for g in groups)), sid="FunctionLogs"),
             Statement(INVOKE_ACTIONS, tuple(functions), sid="InvokeShutdownFunction"),
             Statement(NEVER, ("*",), sid="NoIdentityOrCredentials", effect="Deny"),
         ]
     )
+
+
+def _bootstrap_document(config: EnvironmentConfig) -> list[Statement]:
+    """Adopt mode: the association's calls ("*") and reading the one bootstrap document."""
+    name = gpu.bootstrap_document_name(config)
+    if name is None:
+        return []
+    document = arn("ssm", f"document/{name}", region=config.region, account=config.account)
+    return [
+        Statement(gpu.SSM_ASSOCIATION_ACTIONS, ("*",), sid="SsmAssociations"),
+        Statement(gpu.SSM_DOCUMENT_ACTIONS, (document,), sid="BootstrapDocument"),
+    ]
 
 
 def boundary_for(config: EnvironmentConfig) -> str | None:

@@ -38,6 +38,7 @@ from modules.props import check, check_actions, check_in, check_pattern, check_r
 
 READ_ACTIONS = ("s3:GetObject",)
 WRITE_ACTIONS = ("s3:PutObject",)
+LIST_ACTIONS = ("s3:ListBucket",)
 
 RESULTS_PREFIX = "results/"
 INPUTS_PREFIX = "inputs/"
@@ -208,6 +209,12 @@ class PrivateBucket(Construct):
 
     def grant_write(self, role: Role, prefix: str = "") -> list[Statement]:
         return self.grant(role, *WRITE_ACTIONS, prefix=prefix)
+
+    def grant_list(self, role: Role, prefix: str) -> list[Statement]:
+        """ListBucket (ListObjectsV2) of the keys under `prefix` only: the `s3:prefix` condition key (Amazon S3 User
+        Guide, "Condition key examples": "Restricting access to a specific prefix")."""
+        statement = role.add(LIST_ACTIONS, [self.arn], conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}})
+        return [statement]
 
     def log_access_to(self, target: PrivateBucket, *, prefix: str, account: str) -> None:
         """Send this bucket's server access logs to `target` under `prefix`, and let S3's log delivery write

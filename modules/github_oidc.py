@@ -16,19 +16,23 @@ test_deploy_escalation.py proves each point against an IAM-enforcing server):
   environment's permissions boundary (`iam:PermissionsBoundary`, modules/iam.py `boundary_arn`), and an explicit
   Deny refuses those writes on any role without it; the boundary can never be removed, and neither it nor any CI
   role or the OIDC provider can be edited;
-- no managed policy can be created or attached: a runtime role gets inline policies only, capped by the boundary.
+- no managed policy can be attached, and none created but the caller policies (the API's two, the canvas's), by their exact names: a
+  runtime role gets inline policies only, capped by the boundary. Those two are what ops attach to people; CI can
+  change what they allow (through a reviewed plan, like every other resource) but never who holds them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cdktf_cdktf_provider_aws.data_aws_caller_identity import DataAwsCallerIdentity
 from cdktf_cdktf_provider_aws.iam_openid_connect_provider import IamOpenidConnectProvider
+from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
 from modules.iam import (
@@ -61,8 +65,16 @@ INSTANCE_ROLE, SHUTDOWN_ROLE = "gpu-instance-role", "lambda-gpu-shutdown-role"
 ORCHESTRATOR_ROLE = "orchestrator-task-role"
 ROLE_NAMES = (INSTANCE_ROLE, SHUTDOWN_ROLE, ORCHESTRATOR_ROLE)
 INSTANCE_PROFILE_NAMES = ("gpu-instance-profile",)
-FUNCTION_NAMES = ("shutdown-gpu-lambda",)
+API_FUNCTION = "gpu-orchestrator-api"  # its layer is `<function>-<env>-deps` (modules/api.py)
+FUNCTION_NAMES = ("shutdown-gpu-lambda", API_FUNCTION)
+# The managed policies for callers, which ops attach to people (users, groups, SSO permission sets) or to what runs
+# the canvas service: the API's submit and admin policies and the canvas's. Never attached by CI (no Attach*).
+CALLER_POLICY_NAMES = ("gpu-orchestrator-submit", "gpu-orchestrator-admin", "gpu-orchestrator-canvas")
 ALARM_NAMES = ("QueueEmptyFor",)  # QueueEmptyFor<minutes>Min
+# The GPU stack (modules/gpu.py): adopt mode's bootstrap document; create mode's launch template, security group and
+# instances, all named or tagged with the environment.
+DOCUMENT_NAMES = ("gpu-adapter-bootstrap",)
+HOST_NAMES = ("gpu-adapter",)
 RULE_NAMES = ("gpu-orchestrator-idle-check",)
 
 # Read actions: the plan role gets these, the deploy role gets them and the matching writes.
@@ -149,8 +161,8 @@ PROFILE_WRITE = (
 # lambda.amazonaws.com, the key CreateFunction sets), the GPU role into its instance profile (AddRoleToInstanceProfile
 # "must be granted the PassRole permission on the IAM role", IAM API Reference). The IAM docs name no service for
 # that call, so the GPU role's condition is ...IfExists: a call that names no service, or EC2, may pass it; one
-# that passes it to any other service (a Lambda function) may not. The orchestrator's role is passed by nothing CI
-# applies, so CI may not pass it at all.
+# that passes it to any other service (a Lambda function) may not. The orchestrator's role goes to the API function,
+# so to Lambda only, like the shutdown role.
 PASS_ROLE = ("iam:PassRole",)
 LAMBDA_READ = ("lambda:Get*", "lambda:List*")
 LAMBDA_WRITE = (
@@ -165,6 +177,24 @@ LAMBDA_WRITE = (
     "lambda:UntagResource",
     "lambda:UpdateFunctionCode",
     "lambda:UpdateFunctionConfiguration",
+    # The API: its alias "admin" and the two function URLs (one per qualifier).
+    "lambda:CreateAlias",
+    "lambda:DeleteAlias",
+    "lambda:UpdateAlias",
+    "lambda:CreateFunctionUrlConfig",
+    "lambda:DeleteFunctionUrlConfig",
+    "lambda:UpdateFunctionUrlConfig",
+)
+LAYER_WRITE = ("lambda:DeleteLayerVersion", "lambda:PublishLayerVersion")
+# The callers' managed policies (aws_iam_policy: create, read, new versions on update, delete with old versions).
+CALLER_POLICY_READ = ("iam:GetPolicy", "iam:GetPolicyVersion", "iam:ListPolicyTags", "iam:ListPolicyVersions")
+CALLER_POLICY_WRITE = (
+    "iam:CreatePolicy",
+    "iam:CreatePolicyVersion",
+    "iam:DeletePolicy",
+    "iam:DeletePolicyVersion",
+    "iam:TagPolicy",
+    "iam:UntagPolicy",
 )
 LOGS_READ = ("logs:ListTagsForResource", "logs:ListTagsLogGroup")
 LOGS_WRITE = (
@@ -196,6 +226,39 @@ EVENTS_WRITE = (
     "events:UntagResource",
 )
 SSM_READ = ("ssm:GetParameter", "ssm:GetParameters", "ssm:ListTagsForResource")
+# AWS's public parameter naming the Deep Learning AMI (create mode's data source): read-only, AWS's own.
+PUBLIC_PARAMETER_READ = ("ssm:GetParameter",)
+DOCUMENT_READ = ("ssm:DescribeDocument", "ssm:DescribeDocumentPermission", "ssm:GetDocument", "ssm:ListTagsForResource")
+DOCUMENT_WRITE = (
+    "ssm:AddTagsToResource",
+    "ssm:CreateDocument",
+    "ssm:DeleteDocument",
+    "ssm:RemoveTagsFromResource",
+    "ssm:UpdateDocument",
+    "ssm:UpdateDocumentDefaultVersion",
+)
+# An association is authorized on the document and the instances it targets, and on itself once it exists
+# (Service Authorization Reference, Systems Manager: CreateAssociation takes document, instance and association).
+ASSOCIATION_READ = ("ssm:DescribeAssociation",)
+ASSOCIATION_WRITE = ("ssm:CreateAssociation", "ssm:DeleteAssociation", "ssm:UpdateAssociation")
+# Create mode (EC2 Service Authorization Reference, https://docs.aws.amazon.com/service-authorization/latest/
+# reference/list_amazonec2.html): creating the launch template, the security group and instances from the template
+# (RunInstances is authorized on every resource it touches: image, subnet, network interface, volume, security group,
+# launch template, instance); tags only while creating (ec2:CreateAction); and changing or deleting only what carries
+# this environment's `environment` tag (the provider's default tags put it on everything the stacks create).
+HOST_CREATE = ("ec2:CreateLaunchTemplate", "ec2:CreateSecurityGroup", "ec2:RunInstances")
+HOST_TAG_ON_CREATE = ("ec2:CreateTags",)
+HOST_CHANGE = (
+    "ec2:AuthorizeSecurityGroupEgress",
+    "ec2:CreateLaunchTemplateVersion",
+    "ec2:DeleteLaunchTemplate",
+    "ec2:DeleteSecurityGroup",
+    "ec2:DeleteTags",
+    "ec2:ModifyLaunchTemplate",
+    "ec2:RevokeSecurityGroupEgress",
+    "ec2:RevokeSecurityGroupIngress",
+    "ec2:TerminateInstances",
+)
 SSM_WRITE = ("ssm:AddTagsToResource", "ssm:DeleteParameter", "ssm:PutParameter", "ssm:RemoveTagsFromResource")
 BUCKET_READ = (
     "s3:GetAccelerateConfiguration",
@@ -289,7 +352,19 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
         "profile": _iam(account, "instance-profile", INSTANCE_PROFILE_NAMES, environment),
         "shutdown-role": _iam(account, "role", [SHUTDOWN_ROLE], environment),
         "instance-role": _iam(account, "role", [INSTANCE_ROLE], environment),
-        "lambda": _names(account, "lambda", "function", FUNCTION_NAMES, end, sep=":"),
+        "lambda": [
+            qualified
+            for name in _names(account, "lambda", "function", FUNCTION_NAMES, end, sep=":")
+            for qualified in (name, f"{name}:*")  # an alias or version of it
+        ],
+        # A layer's ARN with and without its version (PublishLayerVersion names the layer, the others a version).
+        "layer": [
+            versioned
+            for name in [arn("lambda", f"layer:{API_FUNCTION}{end}-deps", region="*", account=account)]
+            for versioned in (name, f"{name}:*")
+        ],
+        "caller-policy": _iam(account, "policy", CALLER_POLICY_NAMES, environment),
+        "orchestrator-role": _iam(account, "role", [ORCHESTRATOR_ROLE], environment),
         # Log-group actions are authorized on the group's ARN with or without the trailing ":*".
         "logs": [
             arn + tail
@@ -299,10 +374,60 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
         "cloudwatch": _names(account, "cloudwatch", "alarm", ALARM_NAMES, end, sep=":"),
         "events": _names(account, "events", "rule", RULE_NAMES, end),
         "ssm": [arn("ssm", f"parameter/{prefix}/{environment}/*", region="*", account=account)],
+        "public-parameter": [arn("ssm", "parameter/aws/service/deeplearning/*", region="*", account="")],
+        "document": _names(account, "ssm", "document", DOCUMENT_NAMES, end),
+        "association": [
+            *_names(account, "ssm", "document", DOCUMENT_NAMES, end),
+            arn("ssm", "association/*", region="*", account=account),
+            arn("ec2", "instance/*", region="*", account=account),
+        ],
+        # What RunInstances and the template/security group calls touch: the environment's own template and group
+        # by name, and in this account the instances, volumes and interfaces they create, the subnets and VPCs
+        # they use; AWS's images (no account) and this account's.
+        "hosts": [
+            arn("ec2", "launch-template/*", region="*", account=account),
+            arn("ec2", "security-group/*", region="*", account=account),
+            arn("ec2", "security-group-rule/*", region="*", account=account),
+            arn("ec2", "vpc/*", region="*", account=account),
+            arn("ec2", "subnet/*", region="*", account=account),
+            arn("ec2", "network-interface/*", region="*", account=account),
+            arn("ec2", "volume/*", region="*", account=account),
+            arn("ec2", "instance/*", region="*", account=account),
+            arn("ec2", "image/*", region="*", account=""),
+        ],
         "bucket": [artifacts, logs],
         "object": [f"{artifacts}/*", f"{logs}/*"],
         "adapter": [f"{artifacts}/adapter/*"],
     }
+
+
+# IAM quotas (IAM User Guide, reference_iam-quotas): a role's inline policies together hold at most 10,240
+# characters, one managed policy at most 6,144 (whitespace not counted). The deploy policy outgrows the first, so
+# the statements for the API and the GPU hosts go into a managed policy of their own, `<deploy role>-hosts`, made by
+# bootstrap and attached to the deploy role only; the deploy role can never change it (NoSelfEscalation).
+INLINE_LIMIT, MANAGED_LIMIT = 10_240, 6_144
+MANAGED_SIDS = frozenset(
+    {
+        "PassOrchestratorRoleToLambda",
+        "Layers",
+        "CallerPolicies",
+        "PublicParameters",
+        "BootstrapDocument",
+        "BootstrapAssociation",
+        "GpuHostsCreate",
+        "GpuHostsTagOnCreate",
+        "GpuHostsOfThisEnvironment",
+    }
+)
+
+
+def split(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`document` as (the inline part, the managed part): the statements of MANAGED_SIDS go to the second. IAM
+    evaluates the union of a role's policies, so the pair allows and denies exactly what `document` does."""
+    statements = list(document["Statement"])
+    inline = [st for st in statements if st.get("Sid") not in MANAGED_SIDS]
+    managed = [st for st in statements if st.get("Sid") in MANAGED_SIDS]
+    return ({**document, "Statement": inline}, {**document, "Statement": managed})
 
 
 def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix: str) -> dict[str, Any]:
@@ -314,10 +439,15 @@ def plan_policy(*, account: str, environment: str, state_bucket_arn: str, prefix
             _statement("TaskStore", DYNAMODB_READ, res["dynamodb"]),
             _statement("Iam", IAM_READ, res["iam"]),
             _statement("Lambda", LAMBDA_READ, res["lambda"]),
+            _statement("Layers", LAMBDA_READ, res["layer"]),
+            _statement("CallerPolicies", CALLER_POLICY_READ, res["caller-policy"]),
             _statement("Logs", LOGS_READ, res["logs"]),
             _statement("Alarms", ALARM_READ, res["cloudwatch"]),
             _statement("Schedules", EVENTS_READ, res["events"]),
             _statement("Parameters", SSM_READ, res["ssm"]),
+            _statement("PublicParameters", PUBLIC_PARAMETER_READ, res["public-parameter"]),
+            _statement("BootstrapDocument", DOCUMENT_READ, res["document"]),
+            _statement("BootstrapAssociation", ASSOCIATION_READ, res["association"]),
             _statement("ArtifactsBucket", BUCKET_READ, res["bucket"]),
             # Only the adapter bundles Terraform manages: task inputs and results stay unreadable from a pull request.
             _statement("AdapterBundles", OBJECT_READ, res["adapter"]),
@@ -335,6 +465,7 @@ def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, pref
     boundary = boundary_arn(account=account, environment=environment, prefix=prefix)
     with_boundary = {"StringEquals": {"iam:PermissionsBoundary": boundary}}
     protected = [arn("iam", f"role/{prefix}-{kind}-*", region="", account=account) for kind in ("deploy", "plan")]
+    protected.append(arn("iam", f"policy/{prefix}-deploy-*", region="", account=account))  # its own managed part
     protected.append(arn("iam", f"oidc-provider/{GITHUB_OIDC_HOST}", region="", account=account))
     # Every environment's boundary (an account may hold several environments): bootstrap's, never CI's to change.
     protected.append(arn("iam", f"policy/{boundary_name('*', prefix)}", region="", account=account))
@@ -358,11 +489,35 @@ def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, pref
                 {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"}},
                 sid="PassInstanceRoleToProfile",
             ),
+            Statement(
+                PASS_ROLE,
+                tuple(res["orchestrator-role"]),
+                {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}},
+                sid="PassOrchestratorRoleToLambda",
+            ),
             _statement("Lambda", LAMBDA_READ + LAMBDA_WRITE, res["lambda"]),
+            _statement("Layers", LAMBDA_READ + LAYER_WRITE, res["layer"]),
+            _statement("CallerPolicies", CALLER_POLICY_READ + CALLER_POLICY_WRITE, res["caller-policy"]),
             _statement("Logs", LOGS_READ + LOGS_WRITE, res["logs"]),
             _statement("Alarms", ALARM_READ + ALARM_WRITE, res["cloudwatch"]),
             _statement("Schedules", EVENTS_READ + EVENTS_WRITE, res["events"]),
             _statement("Parameters", SSM_READ + SSM_WRITE, res["ssm"]),
+            _statement("PublicParameters", PUBLIC_PARAMETER_READ, res["public-parameter"]),
+            _statement("BootstrapDocument", DOCUMENT_READ + DOCUMENT_WRITE, res["document"]),
+            _statement("BootstrapAssociation", ASSOCIATION_READ + ASSOCIATION_WRITE, res["association"]),
+            _statement("GpuHostsCreate", HOST_CREATE, res["hosts"]),
+            Statement(
+                HOST_TAG_ON_CREATE,
+                tuple(res["hosts"]),
+                {"StringEquals": {"ec2:CreateAction": list(HOST_CREATE)}},
+                sid="GpuHostsTagOnCreate",
+            ),
+            Statement(
+                HOST_CHANGE,
+                tuple(res["hosts"]),
+                {"StringEquals": {"aws:ResourceTag/environment": environment}},
+                sid="GpuHostsOfThisEnvironment",
+            ),
             _statement("ArtifactsBucket", BUCKET_READ + BUCKET_WRITE, res["bucket"]),
             _statement("ArtifactsObjects", OBJECT_READ + OBJECT_WRITE, res["object"]),
             _statement("DescribeOnly", UNSCOPED_READ, ["*"]),
@@ -488,6 +643,19 @@ class GithubDeployAccess(Construct):
             assume_role_policy=render(trust_policy(self.provider_arn, repository, github_env), compact=True),
             max_session_duration=MIN_SESSION_SECONDS,
         )
-        IamRolePolicy(self, f"{name}-policy", name=policy_name, role=role.id, policy=render(document, compact=True))
+        # Split only when IAM's inline limit requires it (the rendered length counts tokens longer than the account
+        # ids they resolve to, so this errs on the side of splitting).
+        whole = render(document, compact=True)
+        inline, managed = split(document) if len(whole) >= INLINE_LIMIT else (document, {"Statement": []})
+        IamRolePolicy(self, f"{name}-policy", name=policy_name, role=role.id, policy=render(inline, compact=True))
+        if managed["Statement"]:
+            extra = IamPolicy(
+                self,
+                f"{name}-hosts",
+                name=f"{name}-hosts",
+                description=f"{purpose}: the API and the GPU hosts (IAM's inline size limit)",
+                policy=render(managed, compact=True),
+            )
+            IamRolePolicyAttachment(self, f"{name}-hosts-attachment", role=role.name, policy_arn=extra.arn)
         arn: str = role.arn
         return arn

@@ -1,22 +1,29 @@
 """Stack names and their order: plain data, importable without loading cdktf (scripts and tests use it)."""
 
-SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM = (
+SQS, DYNAMODB, ARTIFACTS, IAM, GPU, LAMBDA, API, ALARM = (
     "gpu-orchestrator-sqs",
     "gpu-orchestrator-dynamodb",
     "gpu-orchestrator-artifacts",
     "gpu-orchestrator-iam",
+    "gpu-orchestrator-gpu",
     "gpu-orchestrator-lambda",
+    "gpu-orchestrator-api",
     "gpu-orchestrator-alarm",
 )
 # A valid apply order (each stack after those it reads); destroy runs it backwards.
-STACK_ORDER = (SQS, DYNAMODB, ARTIFACTS, IAM, LAMBDA, ALARM)
-# Who reads whom, as the seed's diagram (plus artifacts): iam after sqs+dynamodb+artifacts, lambda after iam, ...
+STACK_ORDER = (SQS, DYNAMODB, ARTIFACTS, IAM, GPU, LAMBDA, API, ALARM)
+# Who reads whom (remote state), as the seed's diagram plus artifacts, the GPU hosts and the API: iam after
+# sqs+dynamodb+artifacts, the GPU hosts after iam (their instance profile; the bundle they install is named, not
+# read), lambda after the GPU hosts (the instances it starts and stops; read in create mode), the API after lambda
+# (the controller it invokes). Adopt mode reads the instance ids from its config instead of the gpu stack.
 DEPENDENCIES = {
     SQS: set(),
     DYNAMODB: set(),
     ARTIFACTS: {SQS, DYNAMODB},
     IAM: {SQS, DYNAMODB, ARTIFACTS},
-    LAMBDA: {IAM, SQS, DYNAMODB},
+    GPU: {IAM},  # and, at run time not plan time, artifacts' bundle parameters (by name)
+    LAMBDA: {IAM, SQS, DYNAMODB, GPU},
+    API: {IAM, SQS, DYNAMODB, ARTIFACTS, GPU, LAMBDA},
     ALARM: {LAMBDA, SQS},
 }
 BOOTSTRAP = "gpu-orchestrator-bootstrap"

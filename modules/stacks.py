@@ -6,27 +6,34 @@ Each takes the constructs it builds on; cdktf turns those references into output
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from constructs import Construct
 
 from core import contract
 from modules.alarm import QueueIdleAlarm, Schedule
+from modules.api import OrchestratorApi
 from modules.base import EnvironmentStack
 from modules.bootstrap import boundary_for
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
+from modules.canvas import CanvasAccess
 from modules.config import EnvironmentConfig
 from modules.function import PythonFunction, grant_dead_letter, grant_logs
-from modules.gpu import GpuInstances
-from modules.iam import Role
-from modules.layout import ALARM, ARTIFACTS, DYNAMODB, IAM, LAMBDA, SQS
+from modules.gpu import GpuHost, GpuInstances, bootstrap_document_name, grant_ssm_agent, instances_for
+from modules.iam import Role, arn
+from modules.layout import ALARM, API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
 from modules.table import TaskTable
 
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
 SHUTDOWN_DLQ = "shutdown-gpu-lambda-dlq"
+API_FUNCTION = "gpu-orchestrator-api"
+SUBMIT_POLICY, ADMIN_POLICY = "gpu-orchestrator-submit", "gpu-orchestrator-admin"
+CANVAS_POLICY = "gpu-orchestrator-canvas"
 ACCESS_LOG_DAYS = 365
+CONTROLLER_INVOKE = ("lambda:InvokeFunction",)
 
 
 class SqsStack(EnvironmentStack):
@@ -76,12 +83,15 @@ class ArtifactsStack(EnvironmentStack):
             self,
             "adapter",
             bucket=self.bucket,
-            parameter_prefix=f"/gpu-orchestrator/{config.name}",
+            parameter_prefix=config.parameter_prefix,
             region=config.region,
             account=config.account,
             config=runtime_environment(config, queue=queue, table=table, bucket=self.bucket),
         )
+        # What the canvas image service may do (canvas/README.md): its image prefix only, for whoever runs it.
+        self.canvas = CanvasAccess(self, "canvas", name=self.name_of(CANVAS_POLICY), bucket_arn=self.bucket.arn)
         self.output("BucketName", self.bucket.name, "Bucket for adapter bundles, task inputs and results")
+        self.output("CanvasPolicyArn", self.canvas.arn, "Attach to the canvas service's identity (its image prefix)")
         self.output("AdapterBundleUri", self.release.uri, "The adapter bundle this apply released")
 
 
@@ -98,12 +108,12 @@ class IamStack(EnvironmentStack):
         artifacts: ArtifactsStack,
     ) -> None:
         super().__init__(scope, IAM, config=config)
-        gpu = GpuInstances(instance_ids=config.gpu_instance_ids, region=config.region, account=config.account)
-        self.orchestrator = self._orchestrator_role(gpu, queue, table)
+        gpu = instances_for(config)
+        self.orchestrator = self._orchestrator_role(gpu, queue, table, artifacts)
         self.gpu_instance = self._gpu_instance_role(queue, table, artifacts)
         self.shutdown = self._shutdown_role(gpu, queue, table)
         assert self.gpu_instance.profile is not None
-        self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role for the orchestrator's ECS tasks")
+        self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role of the orchestrator API function")
         self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
         self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
         self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
@@ -116,18 +126,28 @@ class IamStack(EnvironmentStack):
             self, id, account=config.account, region=config.region, permissions_boundary=boundary_for(config), **props
         )
 
-    def _orchestrator_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
+    def _orchestrator_role(
+        self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack
+    ) -> Role:
         role = self._role(
             "orchestrator",
             name=self.name_of("orchestrator-task-role"),
-            assumed_by="ecs-tasks.amazonaws.com",
-            description="The orchestrator service: accepts tasks and starts the GPU.",
+            assumed_by="lambda.amazonaws.com",
+            description="The orchestrator API: accepts tasks, asks the controller to start GPUs, presigns files.",
         )
+        where = {"region": self.config.region, "account": self.config.account}
         queue.grant_send_messages(role)
         queue.grant_read_depth(role, include_dlq=True)  # /healthz reports both depths
         table.grant_submit(role)
-        gpu.grant_describe(role)
-        gpu.grant_start(role)
+        gpu.grant_describe(role)  # /healthz; starting is the controller's alone
+        # One owner for starts and stops: the API asks the controller to reconcile now (an asynchronous invoke).
+        # By name: the function's stack is applied after this one.
+        role.add(CONTROLLER_INVOKE, [arn("lambda", f"function:{self.name_of(SHUTDOWN_FUNCTION)}", **where)])
+        # Exactly what presigning needs: a presigned request carries the signer's rights, nothing more.
+        artifacts.bucket.grant_write(role, INPUTS_PREFIX)  # POST /uploads
+        artifacts.bucket.grant_read(role, RESULTS_PREFIX)  # GET /tasks/{id}/results and /logs
+        artifacts.bucket.grant_list(role, RESULTS_PREFIX)  # one task's results (ListObjectsV2 under results/<id>/)
+        grant_logs(role, **where, function_name=self.name_of(API_FUNCTION))
         return role
 
     def _gpu_instance_role(self, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack) -> Role:
@@ -149,6 +169,8 @@ class IamStack(EnvironmentStack):
         artifacts.bucket.grant_read(role, INPUTS_PREFIX)
         artifacts.bucket.grant_write(role, RESULTS_PREFIX)
         artifacts.release.grant_install(role)
+        where = {"region": self.config.region, "account": self.config.account}
+        grant_ssm_agent(role, **where, document_name=bootstrap_document_name(self.config))
         return role
 
     def _shutdown_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
@@ -169,6 +191,29 @@ class IamStack(EnvironmentStack):
         return role
 
 
+class GpuStack(EnvironmentStack):
+    """The GPU hosts (modules/gpu.py GpuHost): adopted instances bootstrapped by an SSM association, or instances
+    created from a launch template whose user data bootstraps them. Neither starts or stops them: the controller
+    (the lambda stack) owns their state."""
+
+    def __init__(self, scope: Construct, *, config: EnvironmentConfig, iam: IamStack) -> None:
+        super().__init__(scope, GPU, config=config)
+        assert iam.gpu_instance.profile is not None
+        self.host = GpuHost.from_config(self, "gpu", config=config, instance_profile_name=iam.gpu_instance.profile.name)
+        # Joined in Python, not with Fn.join: each id stays a plain reference (what localaws resolves).
+        self.output("GpuInstanceIds", ",".join(self.host.instance_ids), "The GPU instances, comma-separated")
+        if self.host.mode == "adopt":
+            self.output(
+                "AttachProfileCommands",
+                "\n".join(self.host.attach_profile_commands),
+                "Run once per adopted instance (Terraform cannot attach a profile to an instance it does not manage)",
+            )
+            self.output("BootstrapDocumentName", self.host.document.name, "The SSM document that installs the adapter")
+        else:
+            self.output("LaunchTemplateId", self.host.launch_template.id, "The launch template of the GPU hosts")
+            self.output("SecurityGroupId", self.host.security_group.id, "The GPU hosts' security group (no ingress)")
+
+
 class LambdaStack(EnvironmentStack):
     def __init__(
         self,
@@ -178,6 +223,7 @@ class LambdaStack(EnvironmentStack):
         iam: IamStack,
         queue: TaskQueue,
         table: TaskTable,
+        gpu: GpuStack,
     ) -> None:
         super().__init__(scope, LAMBDA, config=config)
         self.function = PythonFunction(
@@ -195,7 +241,7 @@ class LambdaStack(EnvironmentStack):
             dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
             environment=contract.render(
                 {
-                    contract.GPU_INSTANCE_IDS: config.gpu_instance_ids,
+                    contract.GPU_INSTANCE_IDS: gpu.host.instance_ids,
                     contract.TASK_QUEUE_URL: queue.url,
                     contract.TASK_TABLE_NAME: table.name,
                     contract.TASK_STATUS_INDEX: table.index_name,
@@ -208,10 +254,57 @@ class LambdaStack(EnvironmentStack):
             ),
         )
         Schedule(
-            self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=5, target=self.function
+            self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=1, target=self.function
         )
         self.output("FunctionArn", self.function.arn, "ARN of the shutdown Lambda")
         self.output("FunctionName", self.function.name, "Name of the shutdown Lambda")
+
+
+class ApiStack(EnvironmentStack):
+    """The orchestrator API: the FastAPI app as a Lambda behind IAM-authenticated function URLs (no load balancer,
+    no VPC, nothing billed while idle), and the managed policies ops attach to the people who call it."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        config: EnvironmentConfig,
+        iam: IamStack,
+        queue: TaskQueue,
+        table: TaskTable,
+        artifacts: ArtifactsStack,
+        controller: PythonFunction,
+        instance_ids: Sequence[str],
+    ) -> None:
+        super().__init__(scope, API, config=config)
+        self.api = OrchestratorApi(
+            self,
+            "api",
+            name=self.name_of(API_FUNCTION),
+            role=iam.orchestrator,
+            region=config.region,
+            account=config.account,
+            submit_policy_name=self.name_of(SUBMIT_POLICY),
+            admin_policy_name=self.name_of(ADMIN_POLICY),
+            environment=contract.render(
+                {
+                    contract.TASK_QUEUE_URL: queue.url,
+                    contract.TASK_DLQ_URL: queue.dlq_url,
+                    contract.TASK_TABLE_NAME: table.name,
+                    contract.TASK_STATUS_INDEX: table.index_name,
+                    contract.GPU_INSTANCE_IDS: instance_ids,
+                    contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
+                    contract.CONTROLLER_FUNCTION_NAME: controller.name,
+                    contract.ORCHESTRATOR_AUTH: "iam",
+                },
+                program=contract.ORCHESTRATOR,
+            ),
+        )
+        self.output("ApiUrl", self.api.url, "Function URL of the orchestrator API (AWS_IAM: callers sign with SigV4)")
+        self.output("AdminApiUrl", self.api.admin_url, "Function URL of the API's admin alias (the admin policy only)")
+        self.output("ApiFunctionName", self.api.name, "Name of the orchestrator API function")
+        self.output("SubmitPolicyArn", self.api.submit_policy_arn, "Attach to whoever submits tasks (their own only)")
+        self.output("AdminPolicyArn", self.api.admin_policy_arn, "Attach to whoever administers every task")
 
 
 class AlarmStack(EnvironmentStack):
@@ -253,7 +346,6 @@ def runtime_environment(
             contract.TASK_TABLE_NAME: table.name,
             contract.TASK_STATUS_INDEX: table.index_name,
             contract.ARTIFACTS_BUCKET: bucket.name,
-            contract.GPU_INSTANCE_IDS: config.gpu_instance_ids,
             contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
             contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
         },

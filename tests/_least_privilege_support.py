@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,17 @@ from botocore.exceptions import ClientError
 
 import localaws
 from localaws import authserver
+from modules import github_oidc as gh
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = localaws.DEFAULT_REGION
 TOKEN = "least-privilege-token-0123"
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
-# A role is known by the service its trust policy names, not by its name.
+# Each runtime role by its name (modules/github_oidc.py holds the names; two of them trust Lambda).
 COMPONENT_OF = {
-    "ecs-tasks.amazonaws.com": "orchestrator",
-    "ec2.amazonaws.com": "adapter",
-    "lambda.amazonaws.com": "lambda",
+    f"{gh.ORCHESTRATOR_ROLE}-local": "orchestrator",
+    f"{gh.INSTANCE_ROLE}-local": "adapter",
+    f"{gh.SHUTDOWN_ROLE}-local": "lambda",
 }
 # The Lambda's own windows shrunk, so a test needs no waiting (what tests/test_shutdown_moto.py shrinks too).
 LAMBDA_OVERRIDES = {"IDLE_WINDOW_SECONDS": "0", "MIN_UPTIME_SECONDS": "0", "STOPPING_WAIT_SECONDS": "0"}
@@ -77,8 +79,7 @@ def world(synthesized: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         iam = aws.client("iam")
         keys = {}
         for role in aws.of_type("aws_iam_role").values():
-            (trust,) = iam.get_role(RoleName=role["name"])["Role"]["AssumeRolePolicyDocument"]["Statement"]
-            keys[COMPONENT_OF[trust["Principal"]["Service"]]] = authserver.user_like_role(iam, role["name"])
+            keys[COMPONENT_OF[role["name"]]] = authserver.user_like_role(iam, role["name"])
         assert sorted(keys) == ["adapter", "lambda", "orchestrator"]
         other = aws.client("ec2").run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]
         (bundle,) = [p["name"] for p in aws.of_type("aws_ssm_parameter").values() if p["name"].endswith("/bundle")]
@@ -120,21 +121,30 @@ def refused(call: Callable[[], Any], denied: frozenset[str] | set[str] = DENIED)
 
 
 # -- the components, each with its own key -----------------------------------------------------------------------
-def orchestrator(world: World) -> Any:
-    """The orchestrator's app (what uvicorn serves) over clients signed with its role's key, in a test client."""
+@contextmanager
+def orchestrator(world: World) -> Iterator[Any]:
+    """The orchestrator's app (what uvicorn serves) over clients signed with its role's key, in a test client; the
+    controller it nudges runs in-process (localaws.lambdas) with the Lambda's own key, drained on the way out."""
     from fastapi.testclient import TestClient
 
+    from localaws.lambdas import LocalController
     from orchestrator.app import create_app
     from orchestrator.settings import Clients, Settings
 
     settings = Settings.from_env({**world.aws.env(), "ORCHESTRATOR_TOKEN": TOKEN})
     session = world.session("orchestrator")
-    clients = Clients(
-        sqs=world.client("orchestrator", "sqs"),
-        ec2=world.client("orchestrator", "ec2"),
-        table=session.resource("dynamodb", endpoint_url=world.aws.endpoint_url).Table(world.aws.table_name),
-    )
-    return TestClient(create_app(settings, clients), headers={"Authorization": f"Bearer {TOKEN}"})
+    with LocalController(world.aws, env=LAMBDA_OVERRIDES, run_as=world.keys["lambda"]) as controller:
+        clients = Clients(
+            sqs=world.client("orchestrator", "sqs"),
+            ec2=world.client("orchestrator", "ec2"),
+            lambda_=controller.client,
+            table=session.resource("dynamodb", endpoint_url=world.aws.endpoint_url).Table(world.aws.table_name),
+            s3=world.client("orchestrator", "s3"),
+        )
+        with TestClient(create_app(settings, clients), headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+            api.controller = controller
+            yield api
+        controller.drain()
 
 
 def submit(world: World, task_type: str, params: dict[str, Any]) -> str:

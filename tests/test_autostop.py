@@ -102,7 +102,7 @@ def test_zero_window_disables_on_node_autostop() -> None:
 # -- against moto ------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def stack(local_aws: Any) -> Stack:
-    """The synthesized `local` environment (conftest's `local_aws`), its GPU instance running; `env` is the adapter's."""
+    """The synthesized `local` environment (conftest's `local_aws`), its GPU running; `env` is the adapter's."""
     s = stack_from(local_aws)
     s.env = local_aws.env()
     return s

@@ -64,8 +64,7 @@ ARN_OF = {  # resource type -> (attribute holding the name, its ARN)
 
 
 def boundary_document(doc: dict[str, Any]) -> dict[str, Any]:
-    (policy,) = doc["resource"]["aws_iam_policy"].values()
-    assert policy["name"] == "gpu-orchestrator-boundary-dev"
+    (policy,) = [p for p in doc["resource"]["aws_iam_policy"].values() if p["name"] == "gpu-orchestrator-boundary-dev"]
     return dict(json.loads(policy["policy"]))
 
 

@@ -1,4 +1,5 @@
-"""The end-to-end demo, headless, as `make local` runs it: tasks through the CLI, results in S3, idle stop."""
+"""The end-to-end demo, headless, as `make local` runs it: the GPU host installing its adapter through its own
+bootstrap, tasks and a file through the CLI (upload, submit, wait, download), results in S3, idle stop."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
-    assert out.count(": SUCCEEDED after 1 attempt(s)") == 2
-    assert out.count("result.json: {") == 2
+    assert out.count(": SUCCEEDED after 1 attempt(s)") == 3  # two matmul tasks and the file's digest
+    assert out.count("result.json: {") == 3
+    assert "downloaded into" in out and "result.json says:" in out  # the file in, the task's results out
+    assert "[gpu host] bootstrap.sh installed:" in out and "[gpu host] install.sh installed s3://" in out
     assert "lambda decision: STOP" in out
     assert "instance states seen: stopped -> running -> " in out and "adapter stopped: True" in out
     assert not demo_processes(), "the demo left processes behind"

@@ -99,11 +99,16 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Bootstrap:
     (boundary,) = [p for p in resources(doc, "aws_iam_policy") if p["name"] == BOUNDARY_NAME]
     roles = {r["name"]: r for r in resources(doc, "aws_iam_role")}
     (deploy_policy,) = [p for p in resources(doc, "aws_iam_role_policy") if p["name"] == "deploy"]
+    # What the deploy role holds: its inline policy and the managed one bootstrap attaches (modules/github_oidc.py
+    # split), given to the test's deploy user as one document.
+    (hosts,) = [p for p in resources(doc, "aws_iam_policy") if p["name"] == f"{DEPLOY}-hosts"]
+    merged = json.loads(deploy_policy["policy"])
+    merged["Statement"] += json.loads(hosts["policy"])["Statement"]
     bucket = config.resolved_state_bucket
     return Bootstrap(
         _resolve(boundary["policy"], bucket),
         _resolve(roles[DEPLOY]["assume_role_policy"], bucket),
-        _resolve(deploy_policy["policy"], bucket),
+        _resolve(json.dumps(merged), bucket),
     )
 
 
@@ -274,23 +279,36 @@ def test_the_ci_roles_stay_out_of_reach(fresh: World) -> None:
 
 
 def test_roles_are_passed_only_to_their_own_service(fresh: World) -> None:
-    """iam:PassRole (checked on lambda:CreateFunction): the shutdown role to Lambda only; the others never."""
+    """iam:PassRole (checked on lambda:CreateFunction): the shutdown and orchestrator roles to Lambda (each runs a
+    function); the GPU instance's role never."""
     for role in RUNTIME_ROLES:
         bounded_role(fresh, role)
     lam = fresh.client("deploy", "lambda")
 
-    def create(role: str) -> Any:
+    def create(role: str, name: str = "shutdown-gpu-lambda") -> Any:
         return lam.create_function(
-            FunctionName=f"shutdown-gpu-lambda-{ENV}",
+            FunctionName=f"{name}-{ENV}",
             Runtime="python3.11",
             Role=f"arn:aws:iam::{ACCOUNT}:role/{role}",
             Handler="shutdown.handler.handler",
             Code={"ZipFile": _zip()},
         )
 
-    for role in (GPU, ORCHESTRATOR):
-        assert "iam:PassRole" in refused(lambda r=role: create(r))
+    assert "iam:PassRole" in refused(lambda: create(GPU))
     assert create(SHUTDOWN)["Role"].endswith(f":role/{SHUTDOWN}")
+    assert create(ORCHESTRATOR, "gpu-orchestrator-api")["Role"].endswith(f":role/{ORCHESTRATOR}")
+
+
+def test_only_the_two_caller_policies_can_be_created_and_never_attached(fresh: World) -> None:
+    """The API's submit and admin policies, by their exact names; any other managed policy (one CI could then attach
+    to something) is refused, and so is attaching either, to a role, a user or a group."""
+    iam = fresh.client("deploy", "iam")
+    for name in (f"gpu-orchestrator-submit-{ENV}", f"gpu-orchestrator-admin-{ENV}"):
+        created = iam.create_policy(PolicyName=name, PolicyDocument=EVERYTHING)["Policy"]
+        refused(lambda a=created["Arn"]: iam.attach_role_policy(RoleName=DEPLOY, PolicyArn=a))
+        refused(lambda a=created["Arn"]: iam.attach_user_policy(UserName="deploy", PolicyArn=a))
+    for name in (f"gpu-orchestrator-submit-{ENV}-evil", f"gpu-orchestrator-power-{ENV}", "AdminEverything"):
+        refused(lambda n=name: iam.create_policy(PolicyName=n, PolicyDocument=EVERYTHING))
 
 
 def _zip() -> bytes:

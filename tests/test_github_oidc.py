@@ -48,10 +48,16 @@ def roles_by_name(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def policy_of(out: dict[str, Any], role_name: str) -> dict[str, Any]:
+    """Everything the role is allowed: its inline policy and the managed one attached to it (the deploy role's
+    statements for the API and the GPU hosts, split off for IAM's inline size limit)."""
     roles = resources(out, "aws_iam_role")
     role_key = next(k for k, r in roles.items() if r["name"] == role_name)
     (policy,) = [p for p in resources(out, "aws_iam_role_policy").values() if role_key in p["role"]]
     document: dict[str, Any] = json.loads(policy["policy"])
+    managed = {f"${{aws_iam_policy.{k}.arn}}": p for k, p in resources(out, "aws_iam_policy").items()}
+    for attached in resources(out, "aws_iam_role_policy_attachment").values():
+        if role_key in attached["role"]:
+            document["Statement"] += json.loads(managed[attached["policy_arn"]]["policy"])["Statement"]
     return document
 
 
@@ -117,11 +123,20 @@ def test_deploy_policy_actions_are_the_module_constants(out: dict[str, Any]) -> 
         "InstanceProfile": gh.PROFILE_WRITE,
         "PassShutdownRoleToLambda": gh.PASS_ROLE,
         "PassInstanceRoleToProfile": gh.PASS_ROLE,
+        "PassOrchestratorRoleToLambda": gh.PASS_ROLE,
         "Lambda": gh.LAMBDA_READ + gh.LAMBDA_WRITE,
+        "Layers": gh.LAMBDA_READ + gh.LAYER_WRITE,
+        "CallerPolicies": gh.CALLER_POLICY_READ + gh.CALLER_POLICY_WRITE,
         "Logs": gh.LOGS_READ + gh.LOGS_WRITE,
         "Alarms": gh.ALARM_READ + gh.ALARM_WRITE,
         "Schedules": gh.EVENTS_READ + gh.EVENTS_WRITE,
         "Parameters": gh.SSM_READ + gh.SSM_WRITE,
+        "PublicParameters": gh.PUBLIC_PARAMETER_READ,
+        "BootstrapDocument": gh.DOCUMENT_READ + gh.DOCUMENT_WRITE,
+        "BootstrapAssociation": gh.ASSOCIATION_READ + gh.ASSOCIATION_WRITE,
+        "GpuHostsCreate": gh.HOST_CREATE,
+        "GpuHostsTagOnCreate": gh.HOST_TAG_ON_CREATE,
+        "GpuHostsOfThisEnvironment": gh.HOST_CHANGE,
         "ArtifactsBucket": gh.BUCKET_READ + gh.BUCKET_WRITE,
         "ArtifactsObjects": gh.OBJECT_READ + gh.OBJECT_WRITE,
         "DescribeOnly": gh.UNSCOPED_READ,
@@ -153,7 +168,14 @@ def test_iam_writes_need_the_boundary_and_it_can_never_go(out: dict[str, Any]) -
     stays = statement(doc, "BoundaryStays")
     assert stays["Effect"] == "Deny" and stays["Action"] == ["iam:DeleteRolePermissionsBoundary"]
     assert stays["Resource"] == ["*"]
-    allowed = {a for st in doc["Statement"] if st["Effect"] == "Allow" for a in st["Action"]}
+    # Managed policies: only the callers' (the API's two, the canvas's), by their exact names, never attached.
+    callers = statement(doc, "CallerPolicies")
+    assert callers["Resource"] == [
+        f"arn:aws:iam::{account}:policy/gpu-orchestrator-{kind}-staging" for kind in ("admin", "canvas", "submit")
+    ]
+    allowed = {
+        a for st in doc["Statement"] if st["Effect"] == "Allow" and st["Sid"] != "CallerPolicies" for a in st["Action"]
+    }
     never = {
         "iam:AttachRolePolicy",
         "iam:DeleteRolePermissionsBoundary",
@@ -224,10 +246,18 @@ def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: d
     assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
     assert f"arn:aws:iam::{account}:role/gpu-orchestrator-deploy-*" in no_escalation["Resource"]
     assert f"arn:aws:iam::{account}:oidc-provider/token.actions.githubusercontent.com" in no_escalation["Resource"]
-    # Nothing of another environment: every scoped ARN names staging (the state bucket is shared, its keys are not).
+    # Nothing of another environment: every scoped ARN names staging (the state bucket is shared, its keys are not),
+    # but where EC2 and SSM have no names to scope by: creating new hosts (RunInstances, a template, a group; tags
+    # only on create), changing only what carries staging's environment tag, AWS's own public AMI parameter, and an
+    # association, authorized on the instances it targets and on its generated id.
+    unnamed = {"GpuHostsCreate", "GpuHostsTagOnCreate", "PublicParameters", "BootstrapAssociation"}
+    assert statement(doc, "GpuHostsOfThisEnvironment")["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/environment": "staging"}
+    }
     for st in doc["Statement"]:
         for arn in st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]:
-            assert arn in ("*", STATE) or "staging" in arn or st["Effect"] == "Deny", (st["Sid"], arn)
+            scoped = "staging" in arn or "staging" in json.dumps(st.get("Condition", {}))
+            assert arn in ("*", STATE) or scoped or st["Effect"] == "Deny" or st["Sid"] in unnamed, (st["Sid"], arn)
             assert "dev" not in arn.replace("/aws/", "") and "prod" not in arn, (st["Sid"], arn)
 
 
@@ -242,10 +272,19 @@ def test_plan_policy_is_read_only(out: dict[str, Any]) -> None:
     assert statement(doc, "AdapterBundles")["Resource"] == [bundles]
 
 
-def test_inline_policies_fit_iams_size_limit(out: dict[str, Any]) -> None:
-    # 10,240 characters for all inline policies of one role; tokens resolve to a 12-digit account (shorter).
+def test_policies_fit_iams_size_limits(out: dict[str, Any]) -> None:
+    # 10,240 characters for all inline policies of one role, 6,144 for a managed policy; tokens resolve to a
+    # 12-digit account (shorter). The deploy role's managed part is attached to it alone, and it cannot edit it.
     for policy in resources(out, "aws_iam_role_policy").values():
-        assert len(policy["policy"]) < 10_240
+        assert len(policy["policy"]) < gh.INLINE_LIMIT
+    managed = resources(out, "aws_iam_policy")
+    assert sorted(p["name"] for p in managed.values()) == [f"gpu-orchestrator-deploy-{e}-hosts" for e in sorted(ENVS)]
+    for policy in managed.values():
+        assert len(policy["policy"]) < gh.MANAGED_LIMIT
+    for env in ENVS:
+        assert "policy/gpu-orchestrator-deploy-*" in json.dumps(
+            statement(policy_of(out, f"gpu-orchestrator-deploy-{env}"), "NoSelfEscalation")
+        )
 
 
 def test_existing_provider_is_reused_instead_of_created() -> None:
@@ -294,6 +333,9 @@ NAMED: dict[str, tuple[str, str, str]] = {
     "aws_cloudwatch_event_rule": ("name", f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{{}}", "Schedules"),
     "aws_ssm_parameter": ("name", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{{}}", "Parameters"),
     "aws_s3_bucket": ("bucket", "arn:aws:s3:::{}", "ArtifactsBucket"),
+    "aws_lambda_layer_version": ("layer_name", f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{{}}", "Layers"),
+    "aws_iam_policy": ("name", f"arn:aws:iam::{ACCOUNT}:policy/{{}}", "CallerPolicies"),
+    "aws_ssm_document": ("name", f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/{{}}", "BootstrapDocument"),
 }
 # Parts of a resource above: authorized on their parent's ARN (a policy of a role, a rule of a bucket...).
 PARTS = {
@@ -309,6 +351,10 @@ PARTS = {
     "aws_s3_bucket_server_side_encryption_configuration",
     "aws_s3_bucket_versioning",
     "aws_s3_object",
+    "aws_lambda_alias",  # of the API function (lambda:CreateAlias... on function:<name>:*)
+    "aws_lambda_function_url",  # of the function or its alias
+    "aws_ssm_association",  # of the bootstrap document (authorized on it, its instances and its own id)
+    "aws_iam_role_policy_attachment",  # only bootstrap's deploy role has one; none in the environment's stacks
 }
 
 

@@ -26,8 +26,12 @@ def kind(resource: str) -> str:
         return "*"
     if resource.startswith("arn:aws:ec2:"):
         return "instance:" + resource.rsplit("/", 1)[1]
+    if resource.startswith("arn:aws:ssm:") and ":document/" in resource:
+        return "document:" + resource.split(":document/", 1)[1]
     if resource.startswith("arn:aws:ssm:"):
         return "parameter:" + resource.split(":parameter", 1)[1]
+    if resource.startswith("arn:aws:lambda:"):  # named: the function's stack is applied after the role's
+        return "function:" + resource.split(":function:", 1)[1]
     if resource.startswith("arn:aws:logs:"):
         return "logs:" + resource.split(":log-group:", 1)[1]
     if resource.startswith("arn:aws:sqs:"):  # named, not referenced: the queue's stack is applied after the role's
@@ -54,7 +58,7 @@ def test_trust_principals(iam: dict[str, Any]) -> None:
         assert statement["Action"] == "sts:AssumeRole" and statement["Effect"] == "Allow"
         trusted[role["name"]] = statement["Principal"]
     assert trusted == {
-        "orchestrator-task-role-local": {"Service": "ecs-tasks.amazonaws.com"},
+        "orchestrator-task-role-local": {"Service": "lambda.amazonaws.com"},  # the API function's
         "gpu-instance-role-local": {"Service": "ec2.amazonaws.com"},
         "lambda-gpu-shutdown-role-local": {"Service": "lambda.amazonaws.com"},
     }
@@ -68,9 +72,22 @@ def test_orchestrator_grants(iam: dict[str, Any]) -> None:
         "dlq": set(queue.READ_DEPTH_ACTIONS),
         "table": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"},
         "table/index/status-created_at-index": {"dynamodb:Query"},
-        "*": {"ec2:DescribeInstances"},
-        "instance:i-0f0f6fd680921de5f": {"ec2:StartInstances"},
+        "*": {"ec2:DescribeInstances"},  # /healthz; no StartInstances: starting is the controller's
+        "function:shutdown-gpu-lambda-local": {"lambda:InvokeFunction"},
+        # exactly what presigning uploads and result downloads needs, and listing one task's results
+        "bucket/inputs/*": set(bucket_mod.WRITE_ACTIONS),
+        "bucket/results/*": set(bucket_mod.READ_ACTIONS),
+        "bucket": set(bucket_mod.LIST_ACTIONS),
+        "logs:/aws/lambda/gpu-orchestrator-api-local": set(LOG_ACTIONS),
+        "logs:/aws/lambda/gpu-orchestrator-api-local:*": set(LOG_ACTIONS),
     }
+
+
+def test_orchestrator_lists_only_results(iam: dict[str, Any]) -> None:
+    (listing,) = [
+        st for st in policy_statements(iam, "orchestrator-task-role-local") if "s3:ListBucket" in st["Action"]
+    ]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["results/*"]}}
 
 
 def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
@@ -85,6 +102,9 @@ def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
         "bucket/results/*": set(bucket_mod.WRITE_ACTIONS),
         "parameter:/gpu-orchestrator/local/adapter/bundle": set(READ_PARAMETER_ACTIONS),
         "parameter:/gpu-orchestrator/local/adapter/config": set(READ_PARAMETER_ACTIONS),
+        # the SSM agent, which runs the bootstrap association (adopt mode), and the one document it runs
+        "*": {*gpu.SSM_AGENT_ACTIONS, *gpu.SSM_ASSOCIATION_ACTIONS},
+        "document:gpu-adapter-bootstrap-local": set(gpu.SSM_DOCUMENT_ACTIONS),
     }
 
 
@@ -128,13 +148,18 @@ def test_action_lists_are_the_seeds(iam: dict[str, Any]) -> None:
     assert set(LOG_ACTIONS) == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
+# DescribeInstances and the SSM agent's registration and association calls take no resource (modules/gpu.py).
+UNSCOPED = {*gpu.DESCRIBE_ACTIONS, *gpu.SSM_AGENT_ACTIONS, *gpu.SSM_ASSOCIATION_ACTIONS}
+
+
 def test_star_only_where_aws_allows_nothing_narrower(synthesized: Any) -> None:
     for env in ("local", "prod"):
         doc = load(synthesized(env))[IAM]
         for role in doc["resource"]["aws_iam_role"].values():
             for statement in policy_statements(doc, role["name"]):
                 if "*" in statement["Resource"]:
-                    assert statement["Resource"] == ["*"] and statement["Action"] == ["ec2:DescribeInstances"]
+                    assert statement["Resource"] == ["*"], statement
+                    assert set(statement["Action"]) <= UNSCOPED, statement
                 assert not any(a.endswith(":*") or a == "*" for a in statement["Action"])
 
 
@@ -146,3 +171,14 @@ def test_start_and_stop_name_every_configured_gpu_and_nothing_else(synthesized: 
                 "arn:aws:ec2:us-east-1:333333333333:instance/i-0aaaaaaaaaaaaaaa1",
                 "arn:aws:ec2:us-east-1:333333333333:instance/i-0aaaaaaaaaaaaaaa2",
             ]
+
+
+def test_created_hosts_are_started_and_stopped_by_their_environment_tag(synthesized: Any) -> None:
+    """Create mode (staging): the instances do not exist when the role is written, so start/stop reach any instance
+    of the account and region carrying the environment's tag, which the launch template puts on them."""
+    doc = load(synthesized("staging"))[IAM]
+    (statement,) = [
+        st for st in policy_statements(doc, "lambda-gpu-shutdown-role-staging") if "ec2:StopInstances" in st["Action"]
+    ]
+    assert statement["Resource"] == ["arn:aws:ec2:us-east-1:222222222222:instance/*"]
+    assert statement["Condition"] == {"StringEquals": {f"aws:ResourceTag/{gpu.ENVIRONMENT_TAG}": "staging"}}

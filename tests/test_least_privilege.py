@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import tests._least_privilege_support as support
+from modules.layout import LAMBDA
 from tests._least_privilege_support import (
     REGION,
     World,
@@ -44,8 +45,10 @@ def test_orchestrator_does_its_whole_job_with_its_own_role(fresh: World, caplog:
         assert health.status_code == 200, health.text
         assert health.json()["queue"] == {"visible": 0, "in_flight": 0} and health.json()["gpu"] == {gpu: "stopped"}
 
-        plain = api.post("/tasks", json={"type": "noop", "params": {}})  # PutItem, SendMessage, UpdateItem, EC2
+        plain = api.post("/tasks", json={"type": "noop", "params": {}})  # PutItem, SendMessage, UpdateItem, Invoke
         assert plain.status_code == 202, plain.text
+        assert plain.json()["gpu"]["controller"] == "notified", plain.json()
+        assert api.controller.drain()  # the controller, with the Lambda's key, starts the GPU
         assert fresh.state(gpu) == "running"
         body = {"type": "sleep", "params": {"seconds": 1, "exit_code": 0}, "idempotency_key": f"k-{uuid.uuid4()}"}
         keyed = api.post("/tasks", json=body)  # TransactWriteItems: PutItem x2 on the table
@@ -65,6 +68,17 @@ def test_orchestrator_does_its_whole_job_with_its_own_role(fresh: World, caplog:
     assert fresh.depth(fresh.aws.queue_url) == (2, 0)
     assert "enqueued_at" in fresh.item(keyed.json()["task_id"])  # mark_enqueued's UpdateItem: a refusal is only logged
     assert warnings(caplog, "orchestrator") == []
+
+
+def test_orchestrator_reads_and_lists_results_and_writes_inputs_with_its_own_role(fresh: World) -> None:
+    """What presigning needs is what the role has: the signer's own rights are what a presigned URL carries."""
+    s3 = fresh.client("orchestrator", "s3")
+    key = _result_key(fresh)
+    task_prefix = key.rsplit("/", 1)[0] + "/"
+    assert s3.get_object(Bucket=fresh.aws.bucket, Key=key)["Body"].read() == b"{}"
+    listed = s3.list_objects_v2(Bucket=fresh.aws.bucket, Prefix=task_prefix)
+    assert [o["Key"] for o in listed["Contents"]] == [key]
+    s3.put_object(Bucket=fresh.aws.bucket, Key="inputs/local/lp/in.txt", Body=b"x")
 
 
 # -- the adapter -------------------------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ def test_shutdown_lambda_stops_idle_and_starts_with_work_with_its_own_role(
     assert fresh.state(gpu) == "running"
 
     logs = fresh.client("lambda", "logs")  # what the runtime does with the role: write the function's own logs
-    (group,) = [g["name"] for g in aws.of_type("aws_cloudwatch_log_group").values()]
+    (group,) = [g["name"] for k, g in aws.of_type("aws_cloudwatch_log_group").items() if k.startswith(LAMBDA)]
     logs.create_log_stream(logGroupName=group, logStreamName="2026/01/01/[$LATEST]lp")
     logs.put_log_events(
         logGroupName=group,
@@ -197,13 +211,21 @@ REFUSALS: dict[tuple[str, str], Callable[[World, Callable[[str], Any]], Any]] = 
     ("adapter", "write inputs"): lambda w, c: c("s3").put_object(Bucket=w.aws.bucket, Key="inputs/x", Body=b"x"),
     ("adapter", "create a task"): lambda w, c: c("dynamodb").put_item(TableName=w.aws.table_name, Item=_item()),
     ("orchestrator", "stop the GPU"): lambda w, c: c("ec2").stop_instances(InstanceIds=_gpu(w)),
+    # Starting is the controller's alone: the API asks it (lambda:InvokeFunction on that one function).
+    ("orchestrator", "start the GPU"): lambda w, c: c("ec2").start_instances(InstanceIds=_gpu(w)),
     ("orchestrator", "start another instance"): lambda w, c: c("ec2").start_instances(InstanceIds=[w.other_instance]),
     ("orchestrator", "delete a message"): lambda w, c: c("sqs").delete_message(
         QueueUrl=w.aws.queue_url, ReceiptHandle=_receipt(w)
     ),
     ("orchestrator", "receive a message"): lambda w, c: c("sqs").receive_message(QueueUrl=w.aws.queue_url),
-    ("orchestrator", "read a result"): lambda w, c: c("s3").get_object(Bucket=w.aws.bucket, Key=_result_key(w)),
-    ("orchestrator", "list results"): lambda w, c: c("s3").list_objects_v2(Bucket=w.aws.bucket, Prefix="results/"),
+    # It presigns uploads under inputs/ and downloads under results/, and lists results/: nothing else of the bucket.
+    ("orchestrator", "read an input"): lambda w, c: c("s3").get_object(Bucket=w.aws.bucket, Key=_input_key(w)),
+    ("orchestrator", "write a result"): lambda w, c: c("s3").put_object(
+        Bucket=w.aws.bucket, Key="results/x/result.json", Body=b"{}"
+    ),
+    ("orchestrator", "list inputs"): lambda w, c: c("s3").list_objects_v2(Bucket=w.aws.bucket, Prefix="inputs/"),
+    ("orchestrator", "list the bundles"): lambda w, c: c("s3").list_objects_v2(Bucket=w.aws.bucket, Prefix="adapter/"),
+    ("orchestrator", "read a bundle"): lambda w, c: c("s3").get_object(Bucket=w.aws.bucket, Key=_bundle_key(w)),
     ("orchestrator", "delete a task"): lambda w, c: c("dynamodb").delete_item(
         TableName=w.aws.table_name, Key={"task_id": {"S": "lp-probe"}}
     ),
@@ -234,6 +256,12 @@ REFUSALS: dict[tuple[str, str], Callable[[World, Callable[[str], Any]], Any]] = 
         logGroupName=_other_log_group(w), logStreamName="s"
     ),
 }
+
+
+def _input_key(world: World) -> str:
+    key = "inputs/local/probe.txt"
+    world.aws.client("s3").put_object(Bucket=world.aws.bucket, Key=key, Body=b"probe")
+    return key
 
 
 def _bundle_key(world: World) -> str:
