@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cdktf import Testing
 
-from modules.layout import ALARM, ARTIFACTS, DEPENDENCIES, DYNAMODB, IAM, LAMBDA, SQS, STACK_ORDER
+from modules.layout import ALARM, API, ARTIFACTS, DEPENDENCIES, DYNAMODB, GPU, IAM, LAMBDA, SQS, STACK_ORDER
 from tests.infra_helpers import load, one, resources
 
 
@@ -248,9 +248,11 @@ def test_outputs_per_stack(stacks: dict[str, Any]) -> None:
     expected = {
         SQS: {"QueueUrl", "QueueArn", "DLQUrl"},
         DYNAMODB: {"TableName", "TableArn"},
-        ARTIFACTS: {"BucketName", "AdapterBundleUri"},
+        ARTIFACTS: {"BucketName", "AdapterBundleUri", "CanvasPolicyArn"},
         IAM: {"OrchestratorRoleArn", "GpuInstanceRoleArn", "LambdaRoleArn", "InstanceProfileArn"},
+        GPU: {"GpuInstanceIds", "AttachProfileCommands", "BootstrapDocumentName"},  # adopt mode (local)
         LAMBDA: {"FunctionArn", "FunctionName"},
+        API: {"ApiUrl", "AdminApiUrl", "ApiFunctionName", "SubmitPolicyArn", "AdminPolicyArn"},
         ALARM: {"AlarmName", "AlarmArn"},
     }
     for stack, names in expected.items():
