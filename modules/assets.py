@@ -15,6 +15,7 @@ import os
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from cdktf import AssetType, TerraformAsset
@@ -49,11 +50,23 @@ SHARED_PACKAGE = "core"
 _DATA_FILES = {"task_types": ("task_types.json",)}
 
 
-def _core_imports(path: Path, *, inside_core: bool) -> set[str]:
+def _statements(tree: ast.AST) -> Iterable[ast.AST]:
+    """Every statement, at any depth (imports may sit inside functions, ifs and trys); expressions are skipped: an
+    import is always a statement, and not visiting expressions keeps this several times faster than ast.walk."""
+    todo = list(getattr(tree, "body", []))
+    while todo:
+        node = todo.pop()
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo.extend(getattr(node, field, None) or [])
+
+
+@cache  # core's own modules are read once per synth, not once per artifact that imports them
+def _core_imports(path: Path, *, inside_core: bool) -> frozenset[str]:
     """The core modules one file imports (`from core.x import`, `from core import x`, `import core.x`, and within
     core itself the relative forms)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _statements(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(SHARED_PACKAGE + ".")}
         elif isinstance(node, ast.ImportFrom):
@@ -61,7 +74,7 @@ def _core_imports(path: Path, *, inside_core: bool) -> set[str]:
             if node.level == 1 and inside_core or node.level == 0 and module.split(".")[0] == SHARED_PACKAGE:
                 parts = module.split(".") if node.level else module.split(".")[1:]
                 found |= {parts[0]} if parts and parts[0] else {a.name for a in node.names}
-    return found
+    return frozenset(found)
 
 
 def core_sources(program_dirs: Iterable[Path]) -> list[tuple[Path, str]]:
@@ -129,7 +142,10 @@ class ZipAsset(Construct):
     def __init__(self, scope: Construct, id: str, *, name: str, sources: Iterable[tuple[Path, str]]) -> None:
         super().__init__(scope, id)
         self.bundle = bundle(name, sources)
-        self.asset = TerraformAsset(self, "asset", path=str(self.bundle.path), type=AssetType.FILE)
+        # The hash is known: passing it spares cdktf reading the file again.
+        self.asset = TerraformAsset(
+            self, "asset", path=str(self.bundle.path), type=AssetType.FILE, asset_hash=self.bundle.sha256_hex
+        )
 
     @property
     def path(self) -> str:

@@ -76,8 +76,20 @@ def cache_key(requirements: bytes, architecture: str, version: str) -> str:
 
 
 def hashed(path: Path) -> Bundle:
-    """A built zip with the hashes Terraform compares (aws_lambda_layer_version.source_code_hash)."""
-    digest = hashlib.sha256(path.read_bytes()).digest()
+    """A built zip with the hashes Terraform compares (aws_lambda_layer_version.source_code_hash). The sha256 is
+    kept beside a cached zip (`<zip>.sha256`, written after it), so a warm synth does not read 36 MB to learn it;
+    a sidecar older than its zip is ignored."""
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        fresh = sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns
+        digest = bytes.fromhex(sidecar.read_text().strip()) if fresh else b""
+    except (OSError, ValueError):
+        digest = b""
+    if len(digest) != hashlib.sha256().digest_size:
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
+        tmp.write_text(digest.hex() + "\n")
+        os.replace(tmp, sidecar)
     return Bundle(path, digest.hex(), base64.b64encode(digest).decode())
 
 
@@ -180,7 +192,10 @@ class DependencyLayer(Construct):
             requirements, architecture=architecture, version=python_version(runtime), cache_dir=cache_dir
         )
         self.bundle = hashed(zipped)
-        self.asset = TerraformAsset(self, "asset", path=str(zipped), type=AssetType.FILE)
+        # The hash is known: passing it spares cdktf re-reading the file (about 0.1 s for 36 MB on every synth).
+        self.asset = TerraformAsset(
+            self, "asset", path=str(zipped), type=AssetType.FILE, asset_hash=self.bundle.sha256_hex
+        )
         self.layer = LambdaLayerVersion(
             self,
             "layer",
