@@ -411,6 +411,15 @@ def _error(service: str, kind: str, message: str) -> Exception:
     return err
 
 
+def _permitted(access_key: Any, action: str, resource: str, context: Mapping[str, str]) -> bool:
+    """The caller's policies allow it, and so does its permissions boundary where it has one."""
+    documents = [_document(p) for p in access_key.collect_policies()]
+    if evaluate(documents, action, resource, context) != ALLOW:
+        return False
+    boundary = _boundary_of(access_key)
+    return boundary is None or evaluate([boundary], action, resource, context) == ALLOW
+
+
 @cache
 def _request_class(action: str | None) -> type:
     """moto's IAMRequest, checking `action` instead of the request's own (a bare name is of the request's service,
@@ -430,12 +439,7 @@ def _request_class(action: str | None) -> type:
             self._resource = resource
             if self._action == "sts:GetCallerIdentity":  # AWS always allows it, whatever a policy says
                 return
-            context = _context.get()
-            documents = [_document(p) for p in self._access_key.collect_policies()]
-            if evaluate(documents, self._action, resource, context) != ALLOW:
-                self._raise_access_denied()
-            boundary = _boundary_of(self._access_key)
-            if boundary is not None and evaluate([boundary], self._action, resource, context) != ALLOW:
+            if not _permitted(self._access_key, self._action, resource, _context.get()):
                 self._raise_access_denied()
             if self._is_assuming_role_operation(resource) and not self._check_role_trust_relationship(resource):
                 self._raise_access_denied()
@@ -534,12 +538,7 @@ def _install_s3() -> None:
     from moto.iam.access_control import S3IAMRequest
 
     def check_action_permitted(self: Any, resource: str) -> None:
-        context = s3_context(self._action, self._path)
-        documents = [_document(p) for p in self._access_key.collect_policies()]
-        if evaluate(documents, self._action, resource, context) != ALLOW:
-            self._raise_access_denied()
-        boundary = _boundary_of(self._access_key)
-        if boundary is not None and evaluate([boundary], self._action, resource, context) != ALLOW:
+        if not _permitted(self._access_key, self._action, resource, s3_context(self._action, self._path)):
             self._raise_access_denied()
 
     S3IAMRequest.check_action_permitted = check_action_permitted  # type: ignore[method-assign]
