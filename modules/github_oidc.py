@@ -16,9 +16,10 @@ test_deploy_escalation.py proves each point against an IAM-enforcing server):
   environment's permissions boundary (`iam:PermissionsBoundary`, modules/iam.py `boundary_arn`), and an explicit
   Deny refuses those writes on any role without it; the boundary can never be removed, and neither it nor any CI
   role or the OIDC provider can be edited;
-- no managed policy can be attached, and none created but the caller policies (the API's two, the canvas's), by their exact names: a
-  runtime role gets inline policies only, capped by the boundary. Those two are what ops attach to people; CI can
-  change what they allow (through a reviewed plan, like every other resource) but never who holds them.
+- no managed policy can be attached, and none created but the caller policies (the API's two, the canvas's), by
+  their exact names: a runtime role gets inline policies only, capped by the boundary. The caller policies are what
+  ops attach to people; CI can change what they allow (through a reviewed plan, like every other resource) but never
+  who holds them.
 """
 
 from __future__ import annotations
