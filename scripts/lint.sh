@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make lint`, the pre-commit hooks and CI all run this: ruff (check + format check), mypy on the project's own
-# code, actionlint on the GitHub workflows (with shellcheck on their `run:` scripts) and shellcheck on scripts/,
-# with the exact tool versions pinned below.
+# code, actionlint on the GitHub workflows (with shellcheck on their `run:` scripts) and shellcheck on scripts/ and
+# adapter/deploy/ (what runs on the GPU host), with the exact tool versions pinned below.
 #
 # Usage: scripts/lint.sh            (from anywhere; it works from the repository root with the repo's .venv)
 #        scripts/lint.sh ruff|mypy|actionlint|shellcheck   (one tool; the pre-commit hooks use this)
@@ -45,8 +45,11 @@ ensure_tools() {
 }
 
 run_ruff() {
-  "$BIN/ruff" check .
-  "$BIN/ruff" format --check .
+  # Both, and fail if either did: inside `"$tool" || status=1` below, set -e does not stop at the first.
+  local failed=0
+  "$BIN/ruff" check . || failed=1
+  "$BIN/ruff" format --check . || failed=1
+  return "$failed"
 }
 
 run_mypy() {
@@ -62,7 +65,7 @@ run_actionlint() {
 }
 
 run_shellcheck() {
-  "$BIN/shellcheck" scripts/*.sh
+  "$BIN/shellcheck" scripts/*.sh adapter/deploy/*.sh
 }
 
 ensure_tools
