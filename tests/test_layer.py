@@ -8,6 +8,7 @@ architecture, so the built layer can be imported here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -26,6 +27,7 @@ from modules.layer import (
     LayerBuildError,
     build_layer,
     cache_key,
+    hashed,
     unzipped_size,
 )
 
@@ -179,3 +181,17 @@ print(type(h.handler).__name__)
 files = {{getattr(m, "__file__", None) for m in list(sys.modules.values())}} - {{None, __file__}}
 print(sorted({{origin(f) for f in files}}))
 """
+
+
+def test_a_cached_zips_hash_is_kept_beside_it_and_recomputed_when_the_zip_is_newer(tmp_path: Path) -> None:
+    zipped = tmp_path / "layer.zip"
+    zipped.write_bytes(b"first")
+    assert hashed(zipped).sha256_hex == hashlib.sha256(b"first").hexdigest()
+    sidecar = tmp_path / "layer.zip.sha256"
+    assert sidecar.read_text().strip() == hashlib.sha256(b"first").hexdigest()
+    zipped.write_bytes(b"second")  # a rebuilt zip, newer than its sidecar
+    os.utime(sidecar, ns=(zipped.stat().st_mtime_ns - 10**9,) * 2)
+    assert hashed(zipped).sha256_hex == hashlib.sha256(b"second").hexdigest()
+    sidecar.write_text("not hex\n")  # a damaged sidecar is recomputed, never trusted
+    os.utime(sidecar, ns=(zipped.stat().st_mtime_ns + 10**9,) * 2)
+    assert hashed(zipped).sha256_hex == hashlib.sha256(b"second").hexdigest()
