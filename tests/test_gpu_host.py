@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-import localaws.gpu_resources  # noqa: F401  # registers the creators (the lead's localaws/__init__.py will)
 from localaws.gpu_resources import MOTO_GPU_AMI, DataResolver, escape_literals
 from localaws.host import EmulatedHost
 from localaws.resources import create
