@@ -25,21 +25,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.lambda_alias import LambdaAlias
-from cdktf_cdktf_provider_aws.lambda_function import (
-    LambdaFunction,
-    LambdaFunctionEnvironment,
-    LambdaFunctionTracingConfig,
-)
 from cdktf_cdktf_provider_aws.lambda_function_url import LambdaFunctionUrl
 from constructs import Construct
 
 from core.contract import ADMIN_ALIAS
 from modules.assets import ZipAsset, core_sources
 from modules.config import ROOT
-from modules.function import FUNCTION_NAME, PYTHON_RUNTIME, check_environment, check_sizes, grant_logs
+from modules.function import (
+    FUNCTION_NAME,
+    PYTHON_RUNTIME,
+    check_environment,
+    check_sizes,
+    grant_logs,
+    logged_function,
+)
 from modules.iam import Role, Statement, arn, policy, render
 from modules.layer import CACHE_DIR, PLATFORMS, DependencyLayer
 from modules.props import check_actions, check_in, check_pattern
@@ -122,20 +123,17 @@ class OrchestratorApi(Construct):
         self.layer = DependencyLayer(
             self, "deps", name=f"{name}-deps", architecture=architecture, runtime=runtime, cache_dir=layer_cache_dir
         )
-        self.log_group = CloudwatchLogGroup(
-            self, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days
-        )
-        self.function = LambdaFunction(
+        self.log_group, self.function = logged_function(
             self,
-            "function",
-            function_name=name,
-            role=role.arn,
+            name=name,
+            role=role,
             runtime=runtime,
             handler=HANDLER,
-            memory_size=memory_mb,
-            timeout=timeout_seconds,
-            environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
-            reserved_concurrent_executions=reserved_concurrency,
+            memory_mb=memory_mb,
+            timeout_seconds=timeout_seconds,
+            environment=environment,
+            reserved_concurrency=reserved_concurrency,
+            log_retention_days=log_retention_days,
             **self._code_and_wiring(architecture),
         )
         self.function_url, self.alias, self.admin_function_url = self._urls()
@@ -159,17 +157,14 @@ class OrchestratorApi(Construct):
         check_pattern(self, "admin_policy_name", admin_policy_name, POLICY_NAME, POLICY_NAME_RULE)
 
     def _code_and_wiring(self, architecture: str) -> dict[str, Any]:
-        """The settings that come from the construct's own parts: the code zip, the layer, and the log group
-        (created first, so the runtime never creates it without a retention). `publish` makes each code change a
-        new version, which the admin alias follows."""
+        """The settings that come from the construct's own parts: the code zip and the layer. `publish` makes each
+        code change a new version, which the admin alias follows."""
         return {
             "filename": self.code.path,
             "source_code_hash": self.code.bundle.base64_sha256,
             "layers": [self.layer.arn],
             "architectures": [architecture],
             "publish": True,
-            "tracing_config": LambdaFunctionTracingConfig(mode="PassThrough"),
-            "depends_on": [self.log_group],
         }
 
     def _urls(self) -> tuple[LambdaFunctionUrl, LambdaAlias, LambdaFunctionUrl]:

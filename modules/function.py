@@ -126,21 +126,18 @@ class PythonFunction(Construct):
         program = ROOT / "functions" / package
         sources = [(ROOT / "functions", package), *core_sources([program])]
         self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
-        self.log_group = CloudwatchLogGroup(
-            self, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days
-        )
         self.dead_letters = self._dead_letter_queue(dead_letter_queue_name)
-        self.function = LambdaFunction(
+        self.log_group, self.function = logged_function(
             self,
-            "function",
-            function_name=name,
-            role=role.arn,
+            name=name,
+            role=role,
             runtime=runtime,
             handler=handler,
-            memory_size=memory_mb,
-            timeout=timeout_seconds,
-            environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
-            reserved_concurrent_executions=reserved_concurrency,
+            memory_mb=memory_mb,
+            timeout_seconds=timeout_seconds,
+            environment=environment,
+            reserved_concurrency=reserved_concurrency,
+            log_retention_days=log_retention_days,
             **self._code_and_wiring(),
         )
 
@@ -170,16 +167,13 @@ class PythonFunction(Construct):
         check_in(self, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")
 
     def _code_and_wiring(self) -> dict[str, Any]:
-        """The function's settings that come from its own parts: the zip, the dead-letter queue, the log group
-        (created first, so the runtime never creates it without a retention)."""
+        """The function's settings that come from its own parts: the zip and the dead-letter queue."""
         return {
             "filename": self.code.path,
             "source_code_hash": self.code.bundle.base64_sha256,
-            "tracing_config": LambdaFunctionTracingConfig(mode="PassThrough"),
             "dead_letter_config": (
                 LambdaFunctionDeadLetterConfig(target_arn=self.dead_letters.arn) if self.dead_letters else None
             ),
-            "depends_on": [self.log_group],
         }
 
     def _dead_letter_queue(self, name: str | None) -> SqsQueue | None:
@@ -220,6 +214,42 @@ class PythonFunction(Construct):
             principal=principal,
             source_arn=source_arn,
         )
+
+
+def logged_function(
+    scope: Construct,
+    *,
+    name: str,
+    role: Role,
+    runtime: str,
+    handler: str,
+    memory_mb: int,
+    timeout_seconds: int,
+    environment: Mapping[str, str],
+    reserved_concurrency: int | None,
+    log_retention_days: int,
+    **code: Any,
+) -> tuple[CloudwatchLogGroup, LambdaFunction]:
+    """A function (id "function") and its log group `/aws/lambda/<name>` (id "logs"), created first so the runtime
+    never creates it without a retention; X-Ray tracing passes through. `code` are the function's own arguments
+    (its zip, layers, architectures, dead-letter queue...). Props are checked by the caller (check_sizes...)."""
+    log_group = CloudwatchLogGroup(scope, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days)
+    function = LambdaFunction(
+        scope,
+        "function",
+        function_name=name,
+        role=role.arn,
+        runtime=runtime,
+        handler=handler,
+        memory_size=memory_mb,
+        timeout=timeout_seconds,
+        environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
+        reserved_concurrent_executions=reserved_concurrency,
+        tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
+        depends_on=[log_group],
+        **code,
+    )
+    return log_group, function
 
 
 def grant_logs(role: Role, *, region: str, account: str, function_name: str) -> list[Statement]:
