@@ -242,9 +242,7 @@ class LambdaStack(EnvironmentStack):
             environment=contract.render(
                 {
                     contract.GPU_INSTANCE_IDS: gpu.host.instance_ids,
-                    contract.TASK_QUEUE_URL: queue.url,
-                    contract.TASK_TABLE_NAME: table.name,
-                    contract.TASK_STATUS_INDEX: table.index_name,
+                    **task_store(queue, table, dlq=False),
                     contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
                     contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
                     # the queue's retention: older QUEUED items lost their message
@@ -288,10 +286,7 @@ class ApiStack(EnvironmentStack):
             admin_policy_name=self.name_of(ADMIN_POLICY),
             environment=contract.render(
                 {
-                    contract.TASK_QUEUE_URL: queue.url,
-                    contract.TASK_DLQ_URL: queue.dlq_url,
-                    contract.TASK_TABLE_NAME: table.name,
-                    contract.TASK_STATUS_INDEX: table.index_name,
+                    **task_store(queue, table),
                     contract.GPU_INSTANCE_IDS: instance_ids,
                     contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
                     contract.CONTROLLER_FUNCTION_NAME: controller.name,
@@ -329,6 +324,19 @@ class AlarmStack(EnvironmentStack):
         self.output("AlarmArn", self.alarm.arn, "ARN of the idle alarm")
 
 
+def task_store(queue: TaskQueue, table: TaskTable, *, dlq: bool = True) -> dict[contract.Setting[Any], Any]:
+    """Where the tasks are, as every program reads it: the queue (and, with `dlq`, its dead-letter queue), the table
+    and its status index."""
+    found: dict[contract.Setting[Any], Any] = {
+        contract.TASK_QUEUE_URL: queue.url,
+        contract.TASK_TABLE_NAME: table.name,
+        contract.TASK_STATUS_INDEX: table.index_name,
+    }
+    if dlq:
+        found[contract.TASK_DLQ_URL] = queue.dlq_url
+    return found
+
+
 def runtime_environment(
     config: EnvironmentConfig,
     *,
@@ -341,10 +349,7 @@ def runtime_environment(
     return contract.render(
         {
             contract.AWS_DEFAULT_REGION: config.region,
-            contract.TASK_QUEUE_URL: queue.url,
-            contract.TASK_DLQ_URL: queue.dlq_url,
-            contract.TASK_TABLE_NAME: table.name,
-            contract.TASK_STATUS_INDEX: table.index_name,
+            **task_store(queue, table),
             contract.ARTIFACTS_BUCKET: bucket.name,
             contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
             contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
