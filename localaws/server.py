@@ -1,11 +1,18 @@
-"""A moto server for tests and the demo: on 127.0.0.1 only, on a free port, stopped by whoever started it."""
+"""A moto server for tests and the demo: on 127.0.0.1 only, on a free port, stopped by whoever started it; and a
+program of ours in the background (`background`), stopped the same way."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -28,3 +35,26 @@ def moto_server(*, quiet: bool = True, port: int = 0) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def background(
+    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, stop_s: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` in the repository root, in a session of its own, its output appended to `log_path`. On exit it gets
+    SIGTERM, as systemd would send it (the adapter and the canvas stop warmly), its whole process group SIGKILL
+    after `stop_s`: nothing it started outlives the block."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv), cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=stop_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)

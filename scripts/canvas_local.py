@@ -18,7 +18,6 @@ import os
 import secrets
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import uuid
@@ -60,27 +59,10 @@ def orchestrator_app(local: Any, token: str) -> Any:
 def start_adapter(stack: ExitStack, local: Any, work: Path) -> None:
     env = {**os.environ, **local.adapter_env(work / "adapter"), "PYTHONPATH": str(ROOT), "WAIT_TIME_SECONDS": "1"}
     env["IDLE_WINDOW_SECONDS"] = "0"  # nothing here to power off
-    log = (work / "adapter.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adapter"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    from localaws.server import background
 
-    def stop() -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        log.close()
-
-    stack.callback(stop)
+    argv = [sys.executable, "-m", "adapter"]
+    stack.enter_context(background(argv, env=env, log_path=work / "adapter.log", stop_s=15))
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:

@@ -5,8 +5,6 @@ from CANVAS_PORT), and the compose file and Dockerfile beside it (Docker cannot 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -19,7 +17,7 @@ import yaml
 
 from canvas import settings as canvas_settings
 from canvas.localpg import LocalPostgres
-from localaws.server import free_port
+from localaws.server import background, free_port
 from tests.test_canvas_support import AuthServer, auth_server, canvas_pg, token
 
 __all__ = ["auth_server", "canvas_pg"]  # fixtures, imported for this module
@@ -46,17 +44,8 @@ def test_python_m_canvas_migrates_and_serves_on_its_port(
         "ORCHESTRATOR_TOKEN": "unused-here",
         "CANVAS_PORT": str(port),
     }
-    log = (tmp_path / "canvas.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "canvas"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
+    with background([sys.executable, "-m", "canvas"], env=env, log_path=tmp_path / "canvas.log", stop_s=15) as proc:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -79,14 +68,6 @@ def test_python_m_canvas_migrates_and_serves_on_its_port(
             raise AssertionError("an unauthenticated request was served")
         except urllib.error.HTTPError as err:
             assert err.code == 401
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
     with psycopg.connect(database) as conn:
         assert conn.execute("select count(*) from canvas_schema_migrations").fetchone() == (2,)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -20,6 +19,7 @@ import httpx
 import psycopg
 from PIL import Image
 
+from localaws.server import background
 from tests._adapter_support import wait_for, worker_env
 from tests.test_canvas_support import Stack, auth_server, canvas_pg, canvas_stack, jpeg_with_gps, png_bytes, token
 
@@ -37,26 +37,8 @@ def client(stack: Stack, user: str) -> httpx.Client:
 def adapter(stack: Stack, work: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m adapter` on the module's queue, as the GPU host runs it; killed with its jobs afterwards."""
     env = {**worker_env(stack.aws, work / "adapter"), "PYTHONPATH": str(REPO)}
-    log = (work / "adapter.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adapter"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+    with background([sys.executable, "-m", "adapter"], env=env, log_path=work / "adapter.log") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
 
 
 def test_a_thumbnail_task_runs_on_the_image_and_its_result_is_shown(canvas_stack: Stack, tmp_path: Path) -> None:
