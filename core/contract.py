@@ -111,7 +111,20 @@ TASK_DLQ_URL = setting("TASK_DLQ_URL", _text, REQUIRED, "URL of the task queue's
 TASK_TABLE_NAME = setting("TASK_TABLE_NAME", _text, REQUIRED, "name of the task table")
 TASK_STATUS_INDEX = setting("TASK_STATUS_INDEX", _text, STATUS_INDEX, "the task table's status-created_at GSI")
 ARTIFACTS_BUCKET = setting("ARTIFACTS_BUCKET", _text, REQUIRED, "bucket of task inputs, results and bundles")
-GPU_INSTANCE_IDS = setting("GPU_INSTANCE_IDS", _ids, REQUIRED, "the GPU instances, comma-separated")
+_NO_IDS: tuple[str, ...] = ()
+GPU_INSTANCE_IDS = setting(
+    "GPU_INSTANCE_IDS", _ids, _NO_IDS, "the GPU instances, comma-separated (adopt, create modes; empty in fleet mode)"
+)
+GPU_FLEET_NAME = setting(
+    "GPU_FLEET_NAME", _text, None, "fleet mode: the GPU fleet's Auto Scaling group (unset: the GPU_INSTANCE_IDS)"
+)
+GPU_SLOTS = setting(
+    "GPU_SLOTS",
+    _integer,
+    None,
+    "tasks one instance runs at once, one per GPU (adapter default: nvidia-smi's GPU count, 1 without a GPU; "
+    "controller default: 1)",
+)
 TASK_TYPES_FILE = setting("TASK_TYPES_FILE", _text, None, "task type registry to load instead of the bundled one")
 AWS_ENDPOINT_URL = setting("AWS_ENDPOINT_URL", _text, None, "AWS endpoint override (the local AWS in tests/demo)")
 LOG_LEVEL = setting("LOG_LEVEL", _text, "INFO", "logging level of the structured logs")
@@ -155,8 +168,24 @@ ADAPTER_BUNDLE_URI = setting("ADAPTER_BUNDLE_URI", _text, None, "the bundle inst
 ADAPTER_CONFIG_PARAM = setting("ADAPTER_CONFIG_PARAM", _text, None, "SSM parameter holding this environment as JSON")
 ROLLOUT_CHECK_SECONDS = setting("ROLLOUT_CHECK_SECONDS", _number, 60.0, "how often to look for a new bundle/config")
 DLQ_SWEEP_SECONDS = setting("DLQ_SWEEP_SECONDS", _number, 60.0, "how often to settle tasks whose message SQS moved")
+INSTANCE_METADATA_URL = setting(
+    "INSTANCE_METADATA_URL", _text, "http://169.254.169.254", "the instance metadata service (IMDSv2) the adapter reads"
+)
+METADATA_WATCH_SECONDS = setting(
+    "METADATA_WATCH_SECONDS",
+    _number,
+    5.0,
+    "how often the adapter reads the metadata for a spot interruption notice, a rebalance recommendation or the "
+    "group's target lifecycle state (AWS recommends every 5 s)",
+)
+TERMINATION_HOOK_NAME = setting(
+    "TERMINATION_HOOK_NAME", _text, None, "fleet mode: the group's termination lifecycle hook the adapter completes"
+)
 ADAPTER_POWEROFF = setting(
-    "ADAPTER_POWEROFF", _flag, False, "1: power the host off when idle (only the systemd unit sets it)"
+    "ADAPTER_POWEROFF",
+    _flag,
+    False,
+    "1: stop the host when idle - power it off, or in fleet mode leave through the group (only the unit sets it)",
 )
 
 # -- the orchestrator --------------------------------------------------------------------------------------------------
@@ -184,7 +213,6 @@ ORCHESTRATOR_AUTH = setting(
     "token",
     "how callers are identified: token (bearer, one caller 'local') or iam (behind a Lambda function URL, AWS_IAM)",
 )
-_NO_IDS: tuple[str, ...] = ()
 ORCHESTRATOR_ADMIN_ARNS = setting(
     "ORCHESTRATOR_ADMIN_ARNS", _ids, _NO_IDS, "IAM callers who see every task: ARNs, or ARN prefixes ending in '/'"
 )
@@ -215,6 +243,8 @@ LAMBDA = (
     TASK_TABLE_NAME,
     TASK_STATUS_INDEX,
     GPU_INSTANCE_IDS,
+    GPU_FLEET_NAME,
+    GPU_SLOTS,
     IDLE_WINDOW_SECONDS,
     MIN_UPTIME_SECONDS,
     QUEUED_TASK_MAX_AGE_SECONDS,
@@ -254,6 +284,11 @@ ADAPTER = (
     DLQ_SWEEP_SECONDS,
     ADAPTER_POWEROFF,
     JOB_USER,
+    GPU_FLEET_NAME,
+    GPU_SLOTS,
+    INSTANCE_METADATA_URL,
+    METADATA_WATCH_SECONDS,
+    TERMINATION_HOOK_NAME,
 )
 ORCHESTRATOR = (
     TASK_QUEUE_URL,
@@ -261,6 +296,7 @@ ORCHESTRATOR = (
     TASK_TABLE_NAME,
     TASK_STATUS_INDEX,
     GPU_INSTANCE_IDS,
+    GPU_FLEET_NAME,
     TASK_TYPES_FILE,
     AWS_DEFAULT_REGION,
     AWS_REGION,
