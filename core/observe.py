@@ -1,4 +1,5 @@
-"""Direct reads that build an Observation: SQS queue attributes, the task table's status GSI, EC2 DescribeInstances.
+"""Direct reads that build an Observation: SQS queue attributes, the task table's status GSI, EC2 DescribeInstances;
+and, in fleet mode, the Auto Scaling group as a core.fleet.Fleet (`read_fleet`).
 
 Never CloudWatch metrics: those lag minutes behind, and stop entirely for a queue idle for 6 h (the seed's failure 2).
 Clients are injected (low-level boto3 clients), so the same code runs in the Lambda, on the instance and in tests.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .fleet import Fleet, Member
 from .idle import Observation, Policy
 from .instances import read_instances
 from .tasks import TERMINAL, TaskStatus
@@ -38,6 +40,7 @@ class Sources:
     status_index: str
     ec2: Any = None
     instance_ids: tuple[str, ...] = ()
+    autoscaling: Any = None  # fleet mode: the Auto Scaling client read_fleet uses
 
 
 def read_queue(sqs: Any, queue_url: str) -> tuple[int, int, int]:
@@ -131,4 +134,38 @@ def observe(src: Sources, now: float, policy: Policy, *, with_history: bool = Tr
         running_scan_complete=complete,
         last_finished_at=last_finished_at(src) if with_history else None,
         instances=read_instances(src.ec2, src.instance_ids) if src.ec2 is not None else (),
+    )
+
+
+def read_fleet(autoscaling: Any, ec2: Any, name: str) -> Fleet:
+    """The group `name` as Auto Scaling reports it: DescribeAutoScalingGroups (capacity settings, members with their
+    LifecycleState and ProtectedFromScaleIn), DescribeWarmPool (the pool's instances, page by page), and each
+    member's EC2 LaunchTime (core.instances.read_instances: the last start, which is what a warm start resets).
+    https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DescribeAutoScalingGroups.html,
+    https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DescribeWarmPool.html"""
+    found = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+    if not found:
+        raise LookupError(f"Auto Scaling group {name!r} does not exist")
+    group = found[0]
+    raw = group.get("Instances", [])
+    launched = {i.instance_id: i.launch_time for i in read_instances(ec2, [m["InstanceId"] for m in raw])}
+    members = tuple(
+        Member(m["InstanceId"], m["LifecycleState"], bool(m.get("ProtectedFromScaleIn")), launched.get(m["InstanceId"]))
+        for m in raw
+    )
+    warm: list[Member] = []
+    kwargs: dict[str, Any] = {"AutoScalingGroupName": name}
+    while True:
+        page = autoscaling.describe_warm_pool(**kwargs)
+        warm += [Member(m["InstanceId"], m["LifecycleState"]) for m in page.get("Instances", [])]
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+    return Fleet(
+        name=name,
+        desired=int(group["DesiredCapacity"]),
+        min_size=int(group["MinSize"]),
+        max_size=int(group["MaxSize"]),
+        members=members,
+        warm=tuple(warm),
     )

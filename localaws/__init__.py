@@ -9,11 +9,14 @@ Terraform would. An argument it does not model is an error, so the harness canno
 not plan, diff, or destroy, and it knows only the resource types our stacks use. What moto lacks and the harness
 models instead is said where it is modelled: localaws/resources.py (the alias's function URL),
 localaws/gpu_resources.py (associations, launch-template profiles, AWS's public AMI parameters),
-localaws/lambdas.py (asynchronous invoke), localaws/host.py (an instance booting its bootstrap).
+localaws/autoscaling.py (the fleet's Auto Scaling group: warm pool, protection, the terminating hook; its creator is
+localaws/fleet_resources.py), localaws/lambdas.py (asynchronous invoke), localaws/host.py (an instance booting its
+bootstrap).
 
 Adopted GPU instances (the default mode) are inputs to the stacks, not resources of them: the harness launches a
 moto instance for each configured id and substitutes the new ids throughout before creating anything. Created
-ones (create mode) are `aws_instance` resources like any other; either way they are left stopped.
+ones (create mode) are `aws_instance` resources like any other; either way they are left stopped. In fleet mode
+the group's warm pool holds them, stopped, and the group starts them (`LocalAws.fleet_name`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 import boto3
 
 from core import contract
-from localaws import gpu_resources  # noqa: F401  (registers the GPU host stack's creators)
+from localaws import fleet_resources, gpu_resources  # noqa: F401  (register the GPU host stack's creators)
 from localaws.gpu_resources import DataResolver, escape_literals
 from localaws.resources import create
 from localaws.tfjson import Stack, load_stacks, resource_order, stack_order
@@ -56,6 +59,7 @@ class LocalAws:
     max_receive_count: int = 0
     lambda_env: dict[str, str] = field(default_factory=dict)
     idle_window_seconds: int = 0
+    fleet_name: str = ""  # fleet mode: the GPU fleet's Auto Scaling group ("" in adopt and create modes)
     credentials: dict[str, str] = field(default_factory=lambda: dict(FAKE_CREDENTIALS))
 
     def _connection(self) -> dict[str, Any]:
@@ -86,6 +90,8 @@ class LocalAws:
             contract.GPU_INSTANCE_IDS: ",".join(self.instance_ids),
             contract.CONTROLLER_FUNCTION_NAME: self.outputs[LAMBDA]["FunctionName"],
         }
+        if self.fleet_name:
+            names[contract.GPU_FLEET_NAME] = self.fleet_name
         return {**self.credentials, **{setting.name: value for setting, value in names.items()}}
 
     def adapter_env(self, work_dir: str | Path) -> dict[str, str]:
@@ -202,3 +208,7 @@ def _describe(local: LocalAws, client: Any) -> None:
     (function,) = [a for k, a in local.of_type("aws_lambda_function").items() if k.startswith(f"{LAMBDA}/")]
     local.lambda_env = dict(function["environment"])
     local.idle_window_seconds = int(local.lambda_env["IDLE_WINDOW_SECONDS"])
+    groups = list(local.of_type("aws_autoscaling_group").values())
+    if len(groups) > 1:
+        raise ValueError(f"{len(groups)} Auto Scaling groups in the synthesized stacks: the harness models one fleet")
+    local.fleet_name = groups[0]["name"] if groups else ""

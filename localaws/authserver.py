@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = str(args.no_auth_count)  # read by moto.settings at import
     from moto.server import ThreadedMotoServer
 
-    from localaws import enforce
+    from localaws import autoscaling, enforce
 
     enforce.install()
+    autoscaling.install()  # the Auto Scaling model (warm pool, hooks) in IAM-enforcing servers too
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
     print(json.dumps({"port": server.get_host_and_port()[1]}), flush=True)
     try:
-        done.wait(args.max_seconds)
+        with autoscaling.ticking():
+            done.wait(args.max_seconds)
     finally:
         server.stop()
     return 0

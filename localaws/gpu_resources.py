@@ -14,7 +14,8 @@ What moto 5.2.5 lacks, and is modelled here instead:
   path with MOTO_GPU_AMI, the Deep Learning AMI among moto's built-in images, which RunInstances then launches.
 
 Data sources: localaws/tfjson.py resolves only terraform_remote_state. `DataResolver` (a Resolver) reads the data
-sources in DATA_READERS before a stack's resources and answers `${data.<type>.<name>.<attribute>}` from them.
+sources in DATA_READERS (SSM parameters, and the region's availability zones for the fleet's group) before a stack's
+resources and answers `${data.<type>.<name>.<attribute>}` from them.
 Literal "${": Terraform reads "$${" in a JSON string as a literal "${" (the document's script holds shell ones);
 `escape_literals` hides them from localaws/tfjson.py's reference scan and `DataResolver.resolve` writes them back.
 """
@@ -257,9 +258,22 @@ def _instance(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     }
 
 
+def read_availability_zones(c: Clients, a: Mapping[str, Any]) -> dict[str, Any]:
+    """`data "aws_availability_zones"`: DescribeAvailabilityZones, filtered by `state` when given."""
+    a = _fields(a, ("state",), "data aws_availability_zones")
+    filters = [{"Name": "state", "Values": [a["state"]]}] if "state" in a else []
+    zones = c("ec2").describe_availability_zones(Filters=filters)["AvailabilityZones"]
+    return {
+        "id": c("ec2").meta.region_name,
+        "names": [z["ZoneName"] for z in zones],
+        "zone_ids": [z["ZoneId"] for z in zones],
+    }
+
+
 # -- data sources ------------------------------------------------------------------------------------------------
 DATA_READERS: dict[str, Callable[[Clients, Mapping[str, Any]], dict[str, Any]]] = {
     "aws_ssm_parameter": read_ssm_parameter,
+    "aws_availability_zones": read_availability_zones,
 }
 
 

@@ -15,7 +15,8 @@ What this module models, not moto:
 - Asynchronous queueing: the event goes to an in-memory FIFO and the request returns; one worker thread takes each
   event and runs `functions.shutdown.handler.run` with the function's own environment (moto's
   GetFunctionConfiguration, plus `env` overrides), clients on the local AWS (or `endpoint_url`), the function's
-  Timeout as its remaining time, and the trigger and cause the handler derives from the event.
+  Timeout as its remaining time, and the trigger and cause the handler derives from the event. Where that
+  environment names GPU_FLEET_NAME, the run is the controller's fleet mode (it gets an Auto Scaling client too).
 - Serialization: one run at a time, in arrival order. The function's reserved concurrency is 1, and Lambda keeps
   an asynchronous event it cannot run yet (throttled) in its queue and retries it for up to 6 hours
   (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html): here it waits in the FIFO.
@@ -145,6 +146,7 @@ class LocalController:
             table_name=self.settings.table_name,
             status_index=self.settings.status_index,
             instance_ids=self.settings.instance_ids,
+            autoscaling=client("autoscaling") if self.settings.fleet_mode else None,
         )
 
     def env(self) -> dict[str, str]:

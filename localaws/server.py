@@ -1,5 +1,8 @@
 """A moto server for tests and the demo: on 127.0.0.1 only, on a free port, stopped by whoever started it; and a
-program of ours in the background (`background`), stopped the same way."""
+program of ours in the background (`background`), stopped the same way.
+
+Every server has the Auto Scaling model of localaws/autoscaling.py installed (moto's backends are in this process)
+and its background tick running while the server runs."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+AUTOSCALING_TICK_S = 1.0
 
 
 def free_port() -> int:
@@ -22,17 +26,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server(*, quiet: bool = True, port: int = 0) -> Iterator[str]:
-    """Yields the endpoint URL of a moto server running in a thread of this process; port 0 picks a free one."""
+def moto_server(*, quiet: bool = True, port: int = 0, tick_s: float = AUTOSCALING_TICK_S) -> Iterator[str]:
+    """Yields the endpoint URL of a moto server running in a thread of this process; port 0 picks a free one.
+    `tick_s`: how often the Auto Scaling model advances by itself (lifecycle hook timeouts, pool preparation)."""
     from moto.server import ThreadedMotoServer
+
+    from localaws import autoscaling
 
     if quiet:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per AWS call drowns the output
     port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    autoscaling.install()
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        with autoscaling.ticking(tick_s):
+            yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
 

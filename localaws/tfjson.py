@@ -52,17 +52,22 @@ class Stack:
             for rname, body in sorted(items.items()):
                 yield Resource(self.name, rtype, rname, body, self.directory)
 
-    def remote_states(self) -> dict[str, str]:
-        """data.terraform_remote_state name -> the stack it reads."""
+    def cross_stack_reads(self) -> dict[str, str]:
+        """data.terraform_remote_state name -> the stack it reads (other data sources are not looked at)."""
         out = {}
         for name in self.doc.get("data", {}).get("terraform_remote_state", {}):
             if not name.startswith(REMOTE_STATE_PREFIX):
                 raise UnsupportedTerraform(f"{self.name}: remote state {name!r} is not a cdktf cross-stack reference")
             out[name] = name[len(REMOTE_STATE_PREFIX) :]
+        return out
+
+    def remote_states(self) -> dict[str, str]:
+        """cross_stack_reads(), for a stack that reads no other data source (one that does is an error here: a
+        resolver that reads them, localaws/gpu_resources.py DataResolver, binds the stack without them)."""
         other = set(self.doc.get("data", {})) - {"terraform_remote_state"}
         if other:
             raise UnsupportedTerraform(f"{self.name}: data sources {sorted(other)} are not modelled")
-        return out
+        return self.cross_stack_reads()
 
 
 def load_stacks(outdir: Path) -> dict[str, Stack]:
@@ -97,7 +102,7 @@ def stack_order(stacks: Mapping[str, Stack], declared: Sequence[str]) -> list[st
     if sorted(stacks) != sorted(declared):
         raise UnsupportedTerraform(f"synthesized stacks {sorted(stacks)} are not the declared {list(declared)}")
     for position, name in enumerate(declared):
-        later = set(stacks[name].remote_states().values()) - set(declared[:position])
+        later = set(stacks[name].cross_stack_reads().values()) - set(declared[:position])
         if later:
             raise UnsupportedTerraform(f"{name} reads {sorted(later)}, which the declared order puts after it")
     return list(declared)

@@ -10,8 +10,11 @@ decision at a time. Every invocation is idempotent, so Lambda's at-least-once de
 world, decides, re-reads right before a stop, acts, and prints exactly one JSON line with the inputs and the
 decision.
 
-Environment: the settings `core.contract.LAMBDA` lists (names, defaults and meanings are declared there). The region
-comes from the runtime (AWS_REGION).
+In fleet mode (GPU_FLEET_NAME instead of GPU_INSTANCE_IDS) it sets the GPU fleet's desired capacity instead of
+starting and stopping instances itself: functions/shutdown/fleet.py.
+
+Environment: the settings `core.contract.LAMBDA` lists (names, defaults and meanings are declared there), read by
+functions/shutdown/settings.py. The region comes from the runtime (AWS_REGION).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import boto3
@@ -28,33 +31,16 @@ from botocore.config import Config as BotoConfig
 
 from core import contract as c
 from core import logs
-from core.idle import Action, Decision, Observation, Policy, confirm_stop, decide
+from core.idle import Action, Decision, Observation, confirm_stop, decide
 from core.instances import Change, InstanceState, change_state, read_instances
 from core.observe import Sources, observe
 
-log = logging.getLogger("shutdown")
+from .fleet import run_fleet
+from .settings import LOGGER, ShutdownSettings
+
+__all__ = ["ShutdownSettings", "cause_of", "handler", "run", "trigger_of"]
+log = logging.getLogger(LOGGER)
 LAMBDA_MARGIN_S = 10.0  # leave this much of the Lambda's timeout for the act + log after any wait
-
-
-@dataclass(frozen=True)
-class ShutdownSettings:
-    instance_ids: tuple[str, ...]
-    queue_url: str
-    table_name: str
-    status_index: str
-    policy: Policy
-    stopping_wait_s: float
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ShutdownSettings:
-        return cls(
-            instance_ids=c.GPU_INSTANCE_IDS.read(env),
-            queue_url=c.TASK_QUEUE_URL.read(env),
-            table_name=c.TASK_TABLE_NAME.read(env),
-            status_index=c.TASK_STATUS_INDEX.read(env),
-            policy=Policy.from_env(env),
-            stopping_wait_s=c.STOPPING_WAIT_SECONDS.read(env),
-        )
 
 
 def _obs_log(obs: Observation) -> dict[str, Any]:
@@ -94,7 +80,10 @@ def run(
     cause: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """observe -> decide -> (re-observe before a stop) -> act -> (wait out `stopping`, re-decide, start) ; returns
-    the logged record. `cause`: what the invoking event said (the API's reason and task id), for the log."""
+    the logged record. `cause`: what the invoking event said (the API's reason and task id), for the log. In fleet
+    mode: functions/shutdown/fleet.py run_fleet."""
+    if config.fleet_mode:
+        return run_fleet(config, src, clock=clock, trigger=trigger, cause=cause)
     policy = config.policy
     started = clock()
     record: dict[str, Any] = {
@@ -189,6 +178,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         table_name=config.table_name,
         status_index=config.status_index,
         instance_ids=config.instance_ids,
+        autoscaling=boto3.client("autoscaling", config=boto_cfg) if config.fleet_mode else None,
     )
     remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else None
     record = run(config, src, remaining_s=remaining, trigger=trigger_of(event), cause=cause_of(event))
