@@ -1,10 +1,10 @@
 """`python3 -m adapter`: build the worker from env vars and run its loop until SIGTERM (or a new bundle).
 
-Signals: the first SIGTERM/SIGINT asks the loop to stop - no new receive, the running job is stopped, its task goes
-back to QUEUED with a fresh message - and the process exits 0. A second one exits at once (143), killing the job's
-process group first. The handler only sets flags (logging from a signal handler can re-enter a half-written line);
-the loop logs. It is installed before anything else (boto3's import and the first AWS calls take a while): a stop
-that arrives while the worker is being built ends the start-up at once, with exit 0.
+Signals: the first SIGTERM/SIGINT asks the loop to stop - no new receive, every slot's running job is stopped, its
+task goes back to QUEUED with a fresh message - and the process exits 0. A second one exits at once (143), killing
+the jobs' process groups first. The handler only sets flags (logging from a signal handler can re-enter a
+half-written line); the loop logs. It is installed before anything else (boto3's import and the first AWS calls
+take a while): a stop that arrives while the worker is being built ends the start-up at once, with exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from core import contract as c
 from core import logs
 
 if TYPE_CHECKING:
+    from .config import AdapterConfig
+    from .fleet import Membership
+    from .metadata import Metadata
     from .worker import Worker
 
 log = logging.getLogger("adapter")
@@ -48,13 +51,20 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
     visibility, max_receives = read_queue_settings(sqs, c.TASK_QUEUE_URL.read(env))
     config = from_env(env, queue_visibility_s=visibility, queue_max_receives=max_receives)
     store = TaskStore(session.resource("dynamodb", **kw).Table(config.table_name), status_index=config.status_index)
+    membership, metadata = _fleet(config, session, kw)
     autostop = None
-    # Powering the OS off is only right on the GPU instance: the systemd unit opts in with ADAPTER_POWEROFF=1, so
+    # Stopping is only right on the GPU instance: the systemd unit opts in with ADAPTER_POWEROFF=1, so
     # `python -m adapter` on a laptop or CI runner never shuts its host down, whatever IDLE_WINDOW_SECONDS says.
     if c.ADAPTER_POWEROFF.read(env) and c.IDLE_WINDOW_SECONDS.read(env) > 0:
-        from .autostop import AutoStop
+        from .autostop import AutoStop, systemctl_poweroff
 
-        autostop = AutoStop.from_env(env, sqs=sqs, dynamodb=session.client("dynamodb", **kw))
+        autostop = AutoStop.from_env(
+            env,
+            sqs=sqs,
+            dynamodb=session.client("dynamodb", **kw),
+            poweroff=membership.leave if membership is not None else systemctl_poweroff,
+            fleet=membership is not None,
+        )
     return Worker(
         config=config,
         sqs=sqs,
@@ -64,7 +74,32 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
         ssm=session.client("ssm", **kw) if config.bundle_param else None,
         autostop=autostop,
         running_env=env,
+        membership=membership,
+        metadata=metadata,
     )
+
+
+def _fleet(config: AdapterConfig, session: Any, kw: dict[str, str]) -> tuple[Membership | None, Metadata | None]:
+    """Fleet mode's membership and metadata (None, None without GPU_FLEET_NAME). Outside a fleet neither group nor
+    Spot can apply (Spot capacity comes only as a fleet, in its group), so the metadata service is never read: a
+    host off EC2 never waits on it. In a fleet, the instance id comes from the metadata before anything runs; a
+    service that does not answer is a one-line setting error naming INSTANCE_METADATA_URL (systemd starts the
+    adapter again 5 s later)."""
+    if not config.fleet_name:
+        return None, None
+    from .fleet import Membership
+    from .metadata import Metadata, MetadataUnavailable
+
+    metadata = Metadata(config.metadata_url)
+    try:
+        instance_id = metadata.instance_id()
+    except MetadataUnavailable as err:
+        raise c.SettingError(
+            c.INSTANCE_METADATA_URL.name, f"fleet mode needs this instance's id from {config.metadata_url}: {err}"
+        ) from None
+    autoscaling = session.client("autoscaling", **kw)
+    membership = Membership(autoscaling, group=config.fleet_name, instance_id=instance_id, hook_name=config.hook_name)
+    return membership, metadata
 
 
 class StoppedBeforeStart(BaseException):
@@ -95,8 +130,8 @@ class Signals:
                 raise StoppedBeforeStart  # unwinds the build (even a blocked AWS call); main exits 0
             worker.request_stop()
             return
-        pgid = worker.runner.current_pgid if worker is not None else None
-        if pgid is not None:
+        pgids = worker.job_pgids() if worker is not None else []
+        for pgid in pgids:
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
         line = {
@@ -106,7 +141,7 @@ class Signals:
             "task_id": None,
             "worker": worker.config.worker_id if worker is not None else None,
             "event": "second_signal_exit_now",
-            "killed_pgid": pgid,
+            "killed_pgids": pgids,
         }
         os.write(1, (json.dumps(line) + "\n").encode())
         os._exit(128 + signum)

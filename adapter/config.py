@@ -3,7 +3,7 @@
 On the instance the env comes from systemd (the env file install.sh writes from the SSM config parameter). The
 queue's own VisibilityTimeout and RedrivePolicy are read once at start, so the adapter and the queue cannot disagree
 about when a message comes back or when SQS gives up on it; VISIBILITY_TIMEOUT and MAX_RECEIVES may override them
-for tests.
+for tests. The number of slots is GPU_SLOTS, else what the host's GPUs say (adapter/slots.py `gpu_count`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core import contract as c
+
+from .slots import gpu_count
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class AdapterConfig:
     rollout_check_s: float = c.ROLLOUT_CHECK_SECONDS.default or 0.0
     dlq_sweep_s: float = c.DLQ_SWEEP_SECONDS.default or 0.0
     job_user: str | None = None
+    slots: int = 1  # tasks at once, one per GPU
+    fleet_name: str | None = None  # fleet mode: the group this instance belongs to
+    hook_name: str | None = None  # fleet mode: the group's termination lifecycle hook
+    metadata_url: str = c.INSTANCE_METADATA_URL.default or ""
+    metadata_watch_s: float = c.METADATA_WATCH_SECONDS.default or 0.0
 
     @property
     def stale_after_ms(self) -> int:
@@ -76,8 +83,23 @@ def read_queue_settings(sqs: Any, queue_url: str) -> tuple[int, int | None]:
     return int(attrs.get("VisibilityTimeout", 300)), int(max_receives) if max_receives is not None else None
 
 
-def from_env(env: Mapping[str, str], *, queue_visibility_s: int, queue_max_receives: int | None) -> AdapterConfig:
+def from_env(
+    env: Mapping[str, str],
+    *,
+    queue_visibility_s: int,
+    queue_max_receives: int | None,
+    detect_gpus: Callable[[], int] = gpu_count,
+) -> AdapterConfig:
     visibility = c.VISIBILITY_TIMEOUT.read(env, default=queue_visibility_s)
+    slots = c.GPU_SLOTS.read_optional(env)
+    if slots is not None and slots < 1:
+        raise c.SettingError(c.GPU_SLOTS.name, f"{slots} is not valid: at least 1 (one task per GPU)")
+    watch_s = c.METADATA_WATCH_SECONDS.read(env)
+    if watch_s <= 0:
+        raise c.SettingError(c.METADATA_WATCH_SECONDS.name, f"{watch_s:g} is not valid: must be more than 0")
+    fleet, hook = c.GPU_FLEET_NAME.read_optional(env), c.TERMINATION_HOOK_NAME.read_optional(env)
+    if hook and not fleet:
+        raise c.SettingError(c.TERMINATION_HOOK_NAME.name, f"{hook!r} is set without GPU_FLEET_NAME (a group's hook)")
     return AdapterConfig(
         queue_url=c.TASK_QUEUE_URL.read(env),
         dlq_url=c.TASK_DLQ_URL.read(env),
@@ -104,4 +126,9 @@ def from_env(env: Mapping[str, str], *, queue_visibility_s: int, queue_max_recei
         rollout_check_s=c.ROLLOUT_CHECK_SECONDS.read(env),
         dlq_sweep_s=c.DLQ_SWEEP_SECONDS.read(env),
         job_user=c.JOB_USER.read_optional(env),
+        slots=slots if slots is not None else detect_gpus(),
+        fleet_name=fleet,
+        hook_name=hook,
+        metadata_url=c.INSTANCE_METADATA_URL.read(env),
+        metadata_watch_s=watch_s,
     )

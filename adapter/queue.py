@@ -14,6 +14,7 @@ from core.tasks import TaskStatus, now_ms
 
 log = logging.getLogger("adapter.queue")
 SQS_MAX_VISIBILITY_S = 43200  # SQS caps a message's visibility timeout at 12 hours
+SQS_MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages: 1..10
 
 
 def receive_count(message: dict[str, Any]) -> int:
@@ -28,11 +29,12 @@ class QueueClient:
         self.url = queue_url
         self.dlq_url = dlq_url
 
-    def receive(self, wait_s: int) -> list[dict[str, Any]]:
-        # One at a time: a second message received now would sit invisible, without a heartbeat, behind a long task.
+    def receive(self, wait_s: int, most: int = 1) -> list[dict[str, Any]]:
+        """At most `most` messages (the free slots: a message received with no slot to run it would sit invisible,
+        without a heartbeat, behind a long task), and never more than SQS hands out at once."""
         out = self.sqs.receive_message(
             QueueUrl=self.url,
-            MaxNumberOfMessages=1,
+            MaxNumberOfMessages=max(1, min(SQS_MAX_RECEIVE, most)),
             WaitTimeSeconds=wait_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -31,28 +30,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from core import contract as c
 from core import logs
 from core.task_types import TaskType
 
 from .procs import ExitWatch, JobUser, death_signal_prefix, killpg, metadata_block_missing, user_switch
+from .workdir import NOFOLLOW, empty, log_file, log_tail, lstat_mode, real_dir, remove
 
 log = logging.getLogger("adapter.runner")
 
 WORKLOADS = str(Path(__file__).with_name("workloads"))
 POLL_S = 0.05  # how often a waiting attempt looks at Control: the latency of cancel / stop, not a CPU cost
 LOGS = ("stdout.txt", "stderr.txt")
-# Opens that never follow a link in the last component, and never block on a FIFO a job left in place of a file.
-_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class Control:
-    """Why an attempt must stop early. Set from other threads (heartbeat, signal handler); read by the runner."""
+    """Why an attempt must stop early. Set from other threads (heartbeat, signal handler, metadata watch); read by
+    the runner."""
 
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(self, stopping: threading.Event, leaving: threading.Event | None = None) -> None:
         self.stopping = stopping  # the whole worker is shutting down (shared)
+        self.leaving = leaving or threading.Event()  # the instance is leaving service (shared): hand back, as a stop
         self.cancelled = threading.Event()  # the task's cancel_requested was seen
         self.lost = threading.Event()  # our attempt is no longer the task's current one (taken over)
 
@@ -61,7 +61,7 @@ class Control:
             return "lost"
         if self.cancelled.is_set():
             return "cancelled"
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.leaving.is_set():
             return "stopping"
         return None
 
@@ -84,15 +84,28 @@ class Attempt:
 
 class Runner:
     def __init__(
-        self, *, s3: Any, bucket: str, work_dir: str, stop_grace_s: float, job_user: str | None = None
+        self,
+        *,
+        s3: Any,
+        bucket: str,
+        work_dir: str,
+        stop_grace_s: float,
+        job_user: str | None = None,
+        slot: int | None = None,
+        gpu: str | None = None,
     ) -> None:
         """`job_user`: the account jobs run as; None reads JOB_USER from this process's environment (where systemd
         puts it); unset there too, jobs run as the adapter's own user (tests, laptops). Switching to another user
-        needs root. A bad value raises SettingError, which `python -m adapter` reports as config_invalid."""
+        needs root. A bad value raises SettingError, which `python -m adapter` reports as config_invalid.
+
+        `slot`: this runner's slot on a host of several (its work dir is runner-<pid>-<slot>; None: runner-<pid>).
+        `gpu`: the GPU its jobs are pinned to (see `_job_env`); None: jobs see the GPUs the adapter sees."""
         self.s3 = s3
         self.bucket = bucket
         self.work_dir = work_dir
         self.stop_grace_s = stop_grace_s
+        self.slot = slot
+        self.gpu = gpu
         self.current_pgid: int | None = None  # read by the second-SIGTERM handler to kill the job before exiting
         self.job_user = _job_user(job_user if job_user is not None else c.JOB_USER.read_optional(os.environ))
         self.launcher = death_signal_prefix(self.job_user)
@@ -131,7 +144,7 @@ class Runner:
             uri, uploaded = self._keep_outputs(task_id, root, out_dir)
             return Attempt(attempt.outcome, attempt.error, None, uri, attempt.exit_code, uploaded)
         finally:
-            _empty(in_dir, out_dir, *(root / n for n in LOGS))
+            empty(in_dir, out_dir, *(root / n for n in LOGS))
 
     def _root(self) -> Path:
         """This process's work dir, with empty in/ and out/. Reused rather than made per task: creating and removing
@@ -146,24 +159,24 @@ class Runner:
             base = Path(self.work_dir)
             base.mkdir(parents=True, exist_ok=True)
             for stale in base.glob("runner-*"):  # left behind by an adapter that crashed
-                pid = stale.name.removeprefix("runner-")
+                pid = stale.name.removeprefix("runner-").split("-")[0]
                 if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
-                    _remove(stale)
-            self._own = base / f"runner-{os.getpid()}"
-        _real_dir(self._own)
+                    remove(stale)
+            self._own = base / (f"runner-{os.getpid()}" if self.slot is None else f"runner-{os.getpid()}-{self.slot}")
+        real_dir(self._own)
         if self.job_user is not None:
             self._own.chmod(0o755)  # the job user needs to enter it (its cwd); only we may write in it
         for name in LOGS:
-            mode = _lstat_mode(self._own / name)
+            mode = lstat_mode(self._own / name)
             if mode is not None and not stat.S_ISREG(mode):
-                _remove(self._own / name)  # a link (or anything else) in a log's place: never written through
+                remove(self._own / name)  # a link (or anything else) in a log's place: never written through
         for sub in ("in", "out"):
             path = self._own / sub
-            _real_dir(path)
+            real_dir(path)
             if self.job_user is not None:
                 os.chown(path, os.geteuid(), os.getegid(), follow_symlinks=False)
                 path.chmod(0o700)  # also undoes a chmod by the previous job
-            _empty(path)  # normally empty already (each attempt clears up); again, in case that failed
+            empty(path)  # normally empty already (each attempt clears up); again, in case that failed
             if any(path.iterdir()):  # never let one task's files become another task's results
                 raise RuntimeError(f"work dir {path} is not empty and could not be emptied")
         return self._own
@@ -195,7 +208,7 @@ class Runner:
         swaps for one - can never make a file outside out/ a result."""
         prefix = f"results/{task_id}/"
         uploaded = 0
-        mode = _lstat_mode(out_dir)
+        mode = lstat_mode(out_dir)
         if mode is not None and stat.S_ISDIR(mode):  # not when a job replaced out/ itself (with a link, a file...)
             for dirpath, dirnames, filenames, dirfd in os.fwalk(out_dir, follow_symlinks=False):
                 dirnames.sort()
@@ -203,7 +216,7 @@ class Runner:
                     rel = Path(os.path.relpath(os.path.join(dirpath, name), out_dir)).as_posix()
                     uploaded += self._upload(name, dirfd, prefix + rel, skip_empty=False)
         # Empty logs are skipped: nothing to keep, and a no-op task then costs no S3 call.
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
         try:
             for name in LOGS:
                 uploaded += self._upload(name, root_fd, prefix + name, skip_empty=True)
@@ -217,7 +230,7 @@ class Runner:
         try:
             if not stat.S_ISREG(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
                 return 0
-            fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=dirfd)
+            fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=dirfd)
         except OSError:  # gone, or a link now: not a result
             return 0
         with os.fdopen(fd, "rb") as fh:
@@ -244,7 +257,7 @@ class Runner:
         if self.job_user is not None:
             self._hand_over(in_dir, out_dir)
         deadline = time.monotonic() + task_type.timeout_s
-        with _log_file(root / LOGS[0]) as out, _log_file(root / LOGS[1]) as err:
+        with log_file(root / LOGS[0]) as out, log_file(root / LOGS[1]) as err:
             try:
                 proc = subprocess.Popen(
                     self.launcher + argv,
@@ -282,15 +295,24 @@ class Runner:
         reason = control.reason()
         if reason is not None:  # e.g. the job got the stop signal itself (systemd) before we noticed ours
             return Attempt(AttemptOutcome.INTERRUPTED, interrupted=reason, exit_code=code)
-        tail = _tail(root / LOGS[1])
+        tail = log_tail(root / LOGS[1])
         return Attempt(
             AttemptOutcome.FAILED, error=f"exit code {code}: {tail}" if tail else f"exit code {code}", exit_code=code
         )
 
     def _job_env(self, task_id: str, in_dir: Path, out_dir: Path) -> dict[str, str]:
-        """Only what the contract gives a job: none of our credentials, queue, table or bucket names."""
+        """Only what the contract gives a job: none of our credentials, queue, table or bucket names.
+
+        A runner pinned to a GPU sets CUDA_VISIBLE_DEVICES to its index, numbered as nvidia-smi numbers the GPUs
+        (CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA's own default order puts the fastest first, which on a host of mixed
+        GPUs is not nvidia-smi's, https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#env-vars), and
+        NVIDIA_VISIBLE_DEVICES to the same index, which is what the NVIDIA container runtime reads to choose the
+        GPUs of a container the job starts with it passed on (`docker run -e NVIDIA_VISIBLE_DEVICES ...`), so a
+        containerised job cannot reach its neighbours' GPUs either."""
         env = {k: v for k, v in os.environ.items() if k in c.JOB_PASSED_ENV or k.startswith(c.JOB_PASSED_ENV_PREFIXES)}
         env.setdefault("PATH", os.defpath)
+        if self.gpu is not None:
+            env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=self.gpu, NVIDIA_VISIBLE_DEVICES=self.gpu)
         if self.job_user is not None:
             env["HOME"] = self.job_user.home
         env.update({c.JOB_TASK_ID: task_id, c.JOB_OUTPUT_DIR: str(out_dir), c.JOB_INPUT_DIR: str(in_dir)})
@@ -376,63 +398,3 @@ def _job_user(name: str | None) -> JobUser | None:
     if not user.is_self() and os.geteuid() != 0:
         raise c.SettingError(c.JOB_USER.name, f"running jobs as {name!r} needs root; the adapter is uid {os.geteuid()}")
     return user
-
-
-def _log_file(path: Path) -> BinaryIO:
-    """A job log, created or truncated, never through a link (_root removed any; O_NOFOLLOW if one came back)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644), "wb")
-
-
-def _tail(path: Path) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(0, size - 1000))
-        return fh.read(1000).decode("utf-8", "replace").strip()
-
-
-def _lstat_mode(path: Path) -> int | None:
-    try:
-        return path.lstat().st_mode
-    except FileNotFoundError:
-        return None
-
-
-def _remove(path: Path) -> None:
-    """Remove `path` whatever it is; a link is removed itself, never what it points to."""
-    mode = _lstat_mode(path)
-    if mode is None:
-        return
-    if stat.S_ISDIR(mode):
-        shutil.rmtree(path, ignore_errors=True)  # fd-based: it does not follow links inside, even swapped in
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _real_dir(path: Path) -> None:
-    """`path` as a real directory: anything else there (a link, a file) is removed first."""
-    mode = _lstat_mode(path)
-    if mode is not None and stat.S_ISDIR(mode):
-        return
-    if mode is not None:
-        path.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def _empty(*paths: Path) -> None:
-    """Remove what an attempt left: directories' contents (the directories stay), non-empty files, and any link
-    (itself: a link is never followed, so the directory or file it points to is never touched)."""
-    for path in paths:
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    _remove(Path(entry.path))
-        elif not stat.S_ISREG(st.st_mode) or st.st_size > 0:  # empty logs are never uploaded: leave them be
-            path.unlink(missing_ok=True)

@@ -1,31 +1,49 @@
-"""The worker loop: long-poll -> claim -> run (with heartbeat) -> settle, one message at a time.
+"""The worker loop: long-poll -> claim -> run (with heartbeat) -> settle, each message in a slot of its own.
 
 Exactly-once in effect comes from the item, not the queue: SQS delivers at least once, and only the conditional
 claim (QUEUED -> RUNNING, or a takeover of a RUNNING task whose heartbeat went stale) lets an attempt run; finish is
 fenced by the attempt number, and the message is deleted only after the item is terminal. A crash anywhere leaves
 either a QUEUED/stale-RUNNING item with a message that comes back (the task runs again), or a terminal item with a
 message that comes back and is deleted unrun.
+
+Slots (adapter/slots.py, one per GPU): a receive asks for at most the free slots' worth of messages, and each runs
+in a slot's thread through the one single-message path below (`handle`: claim, run with its own Heartbeat and
+Control, settle or hand back). A turn ends when a slot is free to receive for, so a one-slot host handles one
+message per turn, to its end, as it always has. The idle chores (rollout check, DLQ sweep, autostop) run only on a
+turn that received nothing while every slot was idle.
+
+A stop (first SIGTERM) and a departure (fleet mode: the metadata says the instance is leaving service, see
+adapter/fleet.py `Departure`) end every running attempt through the same path: each slot's job is stopped and its
+task handed back with a fresh message, so neither uses up one of the task's receives; a message a long poll brings
+in meanwhile is claimed and handed back the same way, unrun. A stop then exits; a departure keeps the process idle,
+receiving nothing, until the instance stops or terminates under it (systemd's SIGTERM then ends it with 0) or the
+metadata says it is back in service. Exiting would only have systemd restart it into the same notice; after a
+return to the warm pool the next boot starts it afresh, and it reads the metadata before its first receive.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from core import logs
 from core.message import MalformedMessage, TaskMessage
-from core.store import Claimed, TaskStore, TransitionRejected
+from core.store import TaskStore, TransitionRejected
 from core.task_types import Registry, TaskTypeError
 from core.tasks import TaskRecord, TaskStatus, new_enqueue_id, now_ms
 
+from .claim import Claims
 from .config import AdapterConfig
+from .fleet import Departure, Membership
 from .heartbeat import Heartbeat
+from .metadata import Metadata, MetadataWatch
 from .queue import SQS_MAX_VISIBILITY_S, QueueClient, receive_count, sweep_dlq
 from .rollout import EXIT_NEW_BUNDLE, RolloutWatch
 from .runner import Attempt, AttemptOutcome, Control, Runner
+from .slots import Slots
 
 log = logging.getLogger("adapter.worker")
 EXIT_STOPPED = 0
@@ -33,7 +51,7 @@ RECEIVE_BACKOFF_S = 5.0
 
 
 class IdleStop(Protocol):
-    """adapter.autostop.AutoStop: the instance powers itself off after an idle window."""
+    """adapter.autostop.AutoStop: the instance stops itself after an idle window."""
 
     def note_busy(self) -> None: ...
 
@@ -52,19 +70,41 @@ class Worker:
         ssm: Any = None,
         autostop: IdleStop | None = None,
         running_env: Mapping[str, str] | None = None,
+        membership: Membership | None = None,
+        metadata: Metadata | None = None,
     ) -> None:
+        """`membership` and `metadata`: fleet mode's group membership and the instance metadata it is watched
+        through (both None elsewhere: no protection, no watch)."""
         self.config = config
         self.sqs = sqs
         self.store = store
         self.registry = registry
         self.queue = QueueClient(sqs, config.queue_url, config.dlq_url)
-        self.runner = Runner(
-            s3=s3,
-            bucket=config.bucket,
-            work_dir=config.work_dir,
-            stop_grace_s=config.stop_grace_s,
-            job_user=config.job_user or "",
-        )
+        several = config.slots > 1  # one slot: its jobs see the GPUs the adapter sees, in runner-<pid>, as before
+        runners = [
+            Runner(
+                s3=s3,
+                bucket=config.bucket,
+                work_dir=config.work_dir,
+                stop_grace_s=config.stop_grace_s,
+                job_user=config.job_user or "",
+                slot=i if several else None,
+                gpu=str(i) if several else None,
+            )
+            for i in range(config.slots)
+        ]
+        self.membership = membership
+        self.slots = Slots(runners, on_busy=self._busy)
+        self.runner = runners[0]
+        self.departure = Departure(membership, watch_s=config.metadata_watch_s)
+        self.watch = None
+        if metadata is not None:
+            self.watch = MetadataWatch(
+                metadata,
+                every_s=config.metadata_watch_s,
+                in_group=membership is not None,
+                on_reading=self.departure.note,
+            )
         self.autostop = autostop
         self.rollout = None
         if ssm is not None and config.bundle_param and config.running_bundle:
@@ -77,11 +117,16 @@ class Worker:
                 every_s=config.rollout_check_s,
             )
         self.stopping = threading.Event()
+        self.claims = Claims(config, store, self.queue, self.stopping)
         self._next_sweep = 0.0
 
     def request_stop(self) -> None:
-        """First SIGTERM: finish nothing new; the running attempt is stopped and handed back by `settle`."""
+        """First SIGTERM: receive nothing new; every running attempt is stopped and handed back by `settle`."""
         self.stopping.set()
+
+    def job_pgids(self) -> list[int]:
+        """The process groups of the jobs running now (the second SIGTERM kills them)."""
+        return self.slots.pgids()
 
     def run(self) -> int:
         logs.event(
@@ -90,36 +135,70 @@ class Worker:
             visibility_s=self.config.visibility_s,
             max_receives=self.config.retry.max_receives,
             rollout=self.rollout is not None,
+            slots=len(self.slots),
+            fleet=self.config.fleet_name,
         )
         self.runner.report_isolation()  # says so at start when jobs could reach the instance's credentials
-        while not self.stopping.is_set():
-            code = self.turn()
-            if code is not None:
-                return code
+        if self.watch is not None:
+            self.watch.start()  # its first reading comes before the first receive
+        try:
+            while not self.stopping.is_set():
+                code = self.turn()
+                if code is not None:
+                    return code
+        finally:
+            while not self.slots.wait_idle(1.0):  # every slot has settled or handed its task back
+                pass
+            if self.watch is not None:
+                self.watch.stop()
         logs.event(log, "worker_stopped")
         return EXIT_STOPPED
 
     def turn(self) -> int | None:
-        """One loop turn: handle at most one message, or do the idle chores. Returns an exit code to stop with."""
+        """One loop turn: receive for the free slots and start their messages, or do the idle chores (or, leaving
+        service, the departure's). Returns when a slot is free again; returns an exit code to stop with."""
+        self.slots.sync()  # the scale-in protection follows busy and idle (retrying a change that failed)
+        if self.departure.leaving.is_set():
+            self.departure.turn(self.slots, self.stopping)
+            return None
+        if not self.slots.free():
+            self._until(self.slots.wait_free)
+            return None
         try:
-            messages = self.queue.receive(self.config.wait_time_s)
+            messages = self.queue.receive(self.config.wait_time_s, self.slots.free())
         except Exception as err:  # SQS unreachable for a moment: do not spin, do not die
             logs.event(log, "receive_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
             self.stopping.wait(RECEIVE_BACKOFF_S)
             return None
-        for message in messages:
-            if self.stopping.is_set():  # SIGTERM arrived during the long poll: hand the message straight back
-                self.queue.set_visibility(message, 0)
-                return None
+        if not messages:
+            return self.idle() if not self.slots.busy() else None
+        for message in messages:  # during a stop or a departure each is claimed and handed straight back
+            self.slots.start(functools.partial(self._in_slot, message), str(message.get("MessageId")))
+        self._until(self.slots.wait_free)
+        return None
+
+    def _until(self, wait: Callable[[float], bool]) -> None:
+        while not wait(1.0):  # in steps: the loop's thread stays responsive to signals
+            pass
+
+    def _busy(self, busy: bool) -> None:
+        """Slots' turn busy / turn idle: scale-in protection on before the first claim, off as the last one ends
+        (never switched on for messages that are only being handed back)."""
+        if self.membership is not None and not (busy and self._halting()):
+            self.membership.protect(busy)
+
+    def _halting(self) -> bool:
+        return self.stopping.is_set() or self.departure.leaving.is_set()
+
+    def _in_slot(self, message: dict[str, Any], runner: Runner) -> None:
+        """A slot's thread: one message, start to end, on the slot's runner."""
+        if self.autostop is not None:
+            self.autostop.note_busy()
+        try:
+            self.handle(message, runner)
+        finally:
             if self.autostop is not None:
-                self.autostop.note_busy()
-            try:
-                self.handle(message)
-            finally:
-                if self.autostop is not None:
-                    self.autostop.note_busy()  # the idle window starts when the task ends
-            return None
-        return self.idle()
+                self.autostop.note_busy()  # the idle window starts when the task ends
 
     def idle(self) -> int | None:
         if self.rollout is not None and self.rollout.changed() is not None:
@@ -142,7 +221,8 @@ class Worker:
         return None
 
     # -- one message ---------------------------------------------------------------------------------------------
-    def handle(self, message: dict[str, Any]) -> None:
+    def handle(self, message: dict[str, Any], runner: Runner | None = None) -> None:
+        """One message, start to end, on `runner` (a slot's; the first slot's by default)."""
         try:
             parsed = TaskMessage.parse(message.get("Body", ""))
         except MalformedMessage as poison:
@@ -153,14 +233,14 @@ class Worker:
             return
         with logs.task_scope(parsed.task_id):
             try:
-                self._handle(parsed, message)
+                self._handle(parsed, message, runner or self.runner)
             except Exception:
                 # The loop must survive anything. The message comes back after its visibility timeout; if we held
                 # the task, its heartbeat has stopped, so the next receive may take it over.
                 logs.event(log, "handle_error", logging.ERROR, exc=True)
 
-    def _handle(self, parsed: TaskMessage, message: dict[str, Any]) -> None:
-        held = self.claim(parsed, message)
+    def _handle(self, parsed: TaskMessage, message: dict[str, Any], runner: Runner) -> None:
+        held = self.claims.claim(parsed, message)
         if held is None:
             return
         logs.event(log, "claimed", attempt=held.attempts, receive_count=receive_count(message), type=held.type)
@@ -171,7 +251,10 @@ class Worker:
             self.store.finish(held, TaskStatus.FAILED, error=str(err))
             self.queue.to_dlq(message, str(err))
             return
-        control = Control(self.stopping)
+        control = Control(self.stopping, self.departure.leaving)
+        if control.reason() is not None:  # brought in by a long poll during a stop or a departure: back, unrun
+            self.settle(held, message, Attempt(AttemptOutcome.INTERRUPTED, interrupted="stopping"), control)
+            return
         with Heartbeat(
             store=self.store,
             sqs=self.sqs,
@@ -183,7 +266,7 @@ class Worker:
             control=control,
         ):
             try:
-                result = self.runner.run(held.task_id, task_type, params, control)
+                result = runner.run(held.task_id, task_type, params, control)
                 if result.outcome is AttemptOutcome.SUCCEEDED and result.result_uri and result.uploaded:
                     # The completion marker, once the outputs are in S3: a worker that takes this task over after a
                     # crash from here on settles it SUCCEEDED with them instead of running the job again. An attempt
@@ -195,73 +278,6 @@ class Worker:
                 logs.event(log, "attempt_error", logging.ERROR, exc=True)
                 result = Attempt(AttemptOutcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
         self.settle(held, message, result, control)
-
-    def claim(self, parsed: TaskMessage, message: dict[str, Any]) -> TaskRecord | None:
-        """The claimed record, or None when this message must not run (and has been dealt with)."""
-        stale_after_ms = self.config.stale_after_ms
-        for first in (True, False):
-            try:
-                claimed = self.store.claim(
-                    parsed.task_id,
-                    worker=self.config.worker_id,
-                    stale_after_ms=stale_after_ms,
-                    enqueue_id=parsed.enqueue_id,
-                )
-            except TransitionRejected as rejected:
-                item = rejected.item
-            else:
-                return self._taken(claimed, message)
-            if item is None:
-                self.queue.to_dlq(message, "names no known task")
-                return None
-            if not parsed.is_current_for(item):  # a duplicate or superseded copy: the current message runs it
-                logs.event(log, "stale_message_deleted", enqueue_id=parsed.enqueue_id, current=item.enqueue_id)
-                self.queue.delete(message)
-                return None
-            if item.terminal:  # duplicate delivery, or cancelled while queued: never run twice
-                logs.event(log, "skipped_terminal", status=item.status.value, receive_count=receive_count(message))
-                self.queue.delete(message)
-                return None
-            stale_in_ms = (item.heartbeat_at or 0) + stale_after_ms - now_ms()
-            if item.cancel_requested and (item.status is TaskStatus.QUEUED or stale_in_ms < 0):
-                # The cancel was accepted, then its worker went away: the cancel stands, the task does not run.
-                try:
-                    self.store.end_cancelled(parsed.task_id, stale_after_ms=stale_after_ms)
-                except TransitionRejected:
-                    continue  # it moved meanwhile: look again
-                logs.event(log, "cancelled_unrun", attempt=item.attempts)
-                self.queue.delete(message)
-                return None
-            if item.status is TaskStatus.RUNNING:
-                # A holder that died right after its claim looks fresh for the few ms between SQS handing the
-                # message out and the claim's write; wait those out instead of burning a receive.
-                if first and stale_in_ms <= self.config.claim_grace_s * 1000:
-                    if self.stopping.wait(max(0, stale_in_ms) / 1000 + 0.05):
-                        self.queue.set_visibility(message, 0)
-                        return None
-                    continue
-                logs.event(log, "held_elsewhere", holder=item.worker, stale_in_ms=stale_in_ms)
-                self.queue.set_visibility(message, math.ceil(max(stale_in_ms, 1000) / 1000))
-                return None
-            # QUEUED yet rejected: it was requeued between our calls; the second try sees it
-        return None
-
-    def _taken(self, claimed: Claimed, message: dict[str, Any]) -> TaskRecord | None:
-        """After a successful claim: settle a task whose dead worker had already completed it; say why a takeover
-        used up an attempt."""
-        held, before = claimed.held, claimed.before
-        if claimed.completed_before:
-            self.store.finish(held, TaskStatus.SUCCEEDED, result_uri=before.result_uri)
-            self.queue.delete(message)
-            logs.event(log, "settled_from_marker", attempt=held.attempts, completed_attempt=before.completed_attempt)
-            return None
-        if claimed.takeover:
-            why = (
-                f"attempt {before.attempts} on {before.worker} stopped heartbeating; attempt {held.attempts} took over"
-            )
-            self.store.note_takeover(held, why)
-            logs.event(log, "took_over", logging.WARNING, previous_attempt=before.attempts, holder=before.worker)
-        return held
 
     def settle(self, held: TaskRecord, message: dict[str, Any], result: Attempt, control: Control) -> None:
         """Record the attempt's outcome on the item (fenced by the held attempt), then decide the message's fate."""
@@ -279,7 +295,7 @@ class Worker:
                 self.queue.delete(message)
                 logs.event(log, "cancelled", attempt=attempt)
             elif result.interrupted == "stopping":
-                self._hand_back_on_stop(held, message, f"the instance stopped during attempt {attempt}")
+                self._hand_back_on_stop(held, message, f"{self._stop_cause()} during attempt {attempt}")
             elif self.config.retry.is_last(count):
                 self.store.finish(held, TaskStatus.FAILED, error=result.error)
                 logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
@@ -300,7 +316,7 @@ class Worker:
     def _hand_back(
         self, held: TaskRecord, message: dict[str, Any], count: int, error: str | None, *, now: bool
     ) -> None:
-        """RUNNING -> QUEUED and make the message visible: at once (instance stopping) or after the retry delay."""
+        """RUNNING -> QUEUED and make the message visible: at once (a hand-back) or after the retry delay."""
         item = self.store.requeue(held, error=error)
         if item.cancel_requested:  # a cancel landed during the attempt: honour it instead of retrying
             self.store.cancel(held.task_id)
@@ -314,15 +330,19 @@ class Worker:
             logging.INFO if now else logging.WARNING,
             attempt=held.attempts,
             receive_count=count,
-            reason="instance stopping" if now else "retry",
+            reason="handed back" if now else "retry",
             error=error,
         )
 
+    def _stop_cause(self) -> str:
+        return self.departure.reason if self.departure.leaving.is_set() else "the instance stopped"
+
     def _hand_back_on_stop(self, held: TaskRecord, message: dict[str, Any], error: str) -> None:
-        """A stop is never the task's fault, so it must not use up one of the message's receives (maxReceiveCount
-        counts failures): send a fresh message, make it the task's current one in the requeue, then delete the old.
-        A crash between the steps leaves a stale copy (deleted unrun) or the old message (taken over): never two
-        runs, never a lost task. If the send fails, the old message is handed back instead and its receive is used."""
+        """A stop (or a departure) is never the task's fault, so it must not use up one of the message's receives
+        (maxReceiveCount counts failures): send a fresh message, make it the task's current one in the requeue, then
+        delete the old. A crash between the steps leaves a stale copy (deleted unrun) or the old message (taken
+        over): never two runs, never a lost task. If the send fails, the old message is handed back instead and its
+        receive is used."""
         fresh = TaskMessage(held.task_id, new_enqueue_id())
         try:
             self.queue.send(fresh)
@@ -336,4 +356,4 @@ class Worker:
             self.store.cancel(held.task_id)
             logs.event(log, "cancelled", attempt=held.attempts)
             return
-        logs.event(log, "requeued", attempt=held.attempts, reason="instance stopping", error=error)
+        logs.event(log, "requeued", attempt=held.attempts, reason="handed back", error=error)

@@ -185,3 +185,164 @@ def inference_server(status: int = 200) -> Iterator[dict[str, Any]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# -- slots and fleets --------------------------------------------------------------------------------------------------
+# A job that says it arrived (a file named after its task in `arrive`), then waits for the test to open `gate` (a
+# path that starts to exist), and writes the GPU variables it was given: held for as long as a test needs, with no
+# sleep of a guessed length; two jobs both arrived before the gate opened ran at the same time.
+GATE_JOB = """
+import json, os, sys, time
+arrive, gate = sys.argv[1], sys.argv[2]
+open(os.path.join(arrive, os.environ["TASK_ID"]), "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(gate):
+    if time.monotonic() > deadline:
+        sys.exit(9)
+    time.sleep(0.02)
+names = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+with open(os.path.join(os.environ["OUTPUT_DIR"], "result.json"), "w") as out:
+    json.dump({n: os.environ.get(n) for n in names}, out)
+"""
+GATE_TYPE = {
+    "gate": {
+        "kind": "command",
+        "description": "arrives, waits for the test's gate, reports its GPU variables",
+        "params": {"arrive": {"type": "string", "required": True}, "gate": {"type": "string", "required": True}},
+        "timeout_s": 120,
+        "argv": ["{python}", "-c", GATE_JOB, "{arrive}", "{gate}"],
+    }
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """Where gate jobs arrive, and the file that lets them go."""
+
+    arrive: Path
+    gate: Path
+
+    @classmethod
+    def at(cls, root: Path) -> Gate:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "arrived").mkdir()
+        return cls(root / "arrived", root / "open")
+
+    def params(self) -> dict[str, str]:
+        return {"arrive": str(self.arrive), "gate": str(self.gate)}
+
+    def arrived(self) -> set[str]:
+        return {p.name for p in self.arrive.iterdir()}
+
+    def open(self) -> None:
+        self.gate.touch()
+
+
+def record_calls(client: Any, operation: str) -> list[dict[str, Any]]:
+    """The parameters of each `operation` call made through `client` from now on, in order: a botocore event hook
+    on the real client (the call itself still goes to the local AWS)."""
+    seen: list[dict[str, Any]] = []
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        seen.append(dict(params))
+
+    client.meta.events.register(f"provide-client-params.{service}.{operation}", record)
+    return seen
+
+
+def record_answers(client: Any, operation: str) -> list[dict[str, Any]]:
+    """What each `operation` call through `client` answered from now on (parsed), in order."""
+    seen: list[dict[str, Any]] = []
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def record(parsed: dict[str, Any], **_: Any) -> None:
+        seen.append(parsed)
+
+    client.meta.events.register(f"after-call.{service}.{operation}", record)
+    return seen
+
+
+_IMAGES: dict[str, str] = {}
+
+
+def _an_image(endpoint_url: str, ec2: Any) -> str:
+    """An AMI the local AWS knows (moto's built-in ones survive a reset; listing them costs seconds: once per
+    server)."""
+    if endpoint_url not in _IMAGES:
+        _IMAGES[endpoint_url] = str(ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
+    return _IMAGES[endpoint_url]
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetGroup:
+    name: str
+    instance_ids: list[str]
+    hook: str | None
+
+
+def fleet_group(aws: Any, size: int, *, max_size: int = 4, hook: bool = False, warm_pool: bool = False) -> FleetGroup:
+    """An Auto Scaling group of `size` InService instances in the local AWS, from a launch template of its own; with
+    `hook`, a termination lifecycle hook as the fleet has (CONTINUE, 300 s); with `warm_pool`, a stopped warm pool
+    that takes instances back on scale-in."""
+    suffix = uuid.uuid4().hex[:8]
+    ec2, autoscaling = aws.client("ec2"), aws.client("autoscaling")
+    template = f"gpu-fleet-test-{suffix}"
+    image = _an_image(aws.endpoint_url, ec2)
+    ec2.create_launch_template(LaunchTemplateName=template, LaunchTemplateData={"ImageId": image})
+    name = f"gpu-fleet-{suffix}"
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": template},
+        MinSize=0,
+        MaxSize=max_size,
+        DesiredCapacity=size,
+        AvailabilityZones=[f"{aws.region}a"],
+    )
+    hook_name = f"{name}-handback" if hook else None
+    if hook_name:
+        autoscaling.put_lifecycle_hook(
+            LifecycleHookName=hook_name,
+            AutoScalingGroupName=name,
+            LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+            HeartbeatTimeout=300,
+            DefaultResult="CONTINUE",
+        )
+    if warm_pool:
+        autoscaling.put_warm_pool(
+            AutoScalingGroupName=name, PoolState="Stopped", MinSize=0, InstanceReusePolicy={"ReuseOnScaleIn": True}
+        )
+
+    def in_service() -> list[str]:
+        (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        found = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
+        return found if len(found) == size else []
+
+    return FleetGroup(name, wait_for(f"{size} instances in service", in_service), hook_name)
+
+
+def lifecycle_state(aws: Any, instance_id: str) -> str | None:
+    """The instance's LifecycleState as Auto Scaling reports it (None: no group knows it)."""
+    found = aws.client("autoscaling").describe_auto_scaling_instances(InstanceIds=[instance_id])
+    return next((i["LifecycleState"] for i in found["AutoScalingInstances"]), None)
+
+
+def fleet_env(group: FleetGroup, metadata_url: str, **more: str) -> dict[str, str]:
+    """A worker's fleet-mode settings: its group (and hook), its metadata service, a short watch interval."""
+    env = {"GPU_FLEET_NAME": group.name, "INSTANCE_METADATA_URL": metadata_url, "METADATA_WATCH_SECONDS": "0.2"}
+    if group.hook:
+        env["TERMINATION_HOOK_NAME"] = group.hook
+    return {**env, **more}
+
+
+@contextmanager
+def running(worker: Any) -> Iterator[threading.Thread]:
+    """`worker.run()` in a thread for the block; then a stop (as the first SIGTERM) and a bounded join."""
+    thread = threading.Thread(target=worker.run, name="worker-run", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.request_stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the worker did not stop"
