@@ -1,6 +1,7 @@
 """The model behind bench/idle_cost.py: a day of bursty arrivals on one GPU instance, stepped one second at a time.
 
-- floor: stops the moment the last task ends and starts the moment one arrives (only the boot time is idle).
+- floor: starts the moment a task arrives and stops the moment the last task ends (only the boot time is idle), or,
+         with `floor_window_s`, exactly that long after it ends (the oracle at a given idle window).
 - seed:  the seed's `QueueEmptyFor30Min` alarm (ApproximateNumberOfMessagesVisible == 0 for 6 x 5 min, missing
          data = missing, actions only on a transition into ALARM) invoking a Lambda that stops the instance as is.
 - ours:  the adapter's on-node autostop + the `shutdown-gpu-lambda` on a 1-minute schedule, both running the
@@ -36,15 +37,30 @@ class Task:
     receives: int = 0
 
 
-def workload(seed: int) -> list[Task]:
-    """Bursts: most in working hours, a couple at night; durations mostly short, some medium, a few long."""
+def small_burst(rng: random.Random) -> int:
+    """The single-instance day's burst size: 1 + an exponential of mean 3 (mostly 1-5 tasks)."""
+    return 1 + int(rng.expovariate(1 / 3))
+
+
+def workload(
+    seed: int,
+    *,
+    burst: Callable[[random.Random], int] = small_burst,
+    gap_s: float = 90.0,
+    day_bursts: int = 9,
+    night_bursts: int = 2,
+) -> list[Task]:
+    """Bursts: most in working hours (07-21), a couple at night (00-06), `gap_s` apart on average within a burst;
+    durations mostly short (70%: 1-6 min), some medium (25%: 8-25 min), a few long (5%: 40-150 min). The defaults
+    are the single-instance day; bench/fleet_sim.py asks for bigger, denser bursts from the same generator."""
     rng = random.Random(seed)
-    starts = [rng.uniform(7, 21) * 3600 for _ in range(9)] + [rng.uniform(0, 6) * 3600 for _ in range(2)]
+    starts = [rng.uniform(7, 21) * 3600 for _ in range(day_bursts)]
+    starts += [rng.uniform(0, 6) * 3600 for _ in range(night_bursts)]
     tasks: list[Task] = []
     for start in sorted(starts):
         t = start
-        for _ in range(1 + int(rng.expovariate(1 / 3))):
-            t += rng.expovariate(1 / 90)
+        for _ in range(burst(rng)):
+            t += rng.expovariate(1 / gap_s)
             r = rng.random()
             minutes = rng.uniform(1, 6) if r < 0.7 else rng.uniform(8, 25) if r < 0.95 else rng.uniform(40, 150)
             tasks.append(Task(int(t), int(minutes * 60)))
@@ -202,6 +218,7 @@ class Params:
     poll_s: int = 20  # the adapter's long poll: one idle loop turn
     stopping_wait_s: int = 40
     races: int = 2
+    floor_window_s: int = 0  # the floor stops this long after its last task ends (0: the moment it ends)
 
 
 def simulate(name: str, tasks: list[Task], prm: Params, horizon_s: int) -> Gpu:
@@ -240,7 +257,13 @@ def simulate(name: str, tasks: list[Task], prm: Params, horizon_s: int) -> Gpu:
                 gpu.start(now)  # the orchestrator's start-on-submit
         gpu.step(now)
         if name == "floor":
-            if gpu.state == "running" and gpu.current is None and not gpu.waiting:
+            idle_since = max(gpu.last_finished or 0.0, gpu.launch_time + prm.boot_s)
+            if (
+                gpu.state == "running"
+                and gpu.current is None
+                and not gpu.waiting
+                and now - idle_since >= prm.floor_window_s
+            ):
                 gpu.stop(now)
             elif gpu.state == "stopped" and gpu.waiting:
                 gpu.start(now)
