@@ -203,7 +203,9 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         queue_url=settings.queue_url,
         dlq_url=settings.dlq_url,
         controller=controller,
-        gpus=GpuStates(clients.ec2, settings.instance_ids),
+        gpus=GpuStates(
+            clients.ec2, settings.instance_ids, fleet_name=settings.fleet_name, autoscaling=clients.autoscaling
+        ),
         validate=validate or types.registry_validator(registry=registry),
         inputs_of=types.inputs_of(registry),
     )

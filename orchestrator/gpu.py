@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from core import contract, logs
 from core.instances import InstanceState, read_instances
+from core.observe import read_fleet
 
 log = logging.getLogger("orchestrator.gpu")
 ACCEPTED = 202  # Invoke's StatusCode for InvocationType=Event (Lambda API Reference, Invoke: Response Syntax)
@@ -124,14 +125,24 @@ class ControllerNotifier:
 
 
 class GpuStates:
-    """`ec2` a boto3 EC2 client (injected; DescribeInstances only); `instance_ids` the configured GPU instances."""
+    """The GPU instances /healthz reports. `ec2` a boto3 EC2 client (injected; DescribeInstances only); either
+    `instance_ids`, the configured instances (adopt and create modes), or `fleet_name` with an `autoscaling` client
+    (fleet mode: the group's members and its warm pool, whatever instances they are right now)."""
 
-    def __init__(self, ec2: Any, instance_ids: Sequence[str]) -> None:
-        if not instance_ids:
-            raise ValueError("at least one GPU instance id is required")
-        self.ec2 = ec2
+    def __init__(
+        self, ec2: Any, instance_ids: Sequence[str] = (), *, fleet_name: str | None = None, autoscaling: Any = None
+    ) -> None:
+        if bool(instance_ids) == bool(fleet_name):
+            raise ValueError("give either the GPU instance ids or the fleet's name")
+        if fleet_name and autoscaling is None:
+            raise ValueError("fleet mode needs an Auto Scaling client")
+        self.ec2, self.autoscaling, self.fleet_name = ec2, autoscaling, fleet_name
         self.instance_ids = list(instance_ids)
 
     def describe(self) -> dict[str, InstanceState]:
-        """Current state of every configured instance (UNKNOWN where EC2 did not say). Raises AWS errors."""
-        return {i.instance_id: i.state for i in read_instances(self.ec2, self.instance_ids)}
+        """Current state of every instance (UNKNOWN where EC2 did not say). Raises AWS errors."""
+        ids = self.instance_ids
+        if self.fleet_name:
+            fleet = read_fleet(self.autoscaling, self.ec2, self.fleet_name)
+            ids = [m.instance_id for m in (*fleet.members, *fleet.warm)]
+        return {i.instance_id: i.state for i in read_instances(self.ec2, ids)}

@@ -322,7 +322,7 @@ class TaskService:
                 report[name] = {"error": str(err)}
         try:
             report["gpu"] = {k: v.value for k, v in self.gpus.describe().items()}
-        except AwsError as err:
+        except (*AwsError, LookupError) as err:  # LookupError: the configured fleet does not exist
             ok = False
             report["gpu"] = {"error": str(err)}
         if ok and any(v == InstanceState.UNKNOWN.value for v in report["gpu"].values()):

@@ -39,10 +39,13 @@ class Settings:
     upload_url_expires_s: int = c.UPLOAD_URL_EXPIRES_S.default or 0
     result_url_expires_s: int = c.RESULT_URL_EXPIRES_S.default or 0
     log_tail_bytes: int = c.LOG_TAIL_BYTES.default or 0
+    fleet_name: str | None = None  # fleet mode: /healthz lists the Auto Scaling group's instances
 
     def __post_init__(self) -> None:
-        if not self.instance_ids:
-            raise SettingError(c.GPU_INSTANCE_IDS.name, "names no instance")
+        if self.fleet_name and self.instance_ids:
+            raise SettingError(c.GPU_INSTANCE_IDS.name, f"not used with {c.GPU_FLEET_NAME.name}: unset one of them")
+        if not self.instance_ids and not self.fleet_name:
+            raise SettingError(c.GPU_INSTANCE_IDS.name, f"names no instance (and {c.GPU_FLEET_NAME.name} is unset)")
         self._check_limits()
         for entry in self.admin_arns:
             if not entry.startswith("arn:"):
@@ -99,6 +102,7 @@ class Settings:
             upload_url_expires_s=c.UPLOAD_URL_EXPIRES_S.read(env),
             result_url_expires_s=c.RESULT_URL_EXPIRES_S.read(env),
             log_tail_bytes=c.LOG_TAIL_BYTES.read(env),
+            fleet_name=c.GPU_FLEET_NAME.read_optional(env),
         )
 
 
@@ -112,6 +116,7 @@ class Clients:
     lambda_: Any  # invokes the controller (CONTROLLER_FUNCTION_NAME) asynchronously after each submit
     table: Any  # a DynamoDB Table resource (what core.store.TaskStore takes)
     s3: Any = None  # presigns uploads and result downloads, reads logs; None: the file endpoints answer 503
+    autoscaling: Any = None  # fleet mode: DescribeAutoScalingGroups for /healthz
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> Clients:
@@ -126,4 +131,5 @@ class Clients:
             table=session.resource("dynamodb").Table(settings.table_name),
             # SigV4 for presigned URLs: what every region accepts (and all that the newer ones do).
             s3=session.client("s3", config=Config(signature_version="s3v4")),
+            autoscaling=session.client("autoscaling") if settings.fleet_name else None,
         )
