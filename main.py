@@ -65,7 +65,7 @@ def compose(app: Construct, config: EnvironmentConfig) -> None:
         table=table,
         artifacts=artifacts,
         controller=controller,
-        instance_ids=gpu.host.instance_ids,
+        gpu=gpu,
     )
     stacks.AlarmStack(app, config=config, function=controller, queue=queue)
 

@@ -6,7 +6,8 @@ Its own state is local (state/bootstrap/<env>.tfstate): the bucket cannot hold t
 
 The boundary (`<prefix>-boundary-<env>`, a managed policy) is the most any runtime role of the environment can ever
 do: the union of what the orchestrator, the GPU instance and the shutdown Lambda need, on this environment's
-resources only, and nothing in IAM or STS. Every role the stacks create carries it (modules/stacks.py), and the
+resources only (in fleet mode its Auto Scaling group, by name, instead of EC2 starts and stops), and nothing in IAM
+or STS. Every role the stacks create carries it (modules/stacks.py), and the
 deploy role may write a role only while it does (modules/github_oidc.py), so whatever a merged change puts in a
 role's inline policy stays inside it. Only `make bootstrap` (admin credentials) can change it. The `local`
 environment is never bootstrapped (moto, local state): its roles carry no boundary (`boundary_for`).
@@ -20,7 +21,7 @@ from cdktf import LocalBackend, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from constructs import Construct
 
-from modules import bucket, function, gpu, queue, rollout, table
+from modules import bucket, fleet, function, gpu, queue, rollout, table
 from modules.base import aws_provider, local_state_path
 from modules.bucket import PrivateBucket
 from modules.config import EnvironmentConfig
@@ -55,6 +56,12 @@ PARAMETER_ACTIONS = _union(rollout.READ_PARAMETER_ACTIONS)
 INSTANCE_ACTIONS = _union(gpu.START_ACTIONS, gpu.STOP_ACTIONS)
 DESCRIBE_ACTIONS = _union(gpu.DESCRIBE_ACTIONS)
 SSM_AGENT_ACTIONS = _union(gpu.SSM_AGENT_ACTIONS)  # DescribeInstances: "*" only (no resource-level permissions)
+# Fleet mode (modules/fleet.py): the controller's and the hosts' calls on the group, and the Describe* calls that
+# take no resource.
+FLEET_ACTIONS = _union(fleet.SCALE_ACTIONS, fleet.MEMBER_ACTIONS)
+FLEET_DESCRIBE_ACTIONS = _union(
+    fleet.CONTROLLER_DESCRIBE_ACTIONS, fleet.MEMBER_DESCRIBE_ACTIONS, fleet.API_DESCRIBE_ACTIONS
+)
 LOG_ACTIONS = _union(function.LOG_ACTIONS)
 INVOKE_ACTIONS = ("lambda:InvokeFunction",)
 # The artifacts bucket encrypts with the aws/s3 managed key, whose key policy lets any principal of the account use
@@ -77,7 +84,6 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
     artifacts = arn("s3", artifacts_buckets(prefix, config.name, config.account)[0], region="", account="")
     functions = [arn("lambda", f"function:{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
     groups = [arn("logs", f"log-group:/aws/lambda/{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
-    instances = gpu.instances_for(config)
     return policy(
         [
             Statement(QUEUE_ACTIONS, tuple(queues), sid="Queues"),
@@ -94,7 +100,7 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
                 PARAMETER_ACTIONS, (arn("ssm", f"parameter/{prefix}/{config.name}/*", **where),), sid="Parameters"
             ),
             Statement(DESCRIBE_ACTIONS, ("*",), sid="DescribeInstances"),
-            Statement(INSTANCE_ACTIONS, instances.arns, instances.conditions, sid="GpuInstances"),
+            *_gpu_hosts(config),
             # The SSM agent on the hosts registers and takes its commands on "*" (modules/gpu.py says why).
             Statement(SSM_AGENT_ACTIONS, ("*",), sid="SsmAgent"),
             *_bootstrap_document(config),
@@ -103,6 +109,19 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
             Statement(NEVER, ("*",), sid="NoIdentityOrCredentials", effect="Deny"),
         ]
     )
+
+
+def _gpu_hosts(config: EnvironmentConfig) -> list[Statement]:
+    """Starting and stopping the GPU instances (adopt, create), or, in fleet mode, the group's desired capacity and
+    its members' calls (Auto Scaling itself starts and stops the instances)."""
+    if config.gpu_mode == "fleet":
+        group = fleet.fleet_for(config)
+        return [
+            Statement(FLEET_DESCRIBE_ACTIONS, ("*",), sid="DescribeFleet"),
+            Statement(FLEET_ACTIONS, (group.arn,), sid="GpuFleet"),
+        ]
+    instances = gpu.instances_for(config)
+    return [Statement(INSTANCE_ACTIONS, instances.arns, instances.conditions, sid="GpuInstances")]
 
 
 def _bootstrap_document(config: EnvironmentConfig) -> list[Statement]:

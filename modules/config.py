@@ -28,13 +28,39 @@ _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # An SSM parameter's fully qualified name: "/"-separated levels of a-zA-Z0-9_.- (PutParameter).
 PARAMETER_NAME = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
-GPU_MODES = ("adopt", "create")
+# subnet-<8 or 17 hex digits>, as EC2 names subnets (CreateSubnet's SubnetId).
+SUBNET_ID = re.compile(r"^subnet-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+GPU_MODES = ("adopt", "create", "fleet")
 # AWS's public parameter naming the latest "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)": the name is
 # /aws/service/deeplearning/ami/<architecture>/<the AMI's name without "deep", "learning", "ami">/latest/ami-id
 # (DLAMI Developer Guide, "Finding the ID of a DLAMI": https://docs.aws.amazon.com/dlami/latest/devguide/find-dlami-id.html).
 DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
-# Settings only create mode reads: set in adopt mode they would be silently ignored, so that is an error.
-CREATE_ONLY = ("instance_type", "gpu_instance_count", "root_volume_gb", "ami_parameter")
+# Settings only some modes read: set in another mode they would be silently ignored, so that is an error.
+READ_IN_MODES: dict[str, tuple[str, ...]] = {
+    "instance_type": ("create", "fleet"),
+    "root_volume_gb": ("create", "fleet"),
+    "ami_parameter": ("create", "fleet"),
+    "gpu_instance_count": ("create",),
+    "fleet_max_size": ("fleet",),
+    "gpus_per_instance": ("fleet",),
+    "fleet_spot": ("fleet",),
+    "spot_instance_types": ("fleet",),
+    "handback_timeout_seconds": ("fleet",),
+    "fleet_subnet_ids": ("fleet",),
+}
+LIST_SETTINGS = ("gpu_instance_ids", "spot_instance_types", "fleet_subnet_ids")  # TOML lists, held as tuples
+# Inclusive ranges, each with the limit it comes from (the field docstrings say why).
+RANGES: dict[str, tuple[int, int]] = {
+    "gpu_instance_count": (1, 20),
+    "root_volume_gb": (1, 16384),
+    "fleet_max_size": (1, 100),
+    "gpus_per_instance": (1, 8),
+    "handback_timeout_seconds": (30, 7200),
+}
+# A mixed instances policy takes at most 40 instance types (Amazon EC2 Auto Scaling User Guide, "Auto Scaling groups
+# with multiple instance types and purchase options": https://docs.aws.amazon.com/autoscaling/ec2/userguide/
+# ec2-auto-scaling-mixed-instances-groups.html).
+MAX_SPOT_TYPES = 40
 
 
 class ConfigError(ValueError):
@@ -55,21 +81,44 @@ class EnvironmentConfig:
     gpu_mode: str = "adopt"
     """"adopt" (the seed's): the GPU instances exist and are listed in gpu_instance_ids; an SSM association installs
     the adapter on them. "create": the gpu stack launches gpu_instance_count instances from a launch template whose
-    user data installs the adapter; gpu_instance_ids must then be empty."""
+    user data installs the adapter. "fleet": an EC2 Auto Scaling group from that launch template, 0..fleet_max_size
+    instances, sized by the controller from the backlog (docs/OPERATIONS.md, "Fleet mode"). gpu_instance_ids must
+    be empty in create and fleet mode."""
     gpu_instance_ids: tuple[str, ...] = ()
     """adopt mode: the GPU EC2 instance(s) the system starts and stops. Start/Stop permissions are scoped to exactly
     these (create mode scopes them by the environment tag instead)."""
     instance_type: str = "g5.xlarge"
-    """create mode: the EC2 instance type (<family>.<size>; EC2 refuses types it does not offer). Default g5.xlarge
-    (one NVIDIA A10G)."""
+    """create and fleet mode: the EC2 instance type (<family>.<size>; EC2 refuses types it does not offer). Default
+    g5.xlarge (one NVIDIA A10G)."""
     gpu_instance_count: int = 1
     """create mode: how many GPU instances to launch, 1..20."""
     root_volume_gb: int = 100
-    """create mode: the encrypted gp3 root volume in GiB, 1..16384 (EBS gp3 limits; EC2 also refuses less than the
-    AMI's snapshot, about 75 GiB for the Deep Learning AMIs)."""
+    """create and fleet mode: the encrypted gp3 root volume in GiB, 1..16384 (EBS gp3 limits; EC2 also refuses less
+    than the AMI's snapshot, about 75 GiB for the Deep Learning AMIs). A stopped fleet instance pays only this."""
     ami_parameter: str = DEFAULT_AMI_PARAMETER
-    """create mode: the SSM parameter naming the AMI (read at plan time). Default: AWS's public parameter for the
-    latest Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)."""
+    """create and fleet mode: the SSM parameter naming the AMI (read at plan time). Default: AWS's public parameter
+    for the latest Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)."""
+    fleet_max_size: int = 1
+    """fleet mode: the group's MaxSize, 1..100: the most GPU instances that ever run at once, and (on demand) how
+    many stopped instances the warm pool keeps ready. Auto Scaling's API takes any size; 100 is far above the default
+    EC2 vCPU quota for GPU instance families, which is the real limit (raise the quota first). Default 1."""
+    gpus_per_instance: int = 1
+    """fleet mode: the slots of one instance, one task per GPU (GPU_SLOTS for the controller and the adapter),
+    1..8 (8 is the most GPUs an EC2 instance type has: p4d/p5.48xlarge, g5/g6e.48xlarge). It must be the
+    instance_type's GPU count: the controller sizes the group by it. Default 1."""
+    fleet_spot: bool = False
+    """fleet mode: Spot instances through a capacity-optimized mixed instances policy with capacity rebalancing.
+    AWS allows no warm pool with Spot: every scale-out is a fresh launch from the AMI (minutes, not seconds).
+    Default false (on demand, with the warm pool of stopped instances)."""
+    spot_instance_types: tuple[str, ...] = ()
+    """fleet mode with fleet_spot: the instance types the Spot group may launch (the mixed instances policy's
+    overrides), 1..40 distinct types, each with gpus_per_instance GPUs. Default: [instance_type]."""
+    handback_timeout_seconds: int = 300
+    """fleet mode: how long a leaving instance may take to hand its tasks back (the termination lifecycle hook's
+    heartbeat timeout), 30..7200 s (PutLifecycleHook HeartbeatTimeout). Default 300."""
+    fleet_subnet_ids: tuple[str, ...] = ()
+    """fleet mode: the subnets the group launches into (its VPCZoneIdentifier; the security group goes in their
+    VPC). Default: none, every available Availability Zone of the region's default VPC."""
     remote_state: bool = True
     """S3 state (one key per stack) with S3-native locking. False: local state files (the `local` env only)."""
     state_bucket: str = ""
@@ -106,6 +155,11 @@ class EnvironmentConfig:
     def parameter_prefix(self) -> str:
         """Where this environment's SSM parameters live (the adapter's release under <prefix>/adapter/)."""
         return f"/gpu-orchestrator/{self.name}"
+
+    @property
+    def spot_types(self) -> tuple[str, ...]:
+        """The Spot group's instance types: spot_instance_types, or the instance_type alone."""
+        return self.spot_instance_types or (self.instance_type,)
 
     def name_of(self, base: str) -> str:
         """A resource name unique to this environment (two environments can share one account and region)."""
@@ -147,10 +201,11 @@ def load_config(
         raw["region"] = env["CDK_DEFAULT_REGION"]
     if env.get("CDK_CONTEXT_GPU_INSTANCE_ID"):
         raw["gpu_instance_ids"] = [i.strip() for i in env["CDK_CONTEXT_GPU_INSTANCE_ID"].split(",") if i.strip()]
-    if "gpu_instance_ids" in raw:
-        if not isinstance(raw["gpu_instance_ids"], list):
-            raise ConfigError(name, "gpu_instance_ids", "must be a list of instance ids")
-        raw["gpu_instance_ids"] = tuple(raw["gpu_instance_ids"])
+    for key in LIST_SETTINGS:
+        if key in raw:
+            if not isinstance(raw[key], list) or not all(isinstance(item, str) for item in raw[key]):
+                raise ConfigError(name, key, "must be a list of strings")
+            raw[key] = tuple(raw[key])
     _check_types(name, raw)
     config = EnvironmentConfig(name=name, **raw)
     validate(config)
@@ -204,6 +259,11 @@ def validate(c: EnvironmentConfig) -> None:
 def _validate_gpu(c: EnvironmentConfig) -> None:
     if c.gpu_mode not in GPU_MODES:
         raise ConfigError(c.name, "gpu_mode", f"{c.gpu_mode!r} is not one of {', '.join(GPU_MODES)}")
+    defaults = EnvironmentConfig(name=c.name)
+    for key, modes in READ_IN_MODES.items():
+        if c.gpu_mode not in modes and getattr(c, key) != getattr(defaults, key):
+            read = " or ".join(f'"{m}"' for m in modes)
+            raise ConfigError(c.name, key, f"only read when gpu_mode = {read} (this environment's is {c.gpu_mode!r})")
     if c.gpu_mode == "adopt":
         if not c.gpu_instance_ids:
             raise ConfigError(
@@ -211,20 +271,36 @@ def _validate_gpu(c: EnvironmentConfig) -> None:
                 "gpu_instance_ids",
                 "none set (set them in environments.toml or export CDK_CONTEXT_GPU_INSTANCE_ID)",
             )
-        defaults = EnvironmentConfig(name=c.name)
-        for key in CREATE_ONLY:
-            if getattr(c, key) != getattr(defaults, key):
-                raise ConfigError(c.name, key, 'only read when gpu_mode = "create" (this environment adopts)')
         return
     if c.gpu_instance_ids:
         raise ConfigError(
-            c.name, "gpu_instance_ids", 'must be empty when gpu_mode = "create" (the stack launches them)'
+            c.name, "gpu_instance_ids", f'must be empty when gpu_mode = "{c.gpu_mode}" (the stacks launch them)'
         )
     if not INSTANCE_TYPE.match(c.instance_type):
         raise ConfigError(c.name, "instance_type", f"{c.instance_type!r} is not an EC2 instance type (g5.xlarge)")
-    for key, low, high in (("gpu_instance_count", 1, 20), ("root_volume_gb", 1, 16384)):
+    for key, (low, high) in RANGES.items():
         value = getattr(c, key)
-        if not low <= value <= high:
+        if (c.gpu_mode in READ_IN_MODES[key]) and not low <= value <= high:
             raise ConfigError(c.name, key, f"{value} is outside {low}..{high}")
     if not PARAMETER_NAME.match(c.ami_parameter):
         raise ConfigError(c.name, "ami_parameter", f"{c.ami_parameter!r} is not an SSM parameter name (/a/b/c)")
+    if c.gpu_mode == "fleet":
+        _validate_fleet(c)
+
+
+def _validate_fleet(c: EnvironmentConfig) -> None:
+    if c.spot_instance_types and not c.fleet_spot:
+        raise ConfigError(c.name, "spot_instance_types", "only read when fleet_spot = true")
+    for instance_type in c.spot_instance_types:
+        if not INSTANCE_TYPE.match(instance_type):
+            raise ConfigError(c.name, "spot_instance_types", f"{instance_type!r} is not an EC2 instance type")
+    if len(set(c.spot_instance_types)) != len(c.spot_instance_types):
+        raise ConfigError(c.name, "spot_instance_types", "lists an instance type twice")
+    if len(c.spot_instance_types) > MAX_SPOT_TYPES:
+        count = len(c.spot_instance_types)
+        raise ConfigError(c.name, "spot_instance_types", f"{count} types: at most {MAX_SPOT_TYPES} (mixed instances)")
+    for subnet in c.fleet_subnet_ids:
+        if not SUBNET_ID.match(subnet):
+            raise ConfigError(c.name, "fleet_subnet_ids", f"{subnet!r} is not a subnet id (subnet-0123456789abcdef0)")
+    if len(set(c.fleet_subnet_ids)) != len(c.fleet_subnet_ids):
+        raise ConfigError(c.name, "fleet_subnet_ids", "lists a subnet twice")

@@ -19,7 +19,9 @@ test_deploy_escalation.py proves each point against an IAM-enforcing server):
 - no managed policy can be attached, and none created but the caller policies (the API's two, the canvas's), by
   their exact names: a runtime role gets inline policies only, capped by the boundary. The caller policies are what
   ops attach to people; CI can change what they allow (through a reviewed plan, like every other resource) but never
-  who holds them.
+  who holds them;
+- the one role it may create without the boundary is AWS's own: Auto Scaling's service-linked role, for that service
+  only (iam:AWSServiceName). Only the service can assume it, and no one can edit its policy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
+from modules.fleet import FLEET
 from modules.iam import (
     MIN_SESSION_SECONDS,
     ROLE_NAME,
@@ -76,6 +79,7 @@ ALARM_NAMES = ("QueueEmptyFor",)  # QueueEmptyFor<minutes>Min
 # instances, all named or tagged with the environment.
 DOCUMENT_NAMES = ("gpu-adapter-bootstrap",)
 HOST_NAMES = ("gpu-adapter",)
+FLEET_NAMES = (FLEET,)  # fleet mode's Auto Scaling group (modules/fleet.py), by its exact name
 RULE_NAMES = ("gpu-orchestrator-idle-check",)
 
 # Read actions: the plan role gets these, the deploy role gets them and the matching writes.
@@ -162,8 +166,9 @@ PROFILE_WRITE = (
 # lambda.amazonaws.com, the key CreateFunction sets), the GPU role into its instance profile (AddRoleToInstanceProfile
 # "must be granted the PassRole permission on the IAM role", IAM API Reference). The IAM docs name no service for
 # that call, so the GPU role's condition is ...IfExists: a call that names no service, or EC2, may pass it; one
-# that passes it to any other service (a Lambda function) may not. The orchestrator's role goes to the API function,
-# so to Lambda only, like the shutdown role.
+# that passes it to any other service (a Lambda function) may not. Fleet mode's group passes it the same way, into
+# the instances it launches from the template. The orchestrator's role goes to the API function, so to Lambda only,
+# like the shutdown role.
 PASS_ROLE = ("iam:PassRole",)
 LAMBDA_READ = ("lambda:Get*", "lambda:List*")
 LAMBDA_WRITE = (
@@ -260,6 +265,38 @@ HOST_CHANGE = (
     "ec2:RevokeSecurityGroupIngress",
     "ec2:TerminateInstances",
 )
+# Fleet mode (modules/fleet.py GpuFleet), what Terraform calls on the group, all authorized on the group's ARN
+# (Service Authorization Reference, Amazon EC2 Auto Scaling: https://docs.aws.amazon.com/service-authorization/
+# latest/reference/list_amazonec2autoscaling.html): create/update/delete, its hook and warm pool, its tags (tagging
+# on create needs CreateOrUpdateTags too), AZRebalance suspended, and on delete the provider clears the members'
+# scale-in protection before it drains the group (SetInstanceProtection). Its Describe* calls take no resource: they
+# are in UNSCOPED_READ. Creating or updating a group from a launch template also checks ec2:RunInstances on what it
+# launches (GpuHostsCreate) and iam:PassRole on the template's instance role (PassInstanceRoleToProfile): "An IAM user
+# or role that creates or updates an Auto Scaling group using a launch template must have permission to use the
+# ec2:RunInstances action", and it needs iam:PassRole for a template that names an instance profile
+# (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-launch-template-permissions.html).
+FLEET_WRITE = (
+    "autoscaling:CreateAutoScalingGroup",
+    "autoscaling:CreateOrUpdateTags",
+    "autoscaling:DeleteAutoScalingGroup",
+    "autoscaling:DeleteLifecycleHook",
+    "autoscaling:DeleteTags",
+    "autoscaling:DeleteWarmPool",
+    "autoscaling:PutLifecycleHook",
+    "autoscaling:PutWarmPool",
+    "autoscaling:ResumeProcesses",
+    "autoscaling:SetInstanceProtection",
+    "autoscaling:SuspendProcesses",
+    "autoscaling:UpdateAutoScalingGroup",
+)
+# The first group of an account makes Auto Scaling create its service-linked role, AWSServiceRoleForAutoScaling,
+# with the caller's iam:CreateServiceLinkedRole, as AWS's own example grants it: on that role's ARN, for
+# autoscaling.amazonaws.com only (Amazon EC2 Auto Scaling User Guide, "Service-linked roles":
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html). That role launches
+# and stops the fleet's instances (Spot included: it holds ec2:RequestSpotInstances), so no EC2 Spot role is needed.
+SERVICE_LINKED_ROLE_ACTIONS = ("iam:CreateServiceLinkedRole",)
+AUTOSCALING_SERVICE = "autoscaling.amazonaws.com"
+AUTOSCALING_SERVICE_ROLE = f"aws-service-role/{AUTOSCALING_SERVICE}/AWSServiceRoleForAutoScaling"
 SSM_WRITE = ("ssm:AddTagsToResource", "ssm:DeleteParameter", "ssm:PutParameter", "ssm:RemoveTagsFromResource")
 BUCKET_READ = (
     "s3:GetAccelerateConfiguration",
@@ -286,7 +323,13 @@ BUCKET_WRITE = (
 OBJECT_READ = ("s3:GetObject", "s3:GetObjectTagging")
 OBJECT_WRITE = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObject", "s3:PutObjectTagging")
 # These support no resource-level permissions: AWS accepts only "*" for them. All are read-only.
-UNSCOPED_READ = ("cloudwatch:DescribeAlarms", "ec2:Describe*", "logs:DescribeLogGroups", "ssm:DescribeParameters")
+UNSCOPED_READ = (
+    "autoscaling:Describe*",
+    "cloudwatch:DescribeAlarms",
+    "ec2:Describe*",
+    "logs:DescribeLogGroups",
+    "ssm:DescribeParameters",
+)
 STATE_BUCKET_READ = ("s3:ListBucket",)
 STATE_OBJECT_READ = ("s3:GetObject",)
 STATE_OBJECT_WRITE = ("s3:DeleteObject", "s3:PutObject")
@@ -396,6 +439,12 @@ def _service_resources(account: str, environment: str, prefix: str) -> dict[str,
             arn("ec2", "instance/*", region="*", account=account),
             arn("ec2", "image/*", region="*", account=""),
         ],
+        # Exact names; the uuid Auto Scaling assigns at creation is wildcarded (modules/fleet.py group_arn).
+        "fleet": [
+            arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{base}{end}", region="*", account=account)
+            for base in FLEET_NAMES
+        ],
+        "service-linked-role": [arn("iam", f"role/{AUTOSCALING_SERVICE_ROLE}", region="", account=account)],
         "bucket": [artifacts, logs],
         "object": [f"{artifacts}/*", f"{logs}/*"],
         "adapter": [f"{artifacts}/adapter/*"],
@@ -418,6 +467,7 @@ MANAGED_SIDS = frozenset(
         "GpuHostsCreate",
         "GpuHostsTagOnCreate",
         "GpuHostsOfThisEnvironment",
+        "GpuFleet",
     }
 )
 
@@ -518,6 +568,13 @@ def deploy_policy(*, account: str, environment: str, state_bucket_arn: str, pref
                 tuple(res["hosts"]),
                 {"StringEquals": {"aws:ResourceTag/environment": environment}},
                 sid="GpuHostsOfThisEnvironment",
+            ),
+            _statement("GpuFleet", FLEET_WRITE, res["fleet"]),
+            Statement(
+                SERVICE_LINKED_ROLE_ACTIONS,
+                tuple(res["service-linked-role"]),
+                {"StringEquals": {"iam:AWSServiceName": AUTOSCALING_SERVICE}},
+                sid="AutoScalingServiceLinkedRole",
             ),
             _statement("ArtifactsBucket", BUCKET_READ + BUCKET_WRITE, res["bucket"]),
             _statement("ArtifactsObjects", OBJECT_READ + OBJECT_WRITE, res["object"]),

@@ -1,69 +1,45 @@
 """The GPU hosts: the instances the system starts and stops, and how each becomes an adapter host.
 
-Two modes (modules/config.py `gpu_mode`):
+Two modes here (modules/config.py `gpu_mode`; the third, fleet, is modules/fleet.py GpuFleet):
 - adopt: the instances exist (config gpu_instance_ids). An SSM association runs adapter/deploy/bootstrap.sh on
   exactly them; the instance profile is attached by hand (Terraform cannot attach one to an instance it does not
   manage), with the command `GpuHost.attach_profile_commands` spells out per instance.
-- create: a launch template (IMDSv2 only, encrypted gp3 root, no inbound traffic) and `aws_instance`s from it,
-  tagged with the environment; the user data is the same bootstrap.sh.
+- create: a launch template (modules/host_template.py: IMDSv2 only, encrypted gp3 root, no inbound traffic) and
+  `aws_instance`s from it, tagged with the environment; the user data is the same bootstrap.sh.
 
-Both modes run one script, rendered once (`render_bootstrap`): bootstrap.sh with the environment's values and the
+Every mode runs one script, rendered once (`render_bootstrap`): bootstrap.sh with the environment's values and the
 unit and install.sh inline, so the host needs nothing but the script to become an adapter host, and every change to
 those files shows in the plan (the document's content or the template's user data).
 """
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping, Sequence
 
 from cdktf import TerraformResourceLifecycle, Token
-from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
-from cdktf_cdktf_provider_aws.launch_template import (
-    LaunchTemplate,
-    LaunchTemplateBlockDeviceMappings,
-    LaunchTemplateBlockDeviceMappingsEbs,
-    LaunchTemplateIamInstanceProfile,
-    LaunchTemplateMetadataOptions,
-    LaunchTemplateTagSpecifications,
-)
-from cdktf_cdktf_provider_aws.security_group import SecurityGroup, SecurityGroupEgress
 from cdktf_cdktf_provider_aws.ssm_association import SsmAssociation, SsmAssociationTargets
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from modules.config import (
-    DEFAULT_AMI_PARAMETER,
-    GPU_MODES,
-    INSTANCE_ID,
-    INSTANCE_TYPE,
-    PARAMETER_NAME,
-    ROOT,
-    EnvironmentConfig,
-)
+from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_ID, ROOT, EnvironmentConfig
+from modules.host_template import ENVIRONMENT_TAG, USER_DATA_LIMIT, HostTemplate
 from modules.iam import Role, Statement, arn, render
 from modules.props import check, check_actions, check_in, check_pattern, check_range, fail
 from modules.rollout import PARAMETER_PREFIX
+
+__all__ = ["ENVIRONMENT_TAG", "USER_DATA_LIMIT"]  # re-exported: the hosts' tag and EC2's user data limit
 
 # DescribeInstances supports no resource-level permissions: AWS accepts only "*" for it.
 DESCRIBE_ACTIONS = ("ec2:DescribeInstances",)
 START_ACTIONS = ("ec2:StartInstances",)
 STOP_ACTIONS = ("ec2:StopInstances",)
-# The tag that marks an environment's created instances (and their volumes). StartInstances and StopInstances take
-# the instance resource with the aws:ResourceTag/${TagKey} condition key (Service Authorization Reference, Amazon EC2:
-# https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html; the IAM User Guide's
-# example "Allows starting or stopping EC2 instances a user has tagged":
-# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_examples_ec2_tag-owner.html).
-ENVIRONMENT_TAG = "gpu-orchestrator:environment"
+HOST_MODES = ("adopt", "create")  # GpuHost's; modules/config.py GPU_MODES adds fleet (modules/fleet.py)
 BOOTSTRAP_DOCUMENT = "gpu-adapter-bootstrap"  # base names (EnvironmentConfig.name_of adds the suffix): the adopt
 HOSTS = "gpu-adapter"  # mode's document; the create mode's security group, launch template and Name tags
 DEPLOY = ROOT / "adapter" / "deploy"
 BOOTSTRAP_FILES = ("gpu-adapter.service", "install.sh")
-# EC2 RunInstances: "User data is limited to 16 KB, in raw form, before it is base64-encoded"
-# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html).
-USER_DATA_LIMIT = 16384
 # The SSM agent's own calls, all on "*" in AmazonSSMManagedInstanceCore (which adds GetParameter(s) on every parameter,
 # patching, compliance: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AmazonSSMManagedInstanceCore.html;
 # https://docs.aws.amazon.com/systems-manager/latest/userguide/systems-manager-setting-up-messageAPIs.html). "*" is
@@ -93,8 +69,6 @@ SSM_ASSOCIATION_ACTIONS = (
 SSM_DOCUMENT_ACTIONS = ("ssm:GetDocument", "ssm:DescribeDocument")
 # CreateDocument: 3-128 characters of a-zA-Z0-9_-. ; AWS reserves the prefixes aws, amazon and amzn (any case).
 DOCUMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{3,128}")
-# CreateLaunchTemplate: 3-128 characters of a-zA-Z0-9().-/_ ; security group names: up to 255 characters.
-HOST_NAME = re.compile(r"[A-Za-z0-9().\-/_]{3,128}")
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 PROFILE_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 HEREDOC_END = "GPU_ADAPTER_PAYLOAD_END"
@@ -164,12 +138,13 @@ def grant_ssm_agent(role: Role, *, region: str, account: str, document_name: str
 
 
 def bootstrap_document_name(config: EnvironmentConfig) -> str | None:
-    """The adopt-mode document's name (what grant_ssm_agent reads), None in create mode."""
+    """The adopt-mode document's name (what grant_ssm_agent reads), None in create and fleet mode."""
     return config.name_of(BOOTSTRAP_DOCUMENT) if config.gpu_mode == "adopt" else None
 
 
 def instances_for(config: EnvironmentConfig) -> GpuInstances:
-    """The environment's GPU instances for grants: by id when adopted, by the environment tag when created."""
+    """The environment's GPU instances for grants: by id when adopted, by the environment tag when created (fleet
+    mode's instances are Auto Scaling's to start and stop: modules/fleet.py fleet_for)."""
     where = {"region": config.region, "account": config.account}
     if config.gpu_mode == "adopt":
         return GpuInstances(instance_ids=config.gpu_instance_ids, **where)
@@ -220,7 +195,7 @@ class GpuHost(Construct):
     """The GPU hosts of one environment, bootstrapped into adapter hosts (see the module docstring).
 
     Args:
-        mode: "adopt" or "create" (modules/config.py GPU_MODES). Required.
+        mode: "adopt" or "create" (HOST_MODES; fleet mode is modules/fleet.py GpuFleet). Required.
         name: base name of what it creates: the document (adopt; CreateDocument: 3-128 of A-Za-z0-9_.-, not starting
             with aws/amazon/amzn), the security group and launch template (create; 3-128 of A-Za-z0-9().-/_), the
             instances' Name tags (<name>-<n>). Required.
@@ -264,7 +239,7 @@ class GpuHost(Construct):
         vpc_id: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        check_in(self, "mode", mode, GPU_MODES, "modules/config.py gpu_mode")
+        check_in(self, "mode", mode, HOST_MODES, "GpuHost's modes; fleet mode is GpuFleet")
         check_pattern(self, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
         check_pattern(self, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
         check_pattern(self, "instance_profile_name", instance_profile_name, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
@@ -278,10 +253,26 @@ class GpuHost(Construct):
             self._adopt()
         else:
             check(self, "instance_ids", tuple(instance_ids), not instance_ids, "is for adopt mode (create launches)")
-            self._check_create(name, instance_type, instance_count, root_volume_gb, ami_parameter)
+            check_range(self, "instance_count", instance_count, 1, 20, "modules/config.py gpu_instance_count")
+            template = HostTemplate(
+                self,
+                name=name,
+                environment=environment,
+                instance_profile_name=instance_profile_name,
+                user_data=self.script,
+                instance_type=instance_type,
+                root_volume_gb=root_volume_gb,
+                ami_parameter=ami_parameter,
+                root_device_name=root_device_name,
+                vpc_id=vpc_id,
+            )
+            self.security_group, self.ami = template.security_group, template.ami
+            self.launch_template = template.launch_template
             self.instances = GpuInstances(environment=environment, region=region, account=account)
             self.attach_profile_commands: tuple[str, ...] = ()
-            self._create(instance_type, instance_count, root_volume_gb, ami_parameter, root_device_name, vpc_id)
+            tags = {ENVIRONMENT_TAG: environment}
+            self.hosts = [self._instance(n, tags) for n in range(instance_count)]
+            self.instance_ids = tuple(host.id for host in self.hosts)
 
     @classmethod
     def from_config(
@@ -320,15 +311,6 @@ class GpuHost(Construct):
         ):
             check(self, prop, value, value == default, "is for create mode (adopt launches nothing)")
 
-    def _check_create(self, name: str, instance_type: str, count: int, volume_gb: int, ami_parameter: str) -> None:
-        check_pattern(self, "name", name, HOST_NAME, "3-128 of A-Za-z0-9().-/_ (CreateLaunchTemplate)")
-        check_pattern(self, "instance_type", instance_type, INSTANCE_TYPE, "an EC2 instance type (g5.xlarge)")
-        check_range(self, "instance_count", count, 1, 20, "modules/config.py gpu_instance_count")
-        check_range(self, "root_volume_gb", volume_gb, 1, 16384, "EBS gp3 volume size, GiB")
-        check_pattern(self, "ami_parameter", ami_parameter, PARAMETER_NAME, "an SSM parameter name (/a/b/c)")
-        size = len(self.script.encode())
-        check(self, "user_data", size, size <= USER_DATA_LIMIT, f"bytes exceed EC2's {USER_DATA_LIMIT} (user data)")
-
     def _adopt(self) -> None:
         self.document = SsmDocument(
             self,
@@ -352,44 +334,6 @@ class GpuHost(Construct):
             targets=[SsmAssociationTargets(key="InstanceIds", values=list(self.instance_ids))],
         )
         self.attach_profile_commands = tuple(attach_profile_command(i, self.profile_name) for i in self.instance_ids)
-
-    def _create(
-        self, instance_type: str, count: int, volume_gb: int, ami_parameter: str, device: str, vpc_id: str | None
-    ) -> None:
-        tags = {ENVIRONMENT_TAG: self.environment}
-        self.security_group = SecurityGroup(
-            self,
-            "security-group",
-            name=self.name,
-            description="GPU adapter hosts: no inbound; HTTPS out to the AWS endpoints (SSM, S3, SQS, DynamoDB)",
-            vpc_id=vpc_id,
-            ingress=[],  # managed as empty: a rule added by hand is removed by the next apply
-            egress=[_https_out()],
-            tags=tags,
-        )
-        self.ami = DataAwsSsmParameter(self, "ami", name=ami_parameter)
-        self.launch_template = LaunchTemplate(
-            self,
-            "launch-template",
-            name=self.name,
-            image_id=self.ami.insecure_value,  # an AMI id is no secret: the plan shows which one
-            instance_type=instance_type,
-            update_default_version=True,
-            block_device_mappings=[_root_volume(device, volume_gb)],
-            # IMDSv2 only, and one hop: a container on the host cannot reach the instance role's credentials
-            # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-IMDS-new-instances.html).
-            metadata_options=LaunchTemplateMetadataOptions(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-            ),
-            iam_instance_profile=LaunchTemplateIamInstanceProfile(name=self.profile_name),
-            vpc_security_group_ids=[self.security_group.id],
-            tag_specifications=[
-                LaunchTemplateTagSpecifications(resource_type=kind, tags=tags) for kind in ("instance", "volume")
-            ],
-            user_data=base64.b64encode(self.script.encode()).decode(),
-        )
-        self.hosts = [self._instance(n, tags) for n in range(count)]
-        self.instance_ids = tuple(host.id for host in self.hosts)
 
     def _instance(self, n: int, tags: Mapping[str, str]) -> Instance:
         """One host from the template's version of today. The controller only starts and stops hosts, which changes
@@ -416,27 +360,3 @@ class GpuHost(Construct):
 
     def grant_stop(self, role: Role) -> list[Statement]:
         return self.instances.grant_stop(role)
-
-
-def _https_out() -> SecurityGroupEgress:
-    """Egress 443/tcp anywhere: the hosts reach SSM, S3, SQS and DynamoDB over their public HTTPS endpoints (DNS, IMDS
-    and NTP at 169.254.169.x are not filtered by security groups). Inline rules list every attribute: Terraform's
-    JSON form of these blocks has no defaults."""
-    return SecurityGroupEgress(
-        description="HTTPS to AWS endpoints",
-        protocol="tcp",
-        from_port=443,
-        to_port=443,
-        cidr_blocks=["0.0.0.0/0"],
-        ipv6_cidr_blocks=[],
-        prefix_list_ids=[],
-        security_groups=[],
-        self_attribute=False,
-    )
-
-
-def _root_volume(device: str, size_gb: int) -> LaunchTemplateBlockDeviceMappings:
-    ebs = LaunchTemplateBlockDeviceMappingsEbs(
-        volume_size=size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
-    )
-    return LaunchTemplateBlockDeviceMappings(device_name=device, ebs=ebs)

@@ -1,4 +1,5 @@
-"""Stack names and their order: plain data, importable without loading cdktf (scripts and tests use it)."""
+"""Stack names and their order, and the environments that are synthesized: plain data, importable without loading
+cdktf (scripts and tests use it)."""
 
 SQS, DYNAMODB, ARTIFACTS, IAM, GPU, LAMBDA, API, ALARM = (
     "gpu-orchestrator-sqs",
@@ -27,3 +28,6 @@ DEPENDENCIES = {
     ALARM: {LAMBDA, SQS},
 }
 BOOTSTRAP = "gpu-orchestrator-bootstrap"
+# The environments of environments.toml that are synthesized, golden-tested and scanned (scripts/synth.py,
+# scripts/scan.py): `local-fleet` is the emulated fleet-mode environment.
+ENVIRONMENTS = ("local", "local-fleet", "dev", "staging", "prod")

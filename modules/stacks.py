@@ -1,4 +1,5 @@
-"""The six stacks of one environment, one per layer, named as the seed's `cdk list` (plus artifacts).
+"""The stacks of one environment, one per layer, named as the seed's `cdk list` (plus artifacts, the GPU hosts and
+the API).
 
 Each takes the constructs it builds on; cdktf turns those references into outputs of the producing stack and
 `terraform_remote_state` reads in the consuming one, so each stack has its own state and plan.
@@ -6,7 +7,6 @@ Each takes the constructs it builds on; cdktf turns those references into output
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from constructs import Construct
@@ -19,6 +19,7 @@ from modules.bootstrap import boundary_for
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
 from modules.canvas import CanvasAccess
 from modules.config import EnvironmentConfig
+from modules.fleet import FleetGroup, GpuFleet, fleet_for
 from modules.function import PythonFunction, grant_dead_letter, grant_logs
 from modules.gpu import GpuHost, GpuInstances, bootstrap_document_name, grant_ssm_agent, instances_for
 from modules.iam import Role, arn
@@ -96,7 +97,9 @@ class ArtifactsStack(EnvironmentStack):
 
 
 class IamStack(EnvironmentStack):
-    """The three roles, each built from the grants of the constructs it uses."""
+    """The three roles, each built from the grants of the constructs it uses. The GPU hosts are granted by what the
+    roles' stack can know before the gpu stack exists: the instance ids (adopt), the environment tag (create), the
+    group's name (fleet: modules/fleet.py FleetGroup)."""
 
     def __init__(
         self,
@@ -108,9 +111,9 @@ class IamStack(EnvironmentStack):
         artifacts: ArtifactsStack,
     ) -> None:
         super().__init__(scope, IAM, config=config)
-        gpu = instances_for(config)
+        gpu = fleet_for(config) if config.gpu_mode == "fleet" else instances_for(config)
         self.orchestrator = self._orchestrator_role(gpu, queue, table, artifacts)
-        self.gpu_instance = self._gpu_instance_role(queue, table, artifacts)
+        self.gpu_instance = self._gpu_instance_role(gpu, queue, table, artifacts)
         self.shutdown = self._shutdown_role(gpu, queue, table)
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role of the orchestrator API function")
@@ -127,7 +130,7 @@ class IamStack(EnvironmentStack):
         )
 
     def _orchestrator_role(
-        self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack
+        self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack
     ) -> Role:
         role = self._role(
             "orchestrator",
@@ -150,7 +153,9 @@ class IamStack(EnvironmentStack):
         grant_logs(role, **where, function_name=self.name_of(API_FUNCTION))
         return role
 
-    def _gpu_instance_role(self, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack) -> Role:
+    def _gpu_instance_role(
+        self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack
+    ) -> Role:
         role = self._role(
             "gpu-instance",
             name=self.name_of("gpu-instance-role"),
@@ -171,18 +176,25 @@ class IamStack(EnvironmentStack):
         artifacts.release.grant_install(role)
         where = {"region": self.config.region, "account": self.config.account}
         grant_ssm_agent(role, **where, document_name=bootstrap_document_name(self.config))
+        if isinstance(gpu, FleetGroup):
+            gpu.grant_member(role)  # scale-in protection while busy, the hand-back hook, leaving when idle
         return role
 
-    def _shutdown_role(self, gpu: GpuInstances, queue: TaskQueue, table: TaskTable) -> Role:
+    def _shutdown_role(self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable) -> Role:
         role = self._role(
             "shutdown",
             name=self.name_of("lambda-gpu-shutdown-role"),
             assumed_by="lambda.amazonaws.com",
             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
         )
-        gpu.grant_describe(role)
-        gpu.grant_stop(role)
-        gpu.grant_start(role)
+        if isinstance(gpu, FleetGroup):
+            # The desired capacity only: Auto Scaling starts, stops and terminates the instances with its own
+            # service-linked role, so this role has no ec2:StartInstances/StopInstances in fleet mode.
+            gpu.grant_scale(role)
+        else:
+            gpu.grant_describe(role)
+            gpu.grant_stop(role)
+            gpu.grant_start(role)
         queue.grant_read_depth(role)
         table.grant_index_read(role)
         where = {"region": self.config.region, "account": self.config.account}
@@ -192,14 +204,34 @@ class IamStack(EnvironmentStack):
 
 
 class GpuStack(EnvironmentStack):
-    """The GPU hosts (modules/gpu.py GpuHost): adopted instances bootstrapped by an SSM association, or instances
-    created from a launch template whose user data bootstraps them. Neither starts or stops them: the controller
-    (the lambda stack) owns their state."""
+    """The GPU hosts: adopted instances bootstrapped by an SSM association, or instances created from a launch
+    template whose user data bootstraps them (modules/gpu.py GpuHost), or, in fleet mode, an Auto Scaling group from
+    that template (modules/fleet.py GpuFleet). None of them starts or stops an instance: the controller (the lambda
+    stack) owns their state, in fleet mode through the group's desired capacity.
+
+    Attributes: host (GpuHost, None in fleet mode), fleet (GpuFleet, None otherwise), instance_ids (the hosts'; empty
+    in fleet mode, where the group's members come and go)."""
 
     def __init__(self, scope: Construct, *, config: EnvironmentConfig, iam: IamStack) -> None:
         super().__init__(scope, GPU, config=config)
         assert iam.gpu_instance.profile is not None
-        self.host = GpuHost.from_config(self, "gpu", config=config, instance_profile_name=iam.gpu_instance.profile.name)
+        profile = iam.gpu_instance.profile.name
+        self.host: GpuHost | None = None
+        self.fleet: GpuFleet | None = None
+        if config.gpu_mode == "fleet":
+            self.fleet = GpuFleet.from_config(self, "gpu", config=config, instance_profile_name=profile)
+            self.instance_ids: tuple[str, ...] = ()
+            self.output("FleetName", self.fleet.group.name, "The GPU fleet's Auto Scaling group (GPU_FLEET_NAME)")
+            self.output(
+                "HandbackHookName",
+                self.fleet.hook_name,
+                "The fleet's termination lifecycle hook: a leaving instance hands its tasks back, then completes it",
+            )
+            self.output("LaunchTemplateId", self.fleet.launch_template.id, "The launch template of the GPU fleet")
+            self.output("SecurityGroupId", self.fleet.security_group.id, "The GPU fleet's security group (no ingress)")
+            return
+        self.host = GpuHost.from_config(self, "gpu", config=config, instance_profile_name=profile)
+        self.instance_ids = self.host.instance_ids
         # Joined in Python, not with Fn.join: each id stays a plain reference (what localaws resolves).
         self.output("GpuInstanceIds", ",".join(self.host.instance_ids), "The GPU instances, comma-separated")
         if self.host.mode == "adopt":
@@ -241,7 +273,7 @@ class LambdaStack(EnvironmentStack):
             dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
             environment=contract.render(
                 {
-                    contract.GPU_INSTANCE_IDS: gpu.host.instance_ids,
+                    **gpu_targets(gpu, contract.LAMBDA),
                     **task_store(queue, table, dlq=False),
                     contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
                     contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
@@ -272,7 +304,7 @@ class ApiStack(EnvironmentStack):
         table: TaskTable,
         artifacts: ArtifactsStack,
         controller: PythonFunction,
-        instance_ids: Sequence[str],
+        gpu: GpuStack,
     ) -> None:
         super().__init__(scope, API, config=config)
         self.api = OrchestratorApi(
@@ -287,7 +319,7 @@ class ApiStack(EnvironmentStack):
             environment=contract.render(
                 {
                     **task_store(queue, table),
-                    contract.GPU_INSTANCE_IDS: instance_ids,
+                    **gpu_targets(gpu, contract.ORCHESTRATOR),
                     contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
                     contract.CONTROLLER_FUNCTION_NAME: controller.name,
                     contract.ORCHESTRATOR_AUTH: "iam",
@@ -337,6 +369,17 @@ def task_store(queue: TaskQueue, table: TaskTable, *, dlq: bool = True) -> dict[
     return found
 
 
+def gpu_targets(gpu: GpuStack, program: tuple[contract.Setting[Any], ...]) -> dict[contract.Setting[Any], Any]:
+    """Which GPUs `program` (contract.LAMBDA or contract.ORCHESTRATOR) works with: the instance ids, or in fleet mode
+    the group's name (and, for the controller, the slots per instance it sizes the group by)."""
+    if gpu.fleet is None:
+        return {contract.GPU_INSTANCE_IDS: gpu.instance_ids}
+    found: dict[contract.Setting[Any], Any] = {contract.GPU_FLEET_NAME: gpu.fleet.name}
+    if program is contract.LAMBDA:
+        found[contract.GPU_SLOTS] = gpu.fleet.slots
+    return found
+
+
 def runtime_environment(
     config: EnvironmentConfig,
     *,
@@ -345,7 +388,16 @@ def runtime_environment(
     bucket: PrivateBucket,
 ) -> dict[str, str]:
     """The environment the adapter runs with (published as an SSM parameter): the values known at synth time;
-    every other setting takes its default from core/contract.py."""
+    every other setting takes its default from core/contract.py. In fleet mode also its group, slots and hand-back
+    hook, by name (this stack comes before the gpu stack)."""
+    fleet: dict[contract.Setting[Any], Any] = {}
+    if config.gpu_mode == "fleet":
+        group = fleet_for(config)
+        fleet = {
+            contract.GPU_FLEET_NAME: group.name,
+            contract.GPU_SLOTS: config.gpus_per_instance,
+            contract.TERMINATION_HOOK_NAME: group.hook_name,
+        }
     return contract.render(
         {
             contract.AWS_DEFAULT_REGION: config.region,
@@ -353,6 +405,7 @@ def runtime_environment(
             contract.ARTIFACTS_BUCKET: bucket.name,
             contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
             contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
+            **fleet,
         },
         program=contract.ADAPTER,
     )

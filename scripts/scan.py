@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from modules.layout import STACK_ORDER  # noqa: E402  (plain data: no cdktf import)
+from modules.layout import ENVIRONMENTS, STACK_ORDER  # noqa: E402  (plain data: no cdktf import)
 
-ENVIRONMENTS = ("local", "dev", "staging", "prod")  # as scripts/synth.py (which imports jsii: not imported here)
 VENV = ROOT / ".venv-checkov"
 LOCK = ROOT / "requirements-checkov.lock"
 SUPPRESSIONS = ROOT / "security" / "suppressions.toml"
@@ -42,7 +41,7 @@ DEFAULT_OUTDIR = ROOT / "build" / "scan"
 CHECKOV_TIMEOUT_S = 600
 _CHECK_ID = re.compile(r"^CKV2?_[A-Z0-9]+_\d+$")
 # "<type>.<construct id pattern>": a literal type, and a name that starts with a literal construct id.
-_RESOURCE = re.compile(r"^aws_[a-z0-9_]+\.[A-Za-z0-9][A-Za-z0-9_.*-]*$")
+_RESOURCE = re.compile(r"^(data\.)?aws_[a-z0-9_]+\.[A-Za-z0-9][A-Za-z0-9_.*-]*$")
 MIN_REASON = 80
 
 
@@ -174,10 +173,18 @@ def findings_from_report(report: Any, files: Mapping[Path, tuple[str, str]]) -> 
                 if path not in types:
                     doc = json.loads(path.read_text())
                     types[path] = {name: rtype for rtype, items in doc.get("resource", {}).items() for name in items}
+                    # Data sources: checkov names them "data.<name>"; the address is "data.<type>.<name>".
+                    types[path] |= {
+                        f"data.{name}": f"data.{rtype}"
+                        for rtype, items in doc.get("data", {}).items()
+                        for name in items
+                    }
                 address = item["resource"]
                 if address.startswith("resource.") and address[len("resource.") :] in types[path]:
                     name = address[len("resource.") :]
                     address = f"{types[path][name]}.{name}"
+                elif address.startswith("data.") and address in types[path]:
+                    address = f"{types[path][address]}.{address[len('data.') :]}"
                 environment, stack = files[path]
                 findings.append(
                     Finding(environment, stack, item["check_id"], item.get("check_name", ""), address, passed)

@@ -20,7 +20,9 @@ GOLDEN_DIR = ROOT / "tests" / "golden"
 # Review fixtures, not real accounts or instances: the remote environments ship without them (ops set their own),
 # so the golden files are synthesized with these stand-ins, in the documentation range of account ids.
 GOLDEN_INPUTS: dict[str, dict[str, str]] = json.loads((GOLDEN_DIR / "inputs.json").read_text())
-ENVIRONMENTS = ("local", "dev", "staging", "prod")
+from modules.layout import ENVIRONMENTS  # noqa: E402  (plain data: no cdktf import)
+
+__all__ = ["ENVIRONMENTS", "GOLDEN_DIR", "GOLDEN_INPUTS", "refresh_golden", "stacks_document", "synthesize"]
 
 
 def synthesize(environment: str, outdir: Path, overrides: Mapping[str, str] | None = None) -> Path:

@@ -171,3 +171,92 @@ def test_create_mode_refuses_instance_ids_from_the_seed_override(tmp_path: Path)
     with pytest.raises(ConfigError) as err:
         load_config("x", env={"CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}, path=write(tmp_path, CREATE))
     assert err.value.setting == "gpu_instance_ids"
+
+
+FLEET = '[x]\naccount = "111111111111"\ngpu_mode = "fleet"\n'
+
+
+def test_local_fleet_is_the_emulated_fleet_of_four_two_gpu_instances() -> None:
+    config = load_config("local-fleet", env={})
+    assert (config.gpu_mode, config.remote_state, config.gpu_instance_ids) == ("fleet", False, ())
+    assert (config.fleet_max_size, config.gpus_per_instance, config.instance_type) == (4, 2, "g3.8xlarge")
+    assert (config.fleet_spot, config.spot_types, config.handback_timeout_seconds) == (False, ("g3.8xlarge",), 300)
+    assert config.suffix == "-local-fleet"
+
+
+def test_fleet_mode_takes_its_defaults_and_every_setting(tmp_path: Path) -> None:
+    config = load_config("x", env={}, path=write(tmp_path, FLEET))
+    assert (config.fleet_max_size, config.gpus_per_instance, config.fleet_spot) == (1, 1, False)
+    assert (config.spot_instance_types, config.fleet_subnet_ids, config.handback_timeout_seconds) == ((), (), 300)
+    body = FLEET + (
+        'instance_type = "g5.12xlarge"\nfleet_max_size = 100\ngpus_per_instance = 8\nfleet_spot = true\n'
+        'spot_instance_types = ["g5.12xlarge", "g6.12xlarge"]\nhandback_timeout_seconds = 7200\n'
+        'fleet_subnet_ids = ["subnet-0123456789abcdef0", "subnet-01234567"]\nroot_volume_gb = 200\n'
+    )
+    config = load_config("x", env={}, path=write(tmp_path, body))
+    assert (config.fleet_max_size, config.gpus_per_instance, config.handback_timeout_seconds) == (100, 8, 7200)
+    assert config.spot_types == ("g5.12xlarge", "g6.12xlarge") and config.fleet_spot is True
+    assert config.fleet_subnet_ids == ("subnet-0123456789abcdef0", "subnet-01234567")
+    assert config.root_volume_gb == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "setting"),
+    [
+        (FLEET + 'gpu_instance_ids = ["i-0123456789abcdef0"]\n', "gpu_instance_ids"),
+        (FLEET + "fleet_max_size = 0\n", "fleet_max_size"),
+        (FLEET + "fleet_max_size = 101\n", "fleet_max_size"),
+        (FLEET + "gpus_per_instance = 0\n", "gpus_per_instance"),
+        (FLEET + "gpus_per_instance = 9\n", "gpus_per_instance"),
+        (FLEET + "handback_timeout_seconds = 29\n", "handback_timeout_seconds"),
+        (FLEET + "handback_timeout_seconds = 7201\n", "handback_timeout_seconds"),
+        (FLEET + 'fleet_spot = "yes"\n', "fleet_spot"),
+        (FLEET + 'spot_instance_types = ["g5.xlarge"]\n', "spot_instance_types"),  # without fleet_spot
+        (FLEET + 'fleet_spot = true\nspot_instance_types = ["G5"]\n', "spot_instance_types"),
+        (FLEET + 'fleet_spot = true\nspot_instance_types = ["g5.xlarge", "g5.xlarge"]\n', "spot_instance_types"),
+        (
+            FLEET
+            + "fleet_spot = true\nspot_instance_types = ["
+            + ", ".join(f'"g{n}.xlarge"' for n in range(41))
+            + "]\n",
+            "spot_instance_types",
+        ),
+        (FLEET + 'spot_instance_types = "g5.xlarge"\n', "spot_instance_types"),
+        (FLEET + 'fleet_subnet_ids = ["subnet-nope"]\n', "fleet_subnet_ids"),
+        (FLEET + 'fleet_subnet_ids = ["subnet-01234567", "subnet-01234567"]\n', "fleet_subnet_ids"),
+        (FLEET + "fleet_subnet_ids = [1]\n", "fleet_subnet_ids"),
+        (FLEET + "gpu_instance_count = 2\n", "gpu_instance_count"),  # create mode's
+        (FLEET + 'instance_type = "big"\n', "instance_type"),
+        (FLEET + "root_volume_gb = 0\n", "root_volume_gb"),
+        (CREATE + "fleet_max_size = 4\n", "fleet_max_size"),  # fleet mode's, in create mode
+        (CREATE + "fleet_spot = true\n", "fleet_spot"),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\ngpus_per_instance = 2\n',
+            "gpus_per_instance",
+        ),
+        (
+            '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\n'
+            "handback_timeout_seconds = 600\n",
+            "handback_timeout_seconds",
+        ),
+    ],
+)
+def test_fleet_settings_fail_with_one_line(tmp_path: Path, body: str, setting: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("x", env={}, path=write(tmp_path, body))
+    assert err.value.setting == setting and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"environment 'x': {setting}:")
+
+
+def test_a_setting_of_another_mode_names_the_modes_that_read_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match='gpus_per_instance: only read when gpu_mode = "fleet"'):
+        load_config("x", env={}, path=write(tmp_path, CREATE + "gpus_per_instance = 2\n"))
+    with pytest.raises(ConfigError, match='root_volume_gb: only read when gpu_mode = "create" or "fleet"'):
+        body = '[x]\naccount = "111111111111"\ngpu_instance_ids = ["i-0123456789abcdef0"]\nroot_volume_gb = 200\n'
+        load_config("x", env={}, path=write(tmp_path, body))
+
+
+def test_fleet_mode_refuses_instance_ids_from_the_seed_override(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("x", env={"CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}, path=write(tmp_path, FLEET))
+    assert err.value.setting == "gpu_instance_ids" and "fleet" in str(err.value)

@@ -1,6 +1,7 @@
-"""GpuHost in both modes, GpuInstances' grants in both modes and grant_ssm_agent, each in a fresh stack: what is
+"""GpuHost in both its modes, GpuInstances' grants in both modes and grant_ssm_agent, each in a fresh stack: what is
 synthesized exactly (the launch template's IMDSv2, hop limit, encrypted gp3 root and tags; no ingress; the
-association's targets; the bootstrap as user data and as the document's script), and the one-line refusals."""
+association's targets; the bootstrap as user data and as the document's script), and the one-line refusals. The
+launch template is modules/host_template.py's, shared with fleet mode (tests/test_construct_fleet.py)."""
 
 from __future__ import annotations
 
@@ -136,6 +137,15 @@ def test_create_launch_template_is_imdsv2_encrypted_gp3_and_tagged(launched: Any
     assert template["image_id"] == f"${{data.aws_ssm_parameter.{address}.insecure_value}}"
 
 
+def test_create_mode_keeps_its_terraform_addresses(launched: Any) -> None:
+    """The template, its security group and AMI lookup are the host construct's own resources (HostTemplate adds them
+    to it), so the addresses applied environments hold in their state do not move."""
+    _, doc = launched
+    assert [a.split("_")[:2] for a in doc["resource"]["aws_launch_template"]] == [["gpu", "launch-template"]]
+    assert [a.split("_")[:2] for a in doc["resource"]["aws_security_group"]] == [["gpu", "security-group"]]
+    assert [a.split("_")[:2] for a in doc["data"]["aws_ssm_parameter"]] == [["gpu", "ami"]]
+
+
 def test_create_security_group_has_no_ingress_and_only_https_out(launched: Any) -> None:
     _, doc = launched
     group = one(doc, "aws_security_group")
@@ -211,6 +221,7 @@ def test_ssm_agent_grant_reads_only_the_bootstrap_document() -> None:
     ("build", "prop"),
     [
         (lambda s: adopt(s, mode="spot"), "mode"),
+        (lambda s: adopt(s, mode="fleet"), "mode"),  # modules/fleet.py GpuFleet's
         (lambda s: adopt(s, instance_ids=[]), "instance_ids"),
         (lambda s: adopt(s, instance_ids=["i-nope"]), "instance_ids"),
         (lambda s: adopt(s, instance_ids=[IDS[0], IDS[0]]), "instance_ids"),

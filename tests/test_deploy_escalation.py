@@ -9,7 +9,9 @@ role with its inline policy. A user carrying exactly the deploy role's policies 
   role outside the exact names, a role without the boundary or with another one, removing the boundary, editing the
   boundary policy, attaching a managed policy, touching the CI roles;
 - is allowed a normal apply of the dev IAM stack, call by call as Terraform makes them (CreateRole with the
-  boundary and tags, PutRolePolicy, the instance profile, PassRole to Lambda, tags, reads, updates, deletes);
+  boundary and tags, PutRolePolicy, the instance profile, PassRole to Lambda, tags, reads, updates, deletes), as dev
+  adopts its instances and as dev would be in fleet mode (the roles then hold the Auto Scaling group's grants);
+- may create no service-linked role but Auto Scaling's;
 - and whatever it writes on a runtime role stays inside the boundary: a session of a role it gave `Action: *` and a
   trust of its choosing can still do nothing in IAM and nothing outside the environment's resources.
 """
@@ -112,12 +114,28 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Bootstrap:
     )
 
 
-@pytest.fixture(scope="module")
-def iam_stack(synthesized: Any) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["adopt", "fleet"])
+def iam_stack(request: pytest.FixtureRequest, synthesized: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The dev IAM stack as `make plan ENV=dev` synthesizes it (golden inputs: account 111111111111), rendered for
-    moto's account: only the account differs from what the deploy role applies in dev."""
-    text = json.dumps(load(synthesized(ENV))["gpu-orchestrator-iam"])
-    return dict(json.loads(text.replace("111111111111", ACCOUNT)))
+    moto's account: only the account differs from what the deploy role applies in dev. `fleet`: dev switched to
+    fleet mode (modules/config.py gpu_mode), synthesized here for moto's account."""
+    if request.param == "adopt":
+        text = json.dumps(load(synthesized(ENV))["gpu-orchestrator-iam"])
+        return dict(json.loads(text.replace("111111111111", ACCOUNT)))
+    from cdktf import App
+
+    from main import compose
+    from modules.config import validate
+
+    config = _config(gpu_mode="fleet", gpu_instance_ids=(), fleet_max_size=4, gpus_per_instance=4)
+    validate(config)
+    outdir = tmp_path_factory.mktemp("fleet-dev")
+    app = App(outdir=str(outdir))
+    compose(app, config)
+    app.synth()
+    doc = load(outdir)["gpu-orchestrator-iam"]
+    assert "autoscaling:SetDesiredCapacity" in json.dumps(doc)  # the fleet's grants are what gets applied
+    return doc
 
 
 # -- the server --------------------------------------------------------------------------------------------------
@@ -309,6 +327,16 @@ def test_only_the_two_caller_policies_can_be_created_and_never_attached(fresh: W
         refused(lambda a=created["Arn"]: iam.attach_user_policy(UserName="deploy", PolicyArn=a))
     for name in (f"gpu-orchestrator-submit-{ENV}-evil", f"gpu-orchestrator-power-{ENV}", "AdminEverything"):
         refused(lambda n=name: iam.create_policy(PolicyName=n, PolicyDocument=EVERYTHING))
+
+
+def test_no_service_linked_role_but_auto_scalings(fresh: World) -> None:
+    """iam:CreateServiceLinkedRole is allowed for Auto Scaling's role only (iam:AWSServiceName): a service-linked
+    role of any other service, with whatever policy AWS gives that service, is refused."""
+    iam = fresh.client("deploy", "iam")
+    for service in ("elasticbeanstalk.amazonaws.com", "ecs.amazonaws.com", "spot.amazonaws.com"):
+        assert "iam:CreateServiceLinkedRole" in refused(
+            lambda s=service: iam.create_service_linked_role(AWSServiceName=s)
+        )
 
 
 def _zip() -> bytes:

@@ -137,6 +137,8 @@ def test_deploy_policy_actions_are_the_module_constants(out: dict[str, Any]) -> 
         "GpuHostsCreate": gh.HOST_CREATE,
         "GpuHostsTagOnCreate": gh.HOST_TAG_ON_CREATE,
         "GpuHostsOfThisEnvironment": gh.HOST_CHANGE,
+        "GpuFleet": gh.FLEET_WRITE,
+        "AutoScalingServiceLinkedRole": gh.SERVICE_LINKED_ROLE_ACTIONS,
         "ArtifactsBucket": gh.BUCKET_READ + gh.BUCKET_WRITE,
         "ArtifactsObjects": gh.OBJECT_READ + gh.OBJECT_WRITE,
         "DescribeOnly": gh.UNSCOPED_READ,
@@ -246,11 +248,28 @@ def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: d
     assert no_escalation["Effect"] == "Deny" and no_escalation["Action"] == "iam:*"
     assert f"arn:aws:iam::{account}:role/gpu-orchestrator-deploy-*" in no_escalation["Resource"]
     assert f"arn:aws:iam::{account}:oidc-provider/token.actions.githubusercontent.com" in no_escalation["Resource"]
+    # The fleet's group by its exact name (its uuid wildcarded), and Auto Scaling's own service-linked role, for that
+    # service only: the one role created without the boundary, which only Auto Scaling can assume.
+    assert statement(doc, "GpuFleet")["Resource"] == [
+        f"arn:aws:autoscaling:*:{account}:autoScalingGroup:*:autoScalingGroupName/gpu-fleet-staging"
+    ]
+    linked = statement(doc, "AutoScalingServiceLinkedRole")
+    assert linked["Resource"] == [
+        f"arn:aws:iam::{account}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+    ]
+    assert linked["Condition"] == {"StringEquals": {"iam:AWSServiceName": "autoscaling.amazonaws.com"}}
     # Nothing of another environment: every scoped ARN names staging (the state bucket is shared, its keys are not),
     # but where EC2 and SSM have no names to scope by: creating new hosts (RunInstances, a template, a group; tags
-    # only on create), changing only what carries staging's environment tag, AWS's own public AMI parameter, and an
-    # association, authorized on the instances it targets and on its generated id.
-    unnamed = {"GpuHostsCreate", "GpuHostsTagOnCreate", "PublicParameters", "BootstrapAssociation"}
+    # only on create), changing only what carries staging's environment tag, AWS's own public AMI parameter, an
+    # association, authorized on the instances it targets and on its generated id, and the account's one Auto
+    # Scaling service-linked role.
+    unnamed = {
+        "GpuHostsCreate",
+        "GpuHostsTagOnCreate",
+        "PublicParameters",
+        "BootstrapAssociation",
+        "AutoScalingServiceLinkedRole",
+    }
     assert statement(doc, "GpuHostsOfThisEnvironment")["Condition"] == {
         "StringEquals": {"aws:ResourceTag/environment": "staging"}
     }
@@ -336,6 +355,32 @@ NAMED: dict[str, tuple[str, str, str]] = {
     "aws_lambda_layer_version": ("layer_name", f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{{}}", "Layers"),
     "aws_iam_policy": ("name", f"arn:aws:iam::{ACCOUNT}:policy/{{}}", "CallerPolicies"),
     "aws_ssm_document": ("name", f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/{{}}", "BootstrapDocument"),
+    # The group's ARN carries the uuid AWS assigns at creation: any one stands in for it.
+    "aws_autoscaling_group": (
+        "name",
+        f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:0b6a1f4e-8c1d-4f36-9d2a-2f1c3e5a7b9d:"
+        "autoScalingGroupName/{}",
+        "GpuFleet",
+    ),
+}
+# Resources EC2 names by the id it assigns (the ARN holds that id, not the name): a stand-in id, the statement that
+# must cover it when created, and the one that must cover changing or deleting it (by the environment tag).
+BY_ID: dict[str, tuple[str, str, str]] = {
+    "aws_launch_template": (
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0123456789abcdef0",
+        "GpuHostsCreate",
+        "GpuHostsOfThisEnvironment",
+    ),
+    "aws_security_group": (
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/sg-0123456789abcdef0",
+        "GpuHostsCreate",
+        "GpuHostsOfThisEnvironment",
+    ),
+    "aws_instance": (
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0",
+        "GpuHostsCreate",
+        "GpuHostsOfThisEnvironment",
+    ),
 }
 # Parts of a resource above: authorized on their parent's ARN (a policy of a role, a rule of a bucket...).
 PARTS = {
@@ -356,27 +401,52 @@ PARTS = {
     "aws_ssm_association",  # of the bootstrap document (authorized on it, its instances and its own id)
     "aws_iam_role_policy_attachment",  # only bootstrap's deploy role has one; none in the environment's stacks
 }
+# Every GPU mode, each as the deploy role of that environment would apply it: prod adopts, staging creates, and
+# staging switched to fleet mode (on demand with its warm pool; Spot in given subnets).
+FLEET = {"gpu_mode": "fleet", "fleet_max_size": 4, "gpus_per_instance": 4, "instance_type": "g5.12xlarge"}
+SPOT = {**FLEET, "fleet_spot": True, "spot_instance_types": ("g5.12xlarge", "g6.12xlarge")}
+MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "adopt": ("prod", {}),
+    "create": ("staging", {}),
+    "fleet": ("staging", FLEET),
+    "fleet-spot": ("staging", {**SPOT, "fleet_subnet_ids": ("subnet-0123456789abcdef0",)}),
+}
 
 
-def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(tmp_path: Any) -> None:
-    from fnmatch import fnmatchcase
+def _synthesized(mode: str, outdir: Any) -> tuple[Any, list[Any]]:
+    from dataclasses import replace
 
     from main import compose
-    from modules.config import load_config
+    from modules.config import load_config, validate
 
-    config = load_config(
-        "prod", env={"CDK_DEFAULT_ACCOUNT": ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}
+    environment, changes = MODES[mode]
+    config = (
+        load_config(
+            environment, env={"CDK_DEFAULT_ACCOUNT": ACCOUNT, "CDK_CONTEXT_GPU_INSTANCE_ID": "i-0123456789abcdef0"}
+        )
+        if environment == "prod"
+        else load_config(environment, env={"CDK_DEFAULT_ACCOUNT": ACCOUNT})
     )
-    app = App(outdir=str(tmp_path))
+    config = replace(config, **changes)
+    validate(config)
+    app = App(outdir=str(outdir))
     compose(app, config)
     app.synth()
+    return config, sorted(outdir.glob("stacks/*/cdk.tf.json"))
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(mode: str, tmp_path: Any) -> None:
+    from fnmatch import fnmatchcase
+
+    config, stacks = _synthesized(mode, tmp_path)
+    env = config.name
     state_arn = f"arn:aws:s3:::{config.resolved_state_bucket}"
-    doc = gh.deploy_policy(account=ACCOUNT, environment="prod", state_bucket_arn=state_arn, prefix="gpu-orchestrator")
-    stacks = sorted(tmp_path.glob("stacks/*/cdk.tf.json"))
+    doc = gh.deploy_policy(account=ACCOUNT, environment=env, state_bucket_arn=state_arn, prefix="gpu-orchestrator")
     assert len(stacks) >= 5, stacks
     (boundary,) = statement(doc, "BoundedRoles")["Condition"]["StringEquals"].values()
-    assert boundary == f"arn:aws:iam::{ACCOUNT}:policy/gpu-orchestrator-boundary-prod"
-    checked = roles = 0
+    assert boundary == f"arn:aws:iam::{ACCOUNT}:policy/gpu-orchestrator-boundary-{env}"
+    checked, roles, kinds = 0, 0, set()
     for path in stacks:
         synthesized = json.loads(path.read_text())
         backend = synthesized["terraform"]["backend"]["s3"]
@@ -385,14 +455,21 @@ def test_every_resource_the_stacks_synthesize_is_within_the_deploy_role(tmp_path
         for kind, items in synthesized.get("resource", {}).items():
             if kind in PARTS:
                 continue
-            assert kind in NAMED, f"{path.parent.name}: {kind} has no grant in modules/github_oidc.py"
-            attr, arn_format, sid = NAMED[kind]
+            assert kind in NAMED or kind in BY_ID, f"{path.parent.name}: {kind} has no grant in modules/github_oidc.py"
+            kinds.add(kind)
             for resource in items.values():
-                arn = arn_format.format(resource[attr])
-                patterns = statement(doc, sid)["Resource"]
-                assert any(fnmatchcase(arn, p) for p in patterns), f"{arn} is outside {sid}: {patterns}"
+                if kind in BY_ID:
+                    arn, *sids = BY_ID[kind]
+                else:
+                    attr, arn_format, sid = NAMED[kind]
+                    arn, sids = arn_format.format(resource[attr]), [sid]
+                for sid in sids:
+                    patterns = statement(doc, sid)["Resource"]
+                    assert any(fnmatchcase(arn, p) for p in patterns), f"{arn} is outside {sid}: {patterns}"
                 checked += 1
                 if kind == "aws_iam_role":  # ...and it carries the one boundary the deploy role may write it with
                     assert resource["permissions_boundary"] == boundary, resource["name"]
                     roles += 1
     assert checked >= 12 and roles == 3
+    gpu = {"adopt": {"aws_ssm_document"}, "create": {"aws_instance", "aws_launch_template"}}
+    assert gpu.get(mode, {"aws_autoscaling_group", "aws_launch_template", "aws_security_group"}) <= kinds

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modules import bucket as bucket_mod
-from modules import gpu, queue, table
+from modules import fleet, gpu, queue, table
 from modules.function import DEAD_LETTER_ACTIONS, LOG_ACTIONS
 from modules.layout import IAM, LAMBDA
 from modules.rollout import READ_PARAMETER_ACTIONS
@@ -24,6 +24,8 @@ def kind(resource: str) -> str:
     """Name what a (tokenized) ARN in a policy points at."""
     if resource == "*":
         return "*"
+    if resource.startswith("arn:aws:autoscaling:"):  # named: the group's stack is applied after the role's
+        return "group:" + resource.split(":autoScalingGroupName/", 1)[1]
     if resource.startswith("arn:aws:ec2:"):
         return "instance:" + resource.rsplit("/", 1)[1]
     if resource.startswith("arn:aws:ssm:") and ":document/" in resource:
@@ -148,12 +150,20 @@ def test_action_lists_are_the_seeds(iam: dict[str, Any]) -> None:
     assert set(LOG_ACTIONS) == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
-# DescribeInstances and the SSM agent's registration and association calls take no resource (modules/gpu.py).
-UNSCOPED = {*gpu.DESCRIBE_ACTIONS, *gpu.SSM_AGENT_ACTIONS, *gpu.SSM_ASSOCIATION_ACTIONS}
+# DescribeInstances and the SSM agent's registration and association calls take no resource (modules/gpu.py), nor
+# do Auto Scaling's Describe* calls (modules/fleet.py).
+UNSCOPED = {
+    *gpu.DESCRIBE_ACTIONS,
+    *gpu.SSM_AGENT_ACTIONS,
+    *gpu.SSM_ASSOCIATION_ACTIONS,
+    *fleet.CONTROLLER_DESCRIBE_ACTIONS,
+    *fleet.MEMBER_DESCRIBE_ACTIONS,
+    *fleet.API_DESCRIBE_ACTIONS,
+}
 
 
 def test_star_only_where_aws_allows_nothing_narrower(synthesized: Any) -> None:
-    for env in ("local", "prod"):
+    for env in ("local", "local-fleet", "prod"):
         doc = load(synthesized(env))[IAM]
         for role in doc["resource"]["aws_iam_role"].values():
             for statement in policy_statements(doc, role["name"]):
@@ -182,3 +192,72 @@ def test_created_hosts_are_started_and_stopped_by_their_environment_tag(synthesi
     ]
     assert statement["Resource"] == ["arn:aws:ec2:us-east-1:222222222222:instance/*"]
     assert statement["Condition"] == {"StringEquals": {f"aws:ResourceTag/{gpu.ENVIRONMENT_TAG}": "staging"}}
+
+
+# --- fleet mode (local-fleet): the group by name instead of instances ---
+
+
+@pytest.fixture(scope="module")
+def fleet_iam(synthesized: Any) -> dict[str, Any]:
+    return load(synthesized("local-fleet"))[IAM]
+
+
+def test_fleet_controller_sets_the_desired_capacity_and_reads_the_group(fleet_iam: dict[str, Any]) -> None:
+    assert grants(fleet_iam, "lambda-gpu-shutdown-role-local-fleet") == {
+        "*": {*fleet.CONTROLLER_DESCRIBE_ACTIONS, "ec2:DescribeInstances"},
+        "group:gpu-fleet-local-fleet": {"autoscaling:SetDesiredCapacity"},
+        "queue": {"sqs:GetQueueAttributes"},
+        "table/index/status-created_at-index": {"dynamodb:Query"},
+        "logs:/aws/lambda/shutdown-gpu-lambda-local-fleet": set(LOG_ACTIONS),
+        "logs:/aws/lambda/shutdown-gpu-lambda-local-fleet:*": set(LOG_ACTIONS),
+        "sqs:shutdown-gpu-lambda-dlq-local-fleet": {"sqs:SendMessage"},
+    }
+
+
+def test_fleet_host_protects_itself_hands_back_and_leaves_through_the_group(fleet_iam: dict[str, Any]) -> None:
+    got = grants(fleet_iam, "gpu-instance-role-local-fleet")
+    assert got["group:gpu-fleet-local-fleet"] == set(fleet.MEMBER_ACTIONS)
+    assert got["*"] == {*gpu.SSM_AGENT_ACTIONS, *fleet.MEMBER_DESCRIBE_ACTIONS}  # no bootstrap document: user data
+    assert not any(kind.startswith(("instance:", "document:")) for kind in got)
+
+
+def test_fleet_api_only_describes(fleet_iam: dict[str, Any]) -> None:
+    got = grants(fleet_iam, "orchestrator-task-role-local-fleet")
+    assert got["*"] == {"autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"}
+    assert not any(kind.startswith("group:") for kind in got)
+
+
+def _fleet_dev() -> Any:
+    """dev switched to fleet mode (a bootstrapped environment: its roles carry the boundary)."""
+    from dataclasses import replace
+
+    from modules.config import load_config, validate
+
+    config = replace(
+        load_config("dev", env={"CDK_DEFAULT_ACCOUNT": "111111111111"}),
+        gpu_mode="fleet",
+        gpu_instance_ids=(),
+        fleet_max_size=4,
+        gpus_per_instance=4,
+    )
+    validate(config)
+    return config
+
+
+def test_the_fleet_boundary_allows_the_group_grants_and_nothing_of_another_group_or_instance() -> None:
+    """The boundary bootstrap makes for a fleet environment: every Auto Scaling grant of the runtime roles is inside
+    it, on this environment's group only, and EC2 starts and stops are outside it (Auto Scaling does those)."""
+    from localaws.enforce import ALLOW, evaluate
+    from modules.bootstrap import boundary_policy
+
+    config = _fleet_dev()
+    boundary = boundary_policy(config)
+    group = "arn:aws:autoscaling:us-east-1:111111111111:autoScalingGroup:0b6a1f4e:autoScalingGroupName/gpu-fleet-dev"
+    for action in (*fleet.SCALE_ACTIONS, *fleet.MEMBER_ACTIONS):
+        assert evaluate([boundary], action, group) == ALLOW, action
+        assert evaluate([boundary], action, group.replace("gpu-fleet-dev", "gpu-fleet-prod")) != ALLOW, action
+    for action in (*fleet.CONTROLLER_DESCRIBE_ACTIONS, *fleet.API_DESCRIBE_ACTIONS, "ec2:DescribeInstances"):
+        assert evaluate([boundary], action, "*") == ALLOW, action
+    for action in ("ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"):
+        assert evaluate([boundary], action, "arn:aws:ec2:us-east-1:111111111111:instance/i-0123456789abcdef0") != ALLOW
+    assert evaluate([boundary], "autoscaling:UpdateAutoScalingGroup", group) != ALLOW  # only what the roles use

@@ -309,3 +309,92 @@ def test_every_gpu_of_the_list_is_targeted(synthesized: Any) -> None:
     doc = load(synthesized("prod"))[LAMBDA]
     env = one(doc, "aws_lambda_function")["environment"]["variables"]
     assert env["GPU_INSTANCE_IDS"] == "i-0aaaaaaaaaaaaaaa1,i-0aaaaaaaaaaaaaaa2"
+
+
+# --- fleet mode (local-fleet): the group, and every program and role pointed at it by name ---
+
+FLEET_NAME, HOOK_NAME = "gpu-fleet-local-fleet", "gpu-fleet-local-fleet-handback"
+GROUP_ARN = f"arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/{FLEET_NAME}"
+
+
+@pytest.fixture(scope="module")
+def fleet_stacks(synthesized: Any) -> dict[str, dict[str, Any]]:
+    return load(synthesized("local-fleet"))
+
+
+def test_fleet_gpu_stack_is_the_group_and_its_template_and_outputs_name_both(fleet_stacks: dict[str, Any]) -> None:
+    doc = fleet_stacks[GPU]
+    group = one(doc, "aws_autoscaling_group")
+    assert (group["name"], group["min_size"], group["max_size"]) == (FLEET_NAME, 0, 4)
+    assert group["initial_lifecycle_hook"][0]["name"] == HOOK_NAME
+    assert group["warm_pool"]["pool_state"] == "Stopped"
+    assert one(doc, "aws_launch_template")["instance_type"] == "g3.8xlarge"
+    for rtype in ("aws_instance", "aws_ssm_document", "aws_ssm_association"):
+        assert not resources(doc, rtype)
+    outputs = {n: o for n, o in doc["output"].items() if not n.startswith("cross-stack-output-")}
+    assert set(outputs) == {"FleetName", "HandbackHookName", "LaunchTemplateId", "SecurityGroupId"}
+    (address,) = doc["resource"]["aws_autoscaling_group"]
+    assert outputs["FleetName"]["value"] == f"${{aws_autoscaling_group.{address}.name}}"
+    assert outputs["HandbackHookName"]["value"] == HOOK_NAME
+    assert all(o["description"] for o in outputs.values())
+
+
+def test_fleet_controller_is_told_the_group_and_its_slots_not_instances(fleet_stacks: dict[str, Any]) -> None:
+    env = one(fleet_stacks[LAMBDA], "aws_lambda_function")["environment"]["variables"]
+    assert (env["GPU_FLEET_NAME"], env["GPU_SLOTS"]) == (FLEET_NAME, "2")
+    assert "GPU_INSTANCE_IDS" not in env and "TERMINATION_HOOK_NAME" not in env
+
+
+def test_fleet_adapter_config_names_the_group_its_slots_and_the_handback_hook(fleet_stacks: dict[str, Any]) -> None:
+    params = {p["name"]: p for p in resources(fleet_stacks[ARTIFACTS], "aws_ssm_parameter")}
+    config = json.loads(params["/gpu-orchestrator/local-fleet/adapter/config"]["value"])
+    assert (config["GPU_FLEET_NAME"], config["GPU_SLOTS"], config["TERMINATION_HOOK_NAME"]) == (
+        FLEET_NAME,
+        "2",
+        HOOK_NAME,
+    )
+    assert "GPU_INSTANCE_IDS" not in config
+
+
+def test_fleet_api_is_told_the_group(fleet_stacks: dict[str, Any]) -> None:
+    (fn,) = [f for f in resources(fleet_stacks[API], "aws_lambda_function") if "api" in f["function_name"]]
+    env = fn["environment"]["variables"]
+    assert env["GPU_FLEET_NAME"] == FLEET_NAME and "GPU_INSTANCE_IDS" not in env and "GPU_SLOTS" not in env
+
+
+def test_fleet_roles_reach_the_group_by_its_arn_and_never_start_or_stop_an_instance(
+    fleet_stacks: dict[str, Any],
+) -> None:
+    from tests.infra_helpers import policy_statements
+
+    iam = fleet_stacks[IAM]
+    on_group: dict[str, set[str]] = {}
+    for role in iam["resource"]["aws_iam_role"].values():
+        for st in policy_statements(iam, role["name"]):
+            assert not any(a.startswith("ec2:") and a != "ec2:DescribeInstances" for a in st["Action"]), st
+            autoscaling = {a for a in st["Action"] if a.startswith("autoscaling:")}
+            if autoscaling and st["Resource"] != ["*"]:
+                assert st["Resource"] == [GROUP_ARN], st
+                on_group.setdefault(role["name"], set()).update(autoscaling)
+            elif autoscaling:
+                assert all(a.split(":")[1].startswith("Describe") for a in autoscaling), st
+    assert on_group == {
+        "lambda-gpu-shutdown-role-local-fleet": {"autoscaling:SetDesiredCapacity"},
+        "gpu-instance-role-local-fleet": {
+            "autoscaling:SetInstanceProtection",
+            "autoscaling:CompleteLifecycleAction",
+            "autoscaling:RecordLifecycleActionHeartbeat",
+            "autoscaling:SetDesiredCapacity",
+        },
+    }
+    # the name the roles are scoped to is the group's
+    assert GROUP_ARN.endswith("/" + one(fleet_stacks[GPU], "aws_autoscaling_group")["name"])
+
+
+def test_fleet_mode_reads_only_declared_stacks(fleet_stacks: dict[str, Any]) -> None:
+    for stack, doc in fleet_stacks.items():
+        reads = {
+            name.removeprefix("cross-stack-reference-input-")
+            for name in doc.get("data", {}).get("terraform_remote_state", {})
+        }
+        assert reads <= DEPENDENCIES[stack], stack

@@ -1,12 +1,15 @@
 """`make scan`: checkov over every stack of every environment, for real, with the reviewed suppressions.
 
 The scan runs as `make scan` runs it (scripts/scan.py --install: creates .venv-checkov from requirements-checkov.lock
-when it is missing or stale, a no-op otherwise), over the four environments this session already synthesized, in
-one checkov run. A second run, on `local` only, feeds the checks that prove the scan can fail.
+when it is missing or stale, a no-op otherwise), over every environment this session already synthesized (fleet
+mode's local-fleet among them), in one checkov run. A second run, on `local` only, feeds the checks that prove the
+scan can fail; a third scans local-fleet switched to Spot (a mixed instances policy instead of the warm pool) with
+the same suppressions.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -105,6 +108,32 @@ def test_checkov_reports_are_read_with_full_addresses(local_report: Any) -> None
         {f.address for f in findings}
     )
     assert {f.stack for f in findings} <= set(scan.STACK_ORDER)
+
+
+def test_the_spot_fleet_scans_clean_with_local_fleets_suppressions(tmp_path: Path, installed: Path) -> None:
+    """Spot is an environment setting, not an environment: local-fleet with fleet_spot must need no suppression the
+    on-demand fleet does not (each entry for local-fleet still matches exactly one failure there)."""
+    from dataclasses import replace
+
+    from cdktf import App
+
+    import main
+    from modules.config import load_config, validate
+
+    config = replace(load_config("local-fleet", env={}), fleet_spot=True, spot_instance_types=("g3.8xlarge",))
+    validate(config)
+    app = App(outdir=str(tmp_path))
+    main.compose(app, config)
+    app.synth()
+    group = json.loads((tmp_path / "stacks" / "gpu-orchestrator-gpu" / "cdk.tf.json").read_text())
+    (body,) = group["resource"]["aws_autoscaling_group"].values()
+    assert "mixed_instances_policy" in body and "warm_pool" not in body
+    files = scan.stack_files({"local-fleet": tmp_path})
+    findings = scan.findings_from_report(scan.run_checkov(files, installed), files)
+    outcome = scan.evaluate(findings, scan.load_suppressions(scan.SUPPRESSIONS), ["local-fleet"])
+    assert outcome.ok, scan.report_lines(outcome)
+    zones = [f for f in findings if f.check_id == "CKV_AWS_394"]
+    assert [f.address.split(".")[:2] for f in zones] == [["data", "aws_availability_zones"]]
 
 
 # -- the rules, without checkov -------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The launch template every created GPU host starts from, with its security group and AMI lookup: create mode's
+instances (modules/gpu.py GpuHost) and fleet mode's Auto Scaling group (modules/fleet.py GpuFleet) build it here.
+
+IMDSv2 only with one hop, an encrypted gp3 root, no inbound traffic, the environment's tag on the instances and
+their volumes, and the rendered bootstrap (modules/gpu.py render_bootstrap) as user data.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
+from cdktf_cdktf_provider_aws.launch_template import (
+    LaunchTemplate,
+    LaunchTemplateBlockDeviceMappings,
+    LaunchTemplateBlockDeviceMappingsEbs,
+    LaunchTemplateIamInstanceProfile,
+    LaunchTemplateMetadataOptions,
+    LaunchTemplateTagSpecifications,
+)
+from cdktf_cdktf_provider_aws.security_group import SecurityGroup, SecurityGroupEgress
+from constructs import Construct
+
+from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_TYPE, PARAMETER_NAME
+from modules.props import check, check_pattern, check_range
+
+# The tag that marks an environment's created instances (and their volumes). StartInstances and StopInstances take
+# the instance resource with the aws:ResourceTag/${TagKey} condition key (Service Authorization Reference, Amazon EC2:
+# https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html; the IAM User Guide's
+# example "Allows starting or stopping EC2 instances a user has tagged":
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_examples_ec2_tag-owner.html).
+ENVIRONMENT_TAG = "gpu-orchestrator:environment"
+# EC2 RunInstances: "User data is limited to 16 KB, in raw form, before it is base64-encoded"
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/user-data.html).
+USER_DATA_LIMIT = 16384
+# CreateLaunchTemplate: 3-128 characters of a-zA-Z0-9().-/_ ; security group names: up to 255 characters.
+HOST_NAME = re.compile(r"[A-Za-z0-9().\-/_]{3,128}")
+HOST_NAME_RULE = "3-128 of A-Za-z0-9().-/_ (CreateLaunchTemplate)"
+MAX_VOLUME_GB = 16384  # EBS gp3: 1..16384 GiB
+
+
+class HostTemplate:
+    """Not a Construct: it adds its resources to `scope`, the construct that owns the hosts, so their Terraform
+    addresses are that construct's (`<scope>_launch-template_...`) and create mode's stay what they always were.
+
+    Args:
+        scope: the construct the resources belong to; its path names every refusal. Required.
+        name: the security group's and the launch template's name (3-128 of A-Za-z0-9().-/_). Required.
+        environment: the value of ENVIRONMENT_TAG on the instances and volumes. Required.
+        instance_profile_name: the profile the hosts run with. Required.
+        user_data: the script the hosts run at first boot, at most 16384 bytes (EC2). Required.
+        instance_type: <family>.<size>. Default "g5.xlarge".
+        root_volume_gb: the encrypted gp3 root, 1..16384 GiB. Default 100.
+        ami_parameter: the SSM parameter naming the AMI. Default DEFAULT_AMI_PARAMETER.
+        root_device_name: the AMI's root device, resized to root_volume_gb. Default "/dev/sda1" (the Ubuntu Deep
+            Learning AMIs'; Amazon Linux uses /dev/xvda).
+        vpc_id: the security group's VPC (a literal or a reference). Default None: the region's default VPC.
+
+    Attributes: security_group, ami, launch_template (the resources).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        name: str,
+        environment: str,
+        instance_profile_name: str,
+        user_data: str,
+        instance_type: str = "g5.xlarge",
+        root_volume_gb: int = 100,
+        ami_parameter: str = DEFAULT_AMI_PARAMETER,
+        root_device_name: str = "/dev/sda1",
+        vpc_id: str | None = None,
+    ) -> None:
+        check_pattern(scope, "name", name, HOST_NAME, HOST_NAME_RULE)
+        check_pattern(scope, "instance_type", instance_type, INSTANCE_TYPE, "an EC2 instance type (g5.xlarge)")
+        check_range(scope, "root_volume_gb", root_volume_gb, 1, MAX_VOLUME_GB, "EBS gp3 volume size, GiB")
+        check_pattern(scope, "ami_parameter", ami_parameter, PARAMETER_NAME, "an SSM parameter name (/a/b/c)")
+        size = len(user_data.encode())
+        check(scope, "user_data", size, size <= USER_DATA_LIMIT, f"bytes exceed EC2's {USER_DATA_LIMIT} (user data)")
+        tags = {ENVIRONMENT_TAG: environment}
+        self.security_group = SecurityGroup(
+            scope,
+            "security-group",
+            name=name,
+            description="GPU adapter hosts: no inbound; HTTPS out to the AWS endpoints (SSM, S3, SQS, DynamoDB)",
+            vpc_id=vpc_id,
+            ingress=[],  # managed as empty: a rule added by hand is removed by the next apply
+            egress=[_https_out()],
+            tags=tags,
+        )
+        self.ami = DataAwsSsmParameter(scope, "ami", name=ami_parameter)
+        self.launch_template = LaunchTemplate(
+            scope,
+            "launch-template",
+            name=name,
+            image_id=self.ami.insecure_value,  # an AMI id is no secret: the plan shows which one
+            instance_type=instance_type,
+            update_default_version=True,
+            block_device_mappings=[_root_volume(root_device_name, root_volume_gb)],
+            # IMDSv2 only, and one hop: a container on the host cannot reach the instance role's credentials
+            # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-IMDS-new-instances.html).
+            metadata_options=LaunchTemplateMetadataOptions(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            iam_instance_profile=LaunchTemplateIamInstanceProfile(name=instance_profile_name),
+            vpc_security_group_ids=[self.security_group.id],
+            tag_specifications=[
+                LaunchTemplateTagSpecifications(resource_type=kind, tags=tags) for kind in ("instance", "volume")
+            ],
+            user_data=base64.b64encode(user_data.encode()).decode(),
+        )
+
+
+def _https_out() -> SecurityGroupEgress:
+    """Egress 443/tcp anywhere: the hosts reach SSM, S3, SQS and DynamoDB over their public HTTPS endpoints (DNS, IMDS
+    and NTP at 169.254.169.x are not filtered by security groups). Inline rules list every attribute: Terraform's
+    JSON form of these blocks has no defaults."""
+    return SecurityGroupEgress(
+        description="HTTPS to AWS endpoints",
+        protocol="tcp",
+        from_port=443,
+        to_port=443,
+        cidr_blocks=["0.0.0.0/0"],
+        ipv6_cidr_blocks=[],
+        prefix_list_ids=[],
+        security_groups=[],
+        self_attribute=False,
+    )
+
+
+def _root_volume(device: str, size_gb: int) -> LaunchTemplateBlockDeviceMappings:
+    ebs = LaunchTemplateBlockDeviceMappingsEbs(
+        volume_size=size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
+    )
+    return LaunchTemplateBlockDeviceMappings(device_name=device, ebs=ebs)
