@@ -10,20 +10,17 @@ gpu_idle_decision) with the inputs and the decision, as the other modes do.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core import logs
 from core.fleet import Fleet, FleetAction, FleetDecision, confirm_scale_in, decide_fleet
 from core.observe import Sources, observe, read_fleet
 
-from .settings import LOGGER, ShutdownSettings
-
-log = logging.getLogger(LOGGER)
+from .record import logged, new_record
+from .settings import ShutdownSettings
 
 # SetDesiredCapacity's refusals that mean "not now": reported, never raised; the next scheduled run tries again.
 # https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetDesiredCapacity.html (Errors)
@@ -71,15 +68,8 @@ def run_fleet(
     logged record."""
     assert config.fleet_name is not None, "run_fleet needs fleet mode (GPU_FLEET_NAME)"
     policy = config.policy
-    record: dict[str, Any] = {
-        "trigger": trigger,
-        "policy": asdict(policy),
-        "fleet_name": config.fleet_name,
-        "slots": config.slots,
-    }
-    if cause:
-        record["cause"] = dict(cause)
-    try:
+    record = new_record(policy, trigger=trigger, cause=cause, fleet_name=config.fleet_name, slots=config.slots)
+    with logged(record):
         obs = observe(src, clock(), policy)
         fleet = read_fleet(src.autoscaling, src.ec2, config.fleet_name)
         record["observation"], record["fleet"] = asdict(obs), asdict(fleet)
@@ -93,9 +83,4 @@ def run_fleet(
             decision = confirm_scale_in(decision, decide_fleet(obs, policy, fleet, slots=config.slots))
         record["outcome"] = set_desired(src.autoscaling, fleet, decision)
         record["decision"] = decision.to_log()
-        return record
-    except Exception as err:
-        record["error"] = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        logs.event(log, "gpu_idle_decision", logging.ERROR if "error" in record else logging.INFO, **record)
+    return record

@@ -36,6 +36,7 @@ from core.instances import Change, InstanceState, change_state, read_instances
 from core.observe import Sources, observe
 
 from .fleet import run_fleet
+from .record import logged, new_record
 from .settings import LOGGER, ShutdownSettings
 
 __all__ = ["ShutdownSettings", "cause_of", "handler", "run", "trigger_of"]
@@ -86,14 +87,8 @@ def run(
         return run_fleet(config, src, clock=clock, trigger=trigger, cause=cause)
     policy = config.policy
     started = clock()
-    record: dict[str, Any] = {
-        "trigger": trigger,
-        "policy": asdict(policy),
-        "instance_ids": list(config.instance_ids),
-    }
-    if cause:
-        record["cause"] = dict(cause)
-    try:
+    record = new_record(policy, trigger=trigger, cause=cause, instance_ids=list(config.instance_ids))
+    with logged(record):
         first = observe(src, started, policy)
         record["observation"] = _obs_log(first)
         decision = decide(first, policy)
@@ -110,12 +105,7 @@ def run(
             outcome += more
         record["decision"] = decision.to_log()
         record["outcome"] = outcome
-        return record
-    except Exception as err:
-        record["error"] = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        logs.event(log, "gpu_idle_decision", logging.ERROR if "error" in record else logging.INFO, **record)
+    return record
 
 
 def _after_stopping(
