@@ -137,10 +137,11 @@ def observe(src: Sources, now: float, policy: Policy, *, with_history: bool = Tr
     )
 
 
-def read_fleet(autoscaling: Any, ec2: Any, name: str) -> Fleet:
+def read_fleet(autoscaling: Any, ec2: Any | None, name: str) -> Fleet:
     """The group `name` as Auto Scaling reports it: DescribeAutoScalingGroups (capacity settings, members with their
     LifecycleState and ProtectedFromScaleIn), DescribeWarmPool (the pool's instances, page by page), and each
-    member's EC2 LaunchTime (core.instances.read_instances: the last start, which is what a warm start resets).
+    member's EC2 LaunchTime (core.instances.read_instances: the last start, which is what a warm start resets; not
+    read, and None, without an `ec2` client).
     https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DescribeAutoScalingGroups.html,
     https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_DescribeWarmPool.html"""
     found = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
@@ -148,7 +149,8 @@ def read_fleet(autoscaling: Any, ec2: Any, name: str) -> Fleet:
         raise LookupError(f"Auto Scaling group {name!r} does not exist")
     group = found[0]
     raw = group.get("Instances", [])
-    launched = {i.instance_id: i.launch_time for i in read_instances(ec2, [m["InstanceId"] for m in raw])}
+    ids = [m["InstanceId"] for m in raw]
+    launched = {i.instance_id: i.launch_time for i in read_instances(ec2, ids)} if ec2 is not None else {}
     members = tuple(
         Member(m["InstanceId"], m["LifecycleState"], bool(m.get("ProtectedFromScaleIn")), launched.get(m["InstanceId"]))
         for m in raw

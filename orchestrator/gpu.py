@@ -143,6 +143,6 @@ class GpuStates:
         """Current state of every instance (UNKNOWN where EC2 did not say). Raises AWS errors."""
         ids = self.instance_ids
         if self.fleet_name:
-            fleet = read_fleet(self.autoscaling, self.ec2, self.fleet_name)
+            fleet = read_fleet(self.autoscaling, None, self.fleet_name)  # the states below are one read
             ids = [m.instance_id for m in (*fleet.members, *fleet.warm)]
         return {i.instance_id: i.state for i in read_instances(self.ec2, ids)}

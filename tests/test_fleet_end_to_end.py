@@ -14,10 +14,12 @@ from typing import Any
 
 import localaws
 from adapter.__main__ import build
+from core.instances import InstanceState
 from core.store import TaskStore
 from localaws import autoscaling
 from localaws.lambdas import LocalController
 from localaws.metadata import MetadataServer
+from orchestrator.gpu import GpuStates
 from tests._adapter_support import GATE_TYPE, Gate, registry_with, running, submit, wait_for, worker_env
 
 TASKS, INSTANCES, SLOTS = 10, 4, 2
@@ -48,6 +50,9 @@ def test_a_burst_of_ten_wakes_four_instances_of_two_gpus_and_runs_eight_at_once(
         lambda: (m := members(asg, local.fleet_name)) and all(i["LifecycleState"] == "InService" for i in m) and m,
     )
     assert len(up) == INSTANCES
+    # /healthz's view of the fleet: its members (the pool is empty at desired = max), as EC2 states them
+    gpus = GpuStates(local.client("ec2"), fleet_name=local.fleet_name, autoscaling=asg)
+    assert gpus.describe() == {m["InstanceId"]: InstanceState.RUNNING for m in up}
 
     with ExitStack() as stack:
         for n, member in enumerate(up):
