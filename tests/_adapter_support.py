@@ -72,6 +72,18 @@ def aws(module_aws: Any) -> Any:
     return dataclasses.replace(module_aws, queue_url=queue_url, queue_arn=queue_arn, dlq_url=dlq_url, dlq_arn=dlq_arn)
 
 
+@pytest.fixture
+def store(aws: Any) -> TaskStore:
+    """The task table of `aws`, as the adapter's TaskStore."""
+    return store_for(aws)
+
+
+@pytest.fixture(name="types")
+def gate_types(tmp_path: Path) -> Path:
+    """A task type registry with the gate type (GATE_TYPE) beside the bundled ones."""
+    return registry_with(tmp_path / "types.json", GATE_TYPE)
+
+
 def worker_env(aws: Any, work_dir: Path, **overrides: str) -> dict[str, str]:
     env = dict(aws.env())
     env.update(

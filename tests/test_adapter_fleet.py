@@ -22,31 +22,19 @@ from localaws import autoscaling as model
 from localaws.metadata import MetadataServer
 from localaws.server import free_port
 from tests._adapter_support import (
-    GATE_TYPE,
     Gate,
     fleet_env,
     fleet_group,
     lifecycle_state,
     record_calls,
-    registry_with,
     running,
-    store_for,
     submit,
     wait_for,
     worker_env,
 )
 
-module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
-
-
-@pytest.fixture
-def store(aws: Any) -> TaskStore:
-    return store_for(aws)
-
-
-@pytest.fixture
-def types(tmp_path: Path) -> Path:
-    return registry_with(tmp_path / "types.json", GATE_TYPE)
+# fixtures: one local AWS per module, its task table, a registry with the gate type
+module_aws, aws, store, types = support.module_aws, support.aws, support.store, support.gate_types
 
 
 def protected(aws: Any, instance_id: str) -> bool:

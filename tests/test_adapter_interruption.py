@@ -29,7 +29,6 @@ from core.store import TaskStore
 from localaws import autoscaling as model
 from localaws.metadata import MetadataServer
 from tests._adapter_support import (
-    GATE_TYPE,
     Gate,
     fleet_env,
     fleet_group,
@@ -37,26 +36,15 @@ from tests._adapter_support import (
     queue_counts,
     record_answers,
     record_calls,
-    registry_with,
     running,
-    store_for,
     submit,
     wait_for,
     worker_env,
 )
 
-module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
+# fixtures: one local AWS per module, its task table, a registry with the gate type
+module_aws, aws, store, types = support.module_aws, support.aws, support.store, support.gate_types
 HAND_BACK_BOUND_S = 10.0  # "within seconds": a bound on the wait, not a measurement
-
-
-@pytest.fixture
-def store(aws: Any) -> TaskStore:
-    return store_for(aws)
-
-
-@pytest.fixture
-def types(tmp_path: Path) -> Path:
-    return registry_with(tmp_path / "types.json", GATE_TYPE)
 
 
 def target_of(instance_id: str) -> Any:

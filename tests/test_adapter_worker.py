@@ -24,18 +24,13 @@ from tests._adapter_support import (
     queue_counts,
     registry_with,
     set_visibility,
-    store_for,
     submit,
     wait_for,
     worker_env,
 )
 
-module_aws, aws = support.module_aws, support.aws  # fixtures: one local AWS per module
-
-
-@pytest.fixture
-def store(aws: Any) -> TaskStore:
-    return store_for(aws)
+# fixtures: one local AWS per module and its task table
+module_aws, aws, store = support.module_aws, support.aws, support.store
 
 
 @pytest.fixture
