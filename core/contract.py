@@ -188,6 +188,39 @@ ADAPTER_POWEROFF = setting(
     "1: stop the host when idle - power it off, or in fleet mode leave through the group (only the unit sets it)",
 )
 
+# -- what happened: events, webhooks, metrics, stuck workers, cost (docs/OBSERVABILITY.md) --------------------------
+TASK_EVENT_BUS = setting("TASK_EVENT_BUS", _text, REQUIRED, "EventBridge bus the task state-change events go to")
+WEBHOOK_QUEUE_URL = setting("WEBHOOK_QUEUE_URL", _text, REQUIRED, "queue of pending webhook deliveries")
+WEBHOOK_SECRET_ARN = setting(
+    "WEBHOOK_SECRET_ARN", _text, REQUIRED, "Secrets Manager secret holding the environment's webhook signing key"
+)
+WEBHOOK_MAX_ATTEMPTS = setting("WEBHOOK_MAX_ATTEMPTS", _integer, 8, "deliveries tried before a webhook is FAILED")
+WEBHOOK_TIMEOUT_SECONDS = setting("WEBHOOK_TIMEOUT_SECONDS", _number, 10.0, "connect + read timeout of one delivery")
+WEBHOOK_ALLOW_LOOPBACK = setting(
+    "WEBHOOK_ALLOW_LOOPBACK",
+    _flag,
+    False,
+    "1: webhooks may target 127.0.0.1/::1 (the local environments' tests and demo only; never rendered elsewhere)",
+)
+WEBHOOK_CA_FILE = setting("WEBHOOK_CA_FILE", _text, None, "extra CA bundle trusted for webhook TLS (local tests)")
+HOSTS_TABLE_NAME = setting(
+    "HOSTS_TABLE_NAME", _text, REQUIRED, "table of the GPU hosts' liveness and billed running intervals (core/hosts.py)"
+)
+LIVENESS_SECONDS = setting("LIVENESS_SECONDS", _number, 60.0, "how often the adapter records that its loop is alive")
+STUCK_AFTER_SECONDS = setting(
+    "STUCK_AFTER_SECONDS",
+    _number,
+    600.0,
+    "a running GPU with work waiting and no claim, heartbeat or liveness for this long has a dead or hung adapter",
+)
+GPU_HOURLY_USD = setting(
+    "GPU_HOURLY_USD", _number, None, "the GPU instance type's hourly price in USD (unset: costs are not recorded)"
+)
+METRICS_NAMESPACE = setting("METRICS_NAMESPACE", _text, "GpuOrchestrator", "CloudWatch namespace of the metrics")
+METRICS_LOG_GROUP = setting(
+    "METRICS_LOG_GROUP", _text, None, "the adapter's metrics log group (PutLogEvents, EMF); unset: metrics on stdout"
+)
+
 # -- the orchestrator --------------------------------------------------------------------------------------------------
 ORCHESTRATOR_TOKEN = setting("ORCHESTRATOR_TOKEN", _text, None, "bearer token callers must present")
 ORCHESTRATOR_INSECURE = setting("ORCHESTRATOR_INSECURE", _flag, False, "1: serve without a token (local only)")
@@ -251,6 +284,9 @@ LAMBDA = (
     HEARTBEAT_STALE_SECONDS,
     STOPPING_WAIT_SECONDS,
     LOG_LEVEL,
+    HOSTS_TABLE_NAME,
+    STUCK_AFTER_SECONDS,
+    METRICS_NAMESPACE,
 )
 ADAPTER = (
     TASK_QUEUE_URL,
@@ -289,6 +325,11 @@ ADAPTER = (
     INSTANCE_METADATA_URL,
     METADATA_WATCH_SECONDS,
     TERMINATION_HOOK_NAME,
+    HOSTS_TABLE_NAME,
+    LIVENESS_SECONDS,
+    GPU_HOURLY_USD,
+    METRICS_NAMESPACE,
+    METRICS_LOG_GROUP,
 )
 ORCHESTRATOR = (
     TASK_QUEUE_URL,
@@ -311,6 +352,23 @@ ORCHESTRATOR = (
     UPLOAD_URL_EXPIRES_S,
     RESULT_URL_EXPIRES_S,
     LOG_TAIL_BYTES,
+    HOSTS_TABLE_NAME,
+    GPU_HOURLY_USD,
+    METRICS_NAMESPACE,
+    WEBHOOK_ALLOW_LOOPBACK,
+)
+# The task-events function (functions/events): the table's stream -> EventBridge, and webhook deliveries queued.
+EVENTS = (TASK_EVENT_BUS, WEBHOOK_QUEUE_URL, LOG_LEVEL)
+# The webhook function (functions/webhooks): one delivery per message, its state on the task item.
+WEBHOOKS = (
+    WEBHOOK_QUEUE_URL,
+    WEBHOOK_SECRET_ARN,
+    WEBHOOK_MAX_ATTEMPTS,
+    WEBHOOK_TIMEOUT_SECONDS,
+    WEBHOOK_ALLOW_LOOPBACK,
+    WEBHOOK_CA_FILE,
+    TASK_TABLE_NAME,
+    LOG_LEVEL,
 )
 # The gpuq CLI (orchestrator/cli.py): where the service is and how to sign for it.
 GPUQ = (ORCHESTRATOR_URL, ORCHESTRATOR_TOKEN, ORCHESTRATOR_AUTH, GPUQ_CONFIG, AWS_REGION, AWS_DEFAULT_REGION)

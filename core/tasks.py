@@ -37,6 +37,15 @@ class TaskStatus(StrEnum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
+class NotifyState(StrEnum):
+    """Where the webhook of a task that named one (`notify_url`) stands: PENDING until its terminal state's delivery
+    got a 2xx answer (DELIVERED) or ran out of attempts (FAILED)."""
+
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
 def marker_key(idempotency_key: str) -> str:
     """The key of the item that reserves an idempotency key for one task."""
     return f"{MARKER_PREFIX}{idempotency_key}"
@@ -113,6 +122,13 @@ class TaskRecord:
     cancel_requested: bool = False
     completed_attempt: int | None = None  # the attempt whose outputs were uploaded in full (completion marker)
     ttl: int | None = None
+    notify_url: str | None = None  # the https webhook the submitter named: told when the task ends (core.webhook)
+    notify_state: NotifyState | None = None
+    notify_attempts: int | None = None  # deliveries tried so far
+    notify_error: str | None = None  # why the last delivery failed
+    notified_at: int | None = None  # when the delivery state last changed
+    gpu_seconds: float | None = None  # GPU time the task's settled attempts used (one GPU each)
+    cost_usd: float | None = None  # gpu_seconds at the environment's price per GPU-second (GPU_HOURLY_USD / slots)
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> TaskRecord:
@@ -121,6 +137,8 @@ class TaskRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in plain.items() if k in known}
         values["status"] = TaskStatus(values["status"])
+        if values.get("notify_state") is not None:
+            values["notify_state"] = NotifyState(values["notify_state"])
         values["cancel_requested"] = bool(values.get("cancel_requested", False))
         return cls(**values)
 
@@ -131,7 +149,7 @@ class TaskRecord:
             value = getattr(self, f.name)
             if value is None or (f.name == "cancel_requested" and not value):
                 continue
-            out[f.name] = value.value if isinstance(value, TaskStatus) else value
+            out[f.name] = value.value if isinstance(value, StrEnum) else value
         out["params"] = dict(self.params)
         return out
 
