@@ -12,6 +12,7 @@ these names, so a renamed metric cannot leave an alarm watching nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -42,7 +43,7 @@ TIME_RUNNING = Metric("TimeRunning", "Seconds", ("Type",), "the settled attempt'
 ATTEMPTS = Metric("Attempts", "Count", ("Type",), "attempts a settled task used")
 GPU_SECONDS = Metric("GpuSeconds", "Seconds", ("Type",), "GPU time a settled task used")
 TASK_COST = Metric("TaskCost", "None", ("Type",), "USD a settled task cost (GPU_HOURLY_USD)")
-# -- GPU hosts (the adapter, once a minute per slot) --------------------------------------------------------------------
+# -- GPU hosts (the adapter, once a minute per slot) -------------------------------------------------------------------
 GPU_BUSY_MINUTES = Metric("GpuBusyMinutes", "Count", (), "slot-minutes spent running a task")
 GPU_IDLE_MINUTES = Metric("GpuIdleMinutes", "Count", (), "slot-minutes with no task while the host was up")
 GPU_UTILIZATION = Metric("GpuUtilization", "Percent", (), "nvidia-smi utilization.gpu, mean over the GPUs")
@@ -99,7 +100,9 @@ def emf(
     for metric in values:
         missing = [d for d in metric.dimensions if d not in dims]
         if missing or set(dims) != set(metric.dimensions):
-            raise ValueError(f"metric {metric.name} is published with dimensions {metric.dimensions}, got {sorted(dims)}")
+            raise ValueError(
+                f"metric {metric.name} is published with dimensions {metric.dimensions}, got {sorted(dims)}"
+            )
     doc: dict[str, Any] = {
         "_aws": {
             "Timestamp": int(time.time() * 1000) if at_ms is None else at_ms,
@@ -182,8 +185,6 @@ class LogShipper:
     def _ensure_stream(self) -> None:
         if self._stream_ready:
             return
-        try:
+        with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
             self.logs.create_log_stream(logGroupName=self.group, logStreamName=self.stream)
-        except self.logs.exceptions.ResourceAlreadyExistsException:
-            pass
         self._stream_ready = True

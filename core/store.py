@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from .tasks import (
     RESULT_TTL_SECONDS,
     STATUS_INDEX,
+    NotifyState,
     Page,
     TaskRecord,
     TaskStatus,
@@ -99,8 +100,10 @@ class TaskStore:
         task_id: str | None = None,
         at_ms: int | None = None,
         submitted_by: str | None = None,
+        notify_url: str | None = None,
     ) -> TaskRecord:
-        """Put a new QUEUED item, owned by `submitted_by` (the caller's identity) when given. With an idempotency
+        """Put a new QUEUED item, owned by `submitted_by` (the caller's identity) when given; with `notify_url` (checked
+        by the caller: core.webhook.check_url) its webhook starts PENDING. With an idempotency
         key, a marker item (`marker_key`) is written in the same transaction, so two concurrent submits with one key
         create exactly one task; the loser gets TransitionRejected carrying the winner's task."""
         at = now_ms() if at_ms is None else at_ms
@@ -114,6 +117,8 @@ class TaskStore:
             attempts=0,
             idempotency_key=idempotency_key,
             submitted_by=submitted_by,
+            notify_url=notify_url,
+            notify_state=NotifyState.PENDING if notify_url else None,
             enqueue_id=new_enqueue_id(),
             enqueue_claimed_at=at,
             ttl=at // 1000 + RESULT_TTL_SECONDS,

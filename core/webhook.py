@@ -65,9 +65,8 @@ def check_url(url: str, *, allow_loopback: bool = False) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        if host.rstrip(".").lower() == "localhost" or host.endswith(".localhost"):
-            if not allow_loopback:
-                raise WebhookRefused("notify URL must not target localhost") from None
+        if (host.rstrip(".").lower() == "localhost" or host.endswith(".localhost")) and not allow_loopback:
+            raise WebhookRefused("notify URL must not target localhost") from None
         return url
     if _forbidden(address, allow_loopback=allow_loopback):
         raise WebhookRefused(f"notify URL must not target a private, loopback or link-local address ({address})")
@@ -103,7 +102,9 @@ def sign(secret: bytes, body: bytes, *, at_s: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
-def verify(secret: bytes, body: bytes, header: str, *, tolerance_s: int = TOLERANCE_S, now_s: int | None = None) -> bool:
+def verify(
+    secret: bytes, body: bytes, header: str, *, tolerance_s: int = TOLERANCE_S, now_s: int | None = None
+) -> bool:
     """What a receiver does: the signature matches and its timestamp is within `tolerance_s` of now."""
     try:
         fields = dict(part.split("=", 1) for part in header.split(","))
