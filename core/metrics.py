@@ -55,6 +55,7 @@ INSTANCES_UP = Metric("InstancesUp", "Count", (), "GPU instances pending or runn
 TASKS_WAITING = Metric("TasksWaiting", "Count", (), "messages visible or delayed in the task queue")
 TASKS_OVERDUE = Metric("TasksOverdue", "Count", (), "RUNNING tasks past their type's timeout_s")
 STUCK_RECOVERIES = Metric("StuckWorkerRecoveries", "Count", ("Step",), "stuck GPU hosts rebooted or stopped")
+STUCK_STEPS = ("reboot", "stop")  # STUCK_RECOVERIES' Step values, in the order the controller takes them
 # -- the API (one line per accepted or refused submit) -----------------------------------------------------------------
 SUBMITS = Metric("TasksSubmitted", "Count", ("Type",), "tasks accepted by the API")
 SUBMITS_REFUSED = Metric("SubmitsRefused", "Count", (), "submits refused (invalid, too large, unknown type)")
