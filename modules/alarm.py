@@ -29,7 +29,7 @@ DAY_SECONDS, WEEK_SECONDS = 86400, 7 * 86400
 RULE_NAME = re.compile(r"[.\-_A-Za-z0-9]{1,64}")
 ALARM_INVOKE_PRINCIPAL = "lambda.alarms.cloudwatch.amazonaws.com"
 EVENTS_INVOKE_PRINCIPAL = "events.amazonaws.com"
-_DEPTH_METRICS = {
+DEPTH_METRICS = {
     "visible": "ApproximateNumberOfMessagesVisible",
     "in_flight": "ApproximateNumberOfMessagesNotVisible",
     "delayed": "ApproximateNumberOfMessagesDelayed",
@@ -126,7 +126,7 @@ def _depth_queries(queue_name: str, period_seconds: int) -> list[CloudwatchMetri
                 stat="Maximum",
             ),
         )
-        for key, metric in _DEPTH_METRICS.items()
+        for key, metric in DEPTH_METRICS.items()
     ]
     queries.append(
         CloudwatchMetricAlarmMetricQuery(
