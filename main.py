@@ -48,26 +48,30 @@ def main() -> int:
 
 def compose(app: Construct, config: EnvironmentConfig) -> None:
     """The stacks of one environment and how they depend on each other (the seed's diagram)."""
-    from modules import stacks
+    from modules import stacks, stacks_events
 
     sqs = stacks.SqsStack(app, config=config)
     dynamodb = stacks.DynamoDbStack(app, config=config)
-    queue, table = sqs.queue, dynamodb.table
-    artifacts = stacks.ArtifactsStack(app, config=config, queue=queue, table=table)
-    iam = stacks.IamStack(app, config=config, queue=queue, table=table, artifacts=artifacts)
+    queue, table, hosts = sqs.queue, dynamodb.table, dynamodb.hosts
+    artifacts = stacks.ArtifactsStack(app, config=config, queue=queue, table=table, hosts=hosts)
+    iam = stacks.IamStack(app, config=config, queue=queue, table=table, hosts=hosts, artifacts=artifacts)
     gpu = stacks.GpuStack(app, config=config, iam=iam)
-    controller = stacks.LambdaStack(app, config=config, iam=iam, queue=queue, table=table, gpu=gpu).function
+    controller = stacks.LambdaStack(
+        app, config=config, iam=iam, queue=queue, table=table, hosts=hosts, gpu=gpu
+    ).function
     stacks.ApiStack(
         app,
         config=config,
         iam=iam,
         queue=queue,
         table=table,
+        hosts=hosts,
         artifacts=artifacts,
         controller=controller,
         gpu=gpu,
     )
-    stacks.AlarmStack(app, config=config, function=controller, queue=queue)
+    stacks_events.EventsStack(app, config=config, table=table, roles=iam.events)
+    stacks_events.AlarmStack(app, config=config, function=controller, queue=queue)
 
 
 if __name__ == "__main__":

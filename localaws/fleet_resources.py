@@ -144,6 +144,8 @@ def _warm_pool(group: str, block: Any) -> dict[str, Any]:
     "health_check_grace_period",
     "termination_policies",
     "suspended_processes",
+    "enabled_metrics",
+    "metrics_granularity",
 )
 def _autoscaling_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     asg = c("autoscaling")
@@ -203,6 +205,12 @@ def _autoscaling_group(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]
     asg.create_auto_scaling_group(**kwargs)
     if suspended:
         asg.suspend_processes(AutoScalingGroupName=name, ScalingProcesses=suspended)
+    if a.get("enabled_metrics"):
+        asg.enable_metrics_collection(
+            AutoScalingGroupName=name,
+            Metrics=list(a["enabled_metrics"]),
+            Granularity=a.get("metrics_granularity", "1Minute"),
+        )
     for hook in hooks:
         asg.put_lifecycle_hook(**hook)
     min_size = int(a.get("min_size", 0))

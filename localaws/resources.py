@@ -94,6 +94,8 @@ def _redrive_allow(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     "ttl",
     "server_side_encryption",
     "deletion_protection_enabled",
+    "stream_enabled",
+    "stream_view_type",
 )
 def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     ddb = c("dynamodb")
@@ -122,7 +124,10 @@ def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         kwargs["GlobalSecondaryIndexes"] = gsis
     if "server_side_encryption" in a:
         kwargs["SSESpecification"] = {"Enabled": bool(_one(a["server_side_encryption"])["enabled"])}
-    arn = ddb.create_table(**kwargs)["TableDescription"]["TableArn"]
+    if a.get("stream_enabled"):
+        kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": a["stream_view_type"]}
+    description = ddb.create_table(**kwargs)["TableDescription"]
+    arn = description["TableArn"]
     if "point_in_time_recovery" in a:
         ddb.update_continuous_backups(
             TableName=a["name"],
@@ -136,7 +141,7 @@ def _table(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
             TableName=a["name"],
             TimeToLiveSpecification={"AttributeName": ttl["attribute_name"], "Enabled": bool(ttl["enabled"])},
         )
-    return {"id": a["name"], "name": a["name"], "arn": arn}
+    return {"id": a["name"], "name": a["name"], "arn": arn, "stream_arn": description.get("LatestStreamArn", "")}
 
 
 # -- S3 ----------------------------------------------------------------------------------------------------------
@@ -496,6 +501,58 @@ def _rule(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     return {"id": a["name"], "name": a["name"], "arn": arn}
 
 
+@creator("aws_cloudwatch_event_bus", "name")
+def _bus(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    arn = c("events").create_event_bus(Name=a["name"])["EventBusArn"]
+    return {"id": a["name"], "name": a["name"], "arn": arn}
+
+
+@creator("aws_secretsmanager_secret", "name", "description", "recovery_window_in_days")
+def _secret(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    """Created without a value, as the stack does (the webhook function writes the first key)."""
+    created = c("secretsmanager").create_secret(Name=a["name"], Description=a.get("description", ""))
+    return {"id": created["ARN"], "arn": created["ARN"], "name": a["name"]}
+
+
+@creator(
+    "aws_lambda_event_source_mapping",
+    "function_name",
+    "event_source_arn",
+    "batch_size",
+    "function_response_types",
+    "starting_position",
+    "maximum_retry_attempts",
+    "bisect_batch_on_function_error",
+    "destination_config",
+)
+def _event_source_mapping(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    """moto records the mapping (localaws/streams.py runs its polling); the on-failure destination must exist."""
+    kwargs: dict[str, Any] = {
+        "FunctionName": a["function_name"],
+        "EventSourceArn": a["event_source_arn"],
+        "BatchSize": int(a["batch_size"]),
+        "FunctionResponseTypes": list(a.get("function_response_types", [])),
+    }
+    for arg, key in (("starting_position", "StartingPosition"), ("maximum_retry_attempts", "MaximumRetryAttempts")):
+        if arg in a:
+            kwargs[key] = int(a[arg]) if arg == "maximum_retry_attempts" else a[arg]
+    if "bisect_batch_on_function_error" in a:
+        kwargs["BisectBatchOnFunctionError"] = bool(a["bisect_batch_on_function_error"])
+    if "destination_config" in a:
+        target = _one(_one(a["destination_config"])["on_failure"])["destination_arn"]
+        if not target.startswith("arn:aws:sqs:"):
+            raise UnsupportedTerraform(f"{a['function_name']}: on-failure destination {target} is not an SQS queue")
+        c("sqs").get_queue_url(QueueName=target.rsplit(":", 1)[1])
+        kwargs["DestinationConfig"] = {"OnFailure": {"Destination": target}}
+    created = c("lambda").create_event_source_mapping(**kwargs)
+    # moto would try to run the function in Docker on every record and then drop the records: the pollers of
+    # localaws/streams.py deliver them instead.
+    from localaws.streams import detach_moto_delivery
+
+    detach_moto_delivery(a["event_source_arn"], created["UUID"])
+    return {"id": created["UUID"], "uuid": created["UUID"], "function_arn": created["FunctionArn"]}
+
+
 @creator("aws_cloudwatch_event_target", "rule", "arn", "target_id")
 def _target(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     c("events").put_targets(Rule=a["rule"], Targets=[{"Id": a["target_id"], "Arn": a["arn"]}])
@@ -513,6 +570,7 @@ def _target(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     "metric_query",
     "treat_missing_data",
     "alarm_actions",
+    "ok_actions",
 )
 def _alarm(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
     queries = []
@@ -545,6 +603,48 @@ def _alarm(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
         Metrics=queries,
         TreatMissingData=a["treat_missing_data"],
         AlarmActions=list(a.get("alarm_actions", [])),
+        OKActions=list(a.get("ok_actions", [])),
     )
     arn = cw.describe_alarms(AlarmNames=[a["alarm_name"]])["MetricAlarms"][0]["AlarmArn"]
     return {"id": a["alarm_name"], "alarm_name": a["alarm_name"], "arn": arn}
+
+
+# -- the alarm topic and the dashboard ----------------------------------------------------------------------------
+@creator("aws_kms_key", "description", "policy", "enable_key_rotation", "deletion_window_in_days")
+def _kms_key(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    kms = c("kms")
+    key = kms.create_key(Description=a.get("description", ""), Policy=a["policy"])["KeyMetadata"]
+    if a.get("enable_key_rotation"):
+        kms.enable_key_rotation(KeyId=key["KeyId"])
+    return {"id": key["KeyId"], "key_id": key["KeyId"], "arn": key["Arn"]}
+
+
+@creator("aws_sns_topic", "name", "kms_master_key_id")
+def _topic(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    attributes = {"KmsMasterKeyId": a["kms_master_key_id"]} if a.get("kms_master_key_id") else {}
+    arn = c("sns").create_topic(Name=a["name"], Attributes=attributes)["TopicArn"]
+    return {"id": arn, "arn": arn, "name": a["name"]}
+
+
+@creator("aws_sns_topic_policy", "arn", "policy")
+def _topic_policy(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    json.loads(a["policy"])  # a malformed document would fail the apply
+    c("sns").set_topic_attributes(TopicArn=a["arn"], AttributeName="Policy", AttributeValue=a["policy"])
+    return {"id": a["arn"]}
+
+
+@creator("aws_sns_topic_subscription", "topic_arn", "protocol", "endpoint")
+def _subscription(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    arn = c("sns").subscribe(TopicArn=a["topic_arn"], Protocol=a["protocol"], Endpoint=a["endpoint"])["SubscriptionArn"]
+    return {"id": arn, "arn": arn}
+
+
+@creator("aws_cloudwatch_dashboard", "dashboard_name", "dashboard_body")
+def _dashboard(c: Clients, a: dict[str, Any], _: Path) -> dict[str, Any]:
+    """PutDashboard validates the body (moto checks it is JSON); its validation messages would fail the apply."""
+    out = c("cloudwatch").put_dashboard(DashboardName=a["dashboard_name"], DashboardBody=a["dashboard_body"])
+    problems = out.get("DashboardValidationMessages", [])
+    if problems:
+        raise UnsupportedTerraform(f"dashboard {a['dashboard_name']}: {problems}")
+    arn = c("cloudwatch").get_dashboard(DashboardName=a["dashboard_name"])["DashboardArn"]
+    return {"id": a["dashboard_name"], "dashboard_name": a["dashboard_name"], "dashboard_arn": arn}

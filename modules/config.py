@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# An SNS email endpoint: one address (the alarm topic's subscriptions check the same rule).
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
 ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS_FILE = ROOT / "environments.toml"
 DEFAULT_ENVIRONMENT = "local"
@@ -48,7 +51,12 @@ READ_IN_MODES: dict[str, tuple[str, ...]] = {
     "handback_timeout_seconds": ("fleet",),
     "fleet_subnet_ids": ("fleet",),
 }
-LIST_SETTINGS = ("gpu_instance_ids", "spot_instance_types", "fleet_subnet_ids")  # TOML lists, held as tuples
+LIST_SETTINGS = (
+    "gpu_instance_ids",
+    "spot_instance_types",
+    "fleet_subnet_ids",
+    "alarm_emails",
+)  # TOML lists, held as tuples
 # Inclusive ranges, each with the limit it comes from (the field docstrings say why).
 RANGES: dict[str, tuple[int, int]] = {
     "gpu_instance_count": (1, 20),
@@ -134,6 +142,20 @@ class EnvironmentConfig:
     """Task outputs under results/ expire after this many days (S3 lifecycle rule)."""
     artifacts_force_destroy: bool = False
     """Let `make destroy` delete the artifacts bucket with its objects (task results). Off where results matter."""
+    gpu_hourly_usd: float = 0.0
+    """What one GPU instance costs per hour in USD (EC2 On-Demand Linux price of the instance type in the region:
+    https://aws.amazon.com/ec2/pricing/on-demand/, or your own negotiated rate), for each task's cost and
+    `gpuq cost` (GPU_HOURLY_USD). 0..1000; 0: unknown, no costs are recorded (GPU-seconds still are)."""
+    stuck_after_minutes: int = 10
+    """A running GPU instance with work waiting and no claim, heartbeat or adapter liveness for this long is stuck:
+    the controller reboots it once, then stops it and requeues its tasks (STUCK_AFTER_SECONDS). 2..1440; keep it
+    above the adapter's boot and install time. Default 10."""
+    oldest_message_alarm_minutes: int = 60
+    """Alarm when the oldest task message has waited this long (SQS ApproximateAgeOfOldestMessage), 1..1440 (the
+    queue's retention is a day). Default 60."""
+    alarm_emails: tuple[str, ...] = ()
+    """Email addresses subscribed to the alarm topic (each must confirm the subscription SNS mails it). Default:
+    none; subscribe anything else to the AlarmTopicArn output."""
     github_repository: str = ""
     """owner/name of the repository whose workflows may deploy this environment (bootstrap's OIDC trust)."""
     github_oidc_provider_arn: str = ""
@@ -146,6 +168,21 @@ class EnvironmentConfig:
     @property
     def idle_window_seconds(self) -> int:
         return self.idle_window_minutes * 60
+
+    @property
+    def emulated(self) -> bool:
+        """Runs on the local AWS only (local state): the local environments, whose tests and demo may do what no
+        deployed environment may (webhooks to 127.0.0.1)."""
+        return not self.remote_state
+
+    @property
+    def stuck_after_seconds(self) -> int:
+        return self.stuck_after_minutes * 60
+
+    @property
+    def metrics_namespace(self) -> str:
+        """The CloudWatch namespace every program of this environment publishes its metrics under."""
+        return f"GpuOrchestrator/{self.name}"
 
     @property
     def resolved_state_bucket(self) -> str:
@@ -218,6 +255,8 @@ def _check_types(name: str, raw: Mapping[str, Any]) -> None:
         expected = type(getattr(defaults, key))
         if key == "name_suffix":
             expected = str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue  # TOML writes 2 for 2.0
         if expected is int and isinstance(value, bool) or not isinstance(value, expected):
             raise ConfigError(name, key, f"must be {expected.__name__}, got {value!r}")
 
@@ -245,6 +284,9 @@ def validate(c: EnvironmentConfig) -> None:
         ("idle_window_minutes", 5, 24 * 60),
         ("min_uptime_minutes", 0, 24 * 60),
         ("results_expire_days", 1, 3650),
+        ("stuck_after_minutes", 2, 24 * 60),
+        ("oldest_message_alarm_minutes", 1, 24 * 60),
+        ("gpu_hourly_usd", 0, 1000),
     ):
         value = getattr(c, key)
         if not low <= value <= high:
@@ -252,6 +294,9 @@ def validate(c: EnvironmentConfig) -> None:
     if c.idle_window_minutes % 5:
         # The alarm evaluates 5-minute periods; a window between them would silently round.
         raise ConfigError(c.name, "idle_window_minutes", f"{c.idle_window_minutes} is not a multiple of 5")
+    for email in c.alarm_emails:
+        if not EMAIL.fullmatch(email):
+            raise ConfigError(c.name, "alarm_emails", f"{email!r} is not an email address")
     if c.github_repository and not _REPOSITORY.match(c.github_repository):
         raise ConfigError(c.name, "github_repository", f"{c.github_repository!r} is not owner/name")
 

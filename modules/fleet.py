@@ -78,7 +78,7 @@ from cdktf_cdktf_provider_aws.data_aws_subnet import DataAwsSubnet
 from constructs import Construct
 
 from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_TYPE, MAX_SPOT_TYPES, RANGES, SUBNET_ID, EnvironmentConfig
-from modules.gpu import DESCRIBE_ACTIONS, ENVIRONMENT_NAME, PROFILE_NAME, render_bootstrap
+from modules.gpu import DESCRIBE_ACTIONS, ENVIRONMENT_NAME, PROFILE_NAME, REBOOT_ACTIONS, render_bootstrap
 from modules.host_template import ENVIRONMENT_TAG, HostTemplate
 from modules.iam import Role, Statement, arn
 from modules.props import check, check_actions, check_pattern, check_range
@@ -94,6 +94,12 @@ HANDBACK = "handback"  # its termination hook is <group>-handback
 # separate statement without conditions": https://docs.aws.amazon.com/autoscaling/ec2/userguide/
 # ec2-auto-scaling-launch-template-permissions.html).
 SCALE_ACTIONS = ("autoscaling:SetDesiredCapacity",)
+# A stuck worker (functions/shutdown): the member is rebooted once, then marked unhealthy, which makes the group
+# replace it (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetInstanceHealth.html).
+RECOVER_ACTIONS = ("autoscaling:SetInstanceHealth",)
+# Auto Scaling tags every instance it launches with the group's name (aws:autoscaling:groupName): the reboot is
+# scoped to the group's members by that tag.
+GROUP_TAG = "aws:autoscaling:groupName"
 # The controller reads the group and its members (DescribeAutoScalingGroups), the warm pool (DescribeWarmPool: its
 # instances are not among the group's), an instance's group state (DescribeAutoScalingInstances) and, through EC2,
 # the members' launch times (DescribeInstances).
@@ -122,6 +128,7 @@ MEMBER_DESCRIBE_ACTIONS = ("autoscaling:DescribeAutoScalingInstances", "autoscal
 # The API's /healthz: the group's members and their states, and the instances behind them.
 API_DESCRIBE_ACTIONS = ("autoscaling:DescribeAutoScalingGroups",)
 SUSPENDED_PROCESSES = ("AZRebalance",)
+GROUP_METRICS = ("GroupDesiredCapacity", "GroupInServiceInstances")
 TERMINATION_POLICIES = ("Default",)
 HEALTH_CHECK_TYPE, HEALTH_CHECK_GRACE_SECONDS = "EC2", 300
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
@@ -171,6 +178,14 @@ class FleetGroup:
     def grant_scale(self, role: Role) -> list[Statement]:
         """The controller: set the group's desired capacity, and read the group, its warm pool and instances."""
         return [*self.grant(role, *SCALE_ACTIONS), role.add((*CONTROLLER_DESCRIBE_ACTIONS, *DESCRIBE_ACTIONS), ["*"])]
+
+    def grant_recover(self, role: Role, *, region: str, account: str) -> list[Statement]:
+        """The controller's stuck-worker steps: reboot a member (by the group's tag), mark it unhealthy."""
+        members = arn("ec2", "instance/*", region=region, account=account)
+        reboot = role.add(
+            REBOOT_ACTIONS, [members], conditions={"StringEquals": {f"aws:ResourceTag/{GROUP_TAG}": self.name}}
+        )
+        return [*self.grant(role, *RECOVER_ACTIONS), reboot]
 
     def grant_member(self, role: Role) -> list[Statement]:
         """A GPU host of the group: its protection, its lifecycle actions, leaving through the group."""
@@ -275,6 +290,9 @@ class GpuFleet(Construct):
             **purchase,
             protect_from_scale_in=False,
             suspended_processes=list(SUSPENDED_PROCESSES),
+            # The dashboard graphs these (AWS/AutoScaling publishes group metrics only when enabled; free at 1 min).
+            enabled_metrics=list(GROUP_METRICS),
+            metrics_granularity="1Minute",
             termination_policies=list(TERMINATION_POLICIES),
             health_check_type=HEALTH_CHECK_TYPE,
             health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,

@@ -35,6 +35,9 @@ __all__ = ["ENVIRONMENT_TAG", "USER_DATA_LIMIT"]  # re-exported: the hosts' tag 
 DESCRIBE_ACTIONS = ("ec2:DescribeInstances",)
 START_ACTIONS = ("ec2:StartInstances",)
 STOP_ACTIONS = ("ec2:StopInstances",)
+# The controller's first step with a stuck worker (functions/shutdown: a running GPU with work waiting and no sign of
+# life from its adapter): one reboot before it stops the instance.
+REBOOT_ACTIONS = ("ec2:RebootInstances",)
 HOST_MODES = ("adopt", "create")  # GpuHost's; modules/config.py GPU_MODES adds fleet (modules/fleet.py)
 BOOTSTRAP_DOCUMENT = "gpu-adapter-bootstrap"  # base names (EnvironmentConfig.name_of adds the suffix): the adopt
 HOSTS = "gpu-adapter"  # mode's document; the create mode's security group, launch template and Name tags
@@ -189,6 +192,9 @@ class GpuInstances:
 
     def grant_stop(self, role: Role) -> list[Statement]:
         return self.grant(role, *STOP_ACTIONS)
+
+    def grant_reboot(self, role: Role) -> list[Statement]:
+        return self.grant(role, *REBOOT_ACTIONS)
 
 
 class GpuHost(Construct):

@@ -117,6 +117,10 @@ class TaskQueue(Construct):
         return self.dlq.arn
 
     @property
+    def dlq_name(self) -> str:
+        return self.dlq.name
+
+    @property
     def dlq_url(self) -> str:
         return self.dlq.url
 

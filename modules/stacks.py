@@ -9,24 +9,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from constructs import Construct
 
 from core import contract
-from modules.alarm import QueueIdleAlarm, Schedule
+from modules.alarm import Schedule
 from modules.api import OrchestratorApi
 from modules.base import EnvironmentStack
 from modules.bootstrap import boundary_for
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
 from modules.canvas import CanvasAccess
 from modules.config import EnvironmentConfig
+from modules.events import bus_arn, secret_arn
 from modules.fleet import FleetGroup, GpuFleet, fleet_for
 from modules.function import PythonFunction, grant_dead_letter, grant_logs
 from modules.gpu import GpuHost, GpuInstances, bootstrap_document_name, grant_ssm_agent, instances_for
 from modules.iam import Role, arn
-from modules.layout import ALARM, API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
+from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
-from modules.table import TaskTable
+from modules.stacks_events import (
+    EVENT_BUS,
+    EVENTS_FAILED_QUEUE,
+    EVENTS_FUNCTION,
+    EVENTS_ROLE,
+    SIGNING_SECRET,
+    WEBHOOK_FUNCTION,
+    WEBHOOK_QUEUE,
+    WEBHOOK_ROLE,
+    EventsRoles,
+)
+from modules.table import HostTable, TaskTable
 
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
 SHUTDOWN_DLQ = "shutdown-gpu-lambda-dlq"
@@ -35,6 +48,17 @@ SUBMIT_POLICY, ADMIN_POLICY = "gpu-orchestrator-submit", "gpu-orchestrator-admin
 CANVAS_POLICY = "gpu-orchestrator-canvas"
 ACCESS_LOG_DAYS = 365
 CONTROLLER_INVOKE = ("lambda:InvokeFunction",)
+# The adapter ships its metrics (EMF lines) here itself; CloudWatch extracts them on ingestion, so the lines need not
+# be kept long.
+METRICS_LOG_DAYS = 30
+METRICS_LOG_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
+SEND = ("sqs:SendMessage",)
+
+
+def adapter_metrics_group(config: EnvironmentConfig) -> str:
+    """The adapter's metrics log group (METRICS_LOG_GROUP), by name: the iam and artifacts stacks name it before the
+    gpu stack creates it."""
+    return f"/gpu-orchestrator/adapter-metrics{config.suffix}"
 
 
 class SqsStack(EnvironmentStack):
@@ -52,12 +76,17 @@ class DynamoDbStack(EnvironmentStack):
     def __init__(self, scope: Construct, *, config: EnvironmentConfig) -> None:
         super().__init__(scope, DYNAMODB, config=config)
         self.table = TaskTable(self, "tasks", name=self.name_of("task_store"))
+        self.hosts = HostTable(self, "hosts", name=self.name_of("gpu_hosts"))
         self.output("TableName", self.table.name, "Name of the task table (retained on destroy)")
         self.output("TableArn", self.table.arn, "ARN of the task table")
+        self.output("TableStreamArn", self.table.stream_arn, "The task table's stream (new and old images)")
+        self.output("HostsTableName", self.hosts.name, "GPU hosts' liveness and billed running intervals (retained)")
 
 
 class ArtifactsStack(EnvironmentStack):
-    def __init__(self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable) -> None:
+    def __init__(
+        self, scope: Construct, *, config: EnvironmentConfig, queue: TaskQueue, table: TaskTable, hosts: HostTable
+    ) -> None:
         super().__init__(scope, ARTIFACTS, config=config)
         name = f"gpu-orchestrator-artifacts-{config.name}-{config.account}"
         # Who read or replaced an adapter bundle (code every GPU instance runs) or a task's inputs and results.
@@ -87,7 +116,7 @@ class ArtifactsStack(EnvironmentStack):
             parameter_prefix=config.parameter_prefix,
             region=config.region,
             account=config.account,
-            config=runtime_environment(config, queue=queue, table=table, bucket=self.bucket),
+            config=runtime_environment(config, queue=queue, table=table, hosts=hosts, bucket=self.bucket),
         )
         # What the canvas image service may do (canvas/README.md): its image prefix only, for whoever runs it.
         self.canvas = CanvasAccess(self, "canvas", name=self.name_of(CANVAS_POLICY), bucket_arn=self.bucket.arn)
@@ -108,6 +137,7 @@ class IamStack(EnvironmentStack):
         config: EnvironmentConfig,
         queue: TaskQueue,
         table: TaskTable,
+        hosts: HostTable,
         artifacts: ArtifactsStack,
     ) -> None:
         super().__init__(scope, IAM, config=config)
@@ -115,11 +145,17 @@ class IamStack(EnvironmentStack):
         self.orchestrator = self._orchestrator_role(gpu, queue, table, artifacts)
         self.gpu_instance = self._gpu_instance_role(gpu, queue, table, artifacts)
         self.shutdown = self._shutdown_role(gpu, queue, table)
+        hosts.grant_report(self.orchestrator)  # gpuq cost: the billed running intervals
+        hosts.grant_liveness(self.gpu_instance)
+        hosts.grant_controller(self.shutdown)
+        self.events = EventsRoles(events=self._events_role(table), webhooks=self._webhooks_role(table))
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role of the orchestrator API function")
         self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
         self.output("LambdaRoleArn", self.shutdown.arn, "Role of the shutdown Lambda")
         self.output("InstanceProfileArn", self.gpu_instance.profile.arn, "Attach to the GPU instance")
+        self.output("TaskEventsRoleArn", self.events.events.arn, "Role of the task-events function")
+        self.output("TaskWebhooksRoleArn", self.events.webhooks.arn, "Role of the webhook function")
 
     def _role(self, id: str, **props: Any) -> Role:
         """Each role trusts its service for this account only, and carries the boundary bootstrap made for this
@@ -178,6 +214,43 @@ class IamStack(EnvironmentStack):
         grant_ssm_agent(role, **where, document_name=bootstrap_document_name(self.config))
         if isinstance(gpu, FleetGroup):
             gpu.grant_member(role)  # scale-in protection while busy, the hand-back hook, leaving when idle
+        metrics = arn("logs", f"log-group:{adapter_metrics_group(self.config)}", **where)
+        role.add(METRICS_LOG_ACTIONS, [f"{metrics}:*"])  # its metrics, shipped by itself (core.metrics.LogShipper)
+        return role
+
+    def _events_role(self, table: TaskTable) -> Role:
+        """The task-events function: read the table's stream, publish to the bus, queue webhook deliveries, and
+        park the positions of batches that failed every retry."""
+        role = self._role(
+            "task-events",
+            name=self.name_of(EVENTS_ROLE),
+            assumed_by="lambda.amazonaws.com",
+            description="The task-events function: the task table's stream to EventBridge and the webhook queue.",
+        )
+        where = {"region": self.config.region, "account": self.config.account}
+        table.grant_stream_read(role)
+        role.add(("events:PutEvents",), [bus_arn(self.name_of(EVENT_BUS), **where)])
+        role.add(SEND, [arn("sqs", self.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
+        grant_logs(role, **where, function_name=self.name_of(EVENTS_FUNCTION))
+        return role
+
+    def _webhooks_role(self, table: TaskTable) -> Role:
+        """The webhook function: consume (and re-send, with a delay) its queue, read a task and write its delivery
+        state, read the signing key and write the first one."""
+        role = self._role(
+            "task-webhooks",
+            name=self.name_of(WEBHOOK_ROLE),
+            assumed_by="lambda.amazonaws.com",
+            description="The webhook function: signs and delivers task webhooks, records their state on the task.",
+        )
+        where = {"region": self.config.region, "account": self.config.account}
+        queue = arn("sqs", self.name_of(WEBHOOK_QUEUE), **where)
+        # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
+        role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
+        table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        secret = secret_arn(self.name_of(SIGNING_SECRET), **where)
+        role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
+        grant_logs(role, **where, function_name=self.name_of(WEBHOOK_FUNCTION))
         return role
 
     def _shutdown_role(self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable) -> Role:
@@ -187,17 +260,22 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
         )
+        where = {"region": self.config.region, "account": self.config.account}
         if isinstance(gpu, FleetGroup):
             # The desired capacity only: Auto Scaling starts, stops and terminates the instances with its own
             # service-linked role, so this role has no ec2:StartInstances/StopInstances in fleet mode.
             gpu.grant_scale(role)
+            gpu.grant_recover(role, **where)  # a stuck member: reboot it, then have the group replace it
         else:
             gpu.grant_describe(role)
             gpu.grant_stop(role)
             gpu.grant_start(role)
+            gpu.grant_reboot(role)  # a stuck worker's first recovery step
         queue.grant_read_depth(role)
         table.grant_index_read(role)
-        where = {"region": self.config.region, "account": self.config.account}
+        # A stuck worker's tasks go back to the queue: a fresh message, then the item RUNNING -> QUEUED.
+        queue.grant(role, *SEND)
+        table.grant_worker(role)
         grant_logs(role, **where, function_name=self.name_of(SHUTDOWN_FUNCTION))
         grant_dead_letter(role, **where, queue_name=self.name_of(SHUTDOWN_DLQ))
         return role
@@ -216,6 +294,9 @@ class GpuStack(EnvironmentStack):
         super().__init__(scope, GPU, config=config)
         assert iam.gpu_instance.profile is not None
         profile = iam.gpu_instance.profile.name
+        self.metrics_logs = CloudwatchLogGroup(
+            self, "adapter-metrics", name=adapter_metrics_group(config), retention_in_days=METRICS_LOG_DAYS
+        )
         self.host: GpuHost | None = None
         self.fleet: GpuFleet | None = None
         if config.gpu_mode == "fleet":
@@ -255,6 +336,7 @@ class LambdaStack(EnvironmentStack):
         iam: IamStack,
         queue: TaskQueue,
         table: TaskTable,
+        hosts: HostTable,
         gpu: GpuStack,
     ) -> None:
         super().__init__(scope, LAMBDA, config=config)
@@ -279,6 +361,9 @@ class LambdaStack(EnvironmentStack):
                     contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
                     # the queue's retention: older QUEUED items lost their message
                     contract.QUEUED_TASK_MAX_AGE_SECONDS: DAY,
+                    contract.HOSTS_TABLE_NAME: hosts.name,
+                    contract.STUCK_AFTER_SECONDS: config.stuck_after_seconds,
+                    contract.METRICS_NAMESPACE: config.metrics_namespace,
                 },
                 program=contract.LAMBDA,
             ),
@@ -302,6 +387,7 @@ class ApiStack(EnvironmentStack):
         iam: IamStack,
         queue: TaskQueue,
         table: TaskTable,
+        hosts: HostTable,
         artifacts: ArtifactsStack,
         controller: PythonFunction,
         gpu: GpuStack,
@@ -323,6 +409,10 @@ class ApiStack(EnvironmentStack):
                     contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
                     contract.CONTROLLER_FUNCTION_NAME: controller.name,
                     contract.ORCHESTRATOR_AUTH: "iam",
+                    contract.HOSTS_TABLE_NAME: hosts.name,
+                    contract.METRICS_NAMESPACE: config.metrics_namespace,
+                    **price(config),
+                    **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
                 },
                 program=contract.ORCHESTRATOR,
             ),
@@ -332,28 +422,6 @@ class ApiStack(EnvironmentStack):
         self.output("ApiFunctionName", self.api.name, "Name of the orchestrator API function")
         self.output("SubmitPolicyArn", self.api.submit_policy_arn, "Attach to whoever submits tasks (their own only)")
         self.output("AdminPolicyArn", self.api.admin_policy_arn, "Attach to whoever administers every task")
-
-
-class AlarmStack(EnvironmentStack):
-    def __init__(
-        self,
-        scope: Construct,
-        *,
-        config: EnvironmentConfig,
-        function: PythonFunction,
-        queue: TaskQueue,
-    ) -> None:
-        super().__init__(scope, ALARM, config=config)
-        self.alarm = QueueIdleAlarm(
-            self,
-            "idle",
-            name=self.name_of(f"QueueEmptyFor{config.idle_window_minutes}Min"),
-            queue_name=queue.name,
-            window_minutes=config.idle_window_minutes,
-            target=function,
-        )
-        self.output("AlarmName", self.alarm.name, "Name of the idle alarm")
-        self.output("AlarmArn", self.alarm.arn, "ARN of the idle alarm")
 
 
 def task_store(queue: TaskQueue, table: TaskTable, *, dlq: bool = True) -> dict[contract.Setting[Any], Any]:
@@ -385,6 +453,7 @@ def runtime_environment(
     *,
     queue: TaskQueue,
     table: TaskTable,
+    hosts: HostTable,
     bucket: PrivateBucket,
 ) -> dict[str, str]:
     """The environment the adapter runs with (published as an SSM parameter): the values known at synth time;
@@ -405,7 +474,16 @@ def runtime_environment(
             contract.ARTIFACTS_BUCKET: bucket.name,
             contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
             contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
+            contract.HOSTS_TABLE_NAME: hosts.name,
+            contract.METRICS_NAMESPACE: config.metrics_namespace,
+            contract.METRICS_LOG_GROUP: adapter_metrics_group(config),
+            **price(config),
             **fleet,
         },
         program=contract.ADAPTER,
     )
+
+
+def price(config: EnvironmentConfig) -> dict[contract.Setting[Any], Any]:
+    """GPU_HOURLY_USD where the environment sets one (0 means unknown: no cost is recorded, none is made up)."""
+    return {contract.GPU_HOURLY_USD: config.gpu_hourly_usd} if config.gpu_hourly_usd > 0 else {}

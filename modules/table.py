@@ -28,8 +28,19 @@ INDEX_READ_ACTIONS = ("dynamodb:Query",)
 TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 
 
+STREAM_READ_ACTIONS = (
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+    "dynamodb:ListStreams",
+)
+# What a Lambda event source mapping on a table's stream needs of the function's role (Lambda Developer Guide,
+# "Using AWS Lambda with Amazon DynamoDB", execution role permissions).
+
+
 class TaskTable(Construct):
-    """`task_store`: PAY_PER_REQUEST, point-in-time recovery, TTL on `ttl`, GSI `status-created_at-index`.
+    """`task_store`: PAY_PER_REQUEST, point-in-time recovery, TTL on `ttl`, GSI `status-created_at-index`, and a
+    stream of new and old images (every state change, for the task-events function: modules/events.py).
 
     Retained like the seed's RETAIN: `prevent_destroy` plus deletion protection, so neither a plan nor a console
     click deletes task history by accident.
@@ -66,6 +77,9 @@ class TaskTable(Construct):
             ttl=DynamodbTableTtl(attribute_name="ttl", enabled=True),
             server_side_encryption=DynamodbTableServerSideEncryption(enabled=True),
             deletion_protection_enabled=True,
+            # Both images: an event says what the state was and what it is now (core/events.py).
+            stream_enabled=True,
+            stream_view_type="NEW_AND_OLD_IMAGES",
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
         )
 
@@ -76,6 +90,14 @@ class TaskTable(Construct):
     @property
     def name(self) -> str:
         return self.table.name
+
+    @property
+    def stream_arn(self) -> str:
+        return self.table.stream_arn
+
+    def grant_stream_read(self, role: Role) -> list[Statement]:
+        """Read the table's stream (any stream of it: a re-enabled stream gets a new label)."""
+        return [role.add(STREAM_READ_ACTIONS, [f"{self.table.arn}/stream/*"])]
 
     @property
     def index_arn(self) -> str:
@@ -99,3 +121,62 @@ class TaskTable(Construct):
 
     def grant_index_read(self, role: Role) -> list[Statement]:
         return self.grant(role, *INDEX_READ_ACTIONS)
+
+
+HOST_WRITE_ACTIONS = ("dynamodb:UpdateItem",)
+HOST_READ_ACTIONS = ("dynamodb:BatchGetItem",)
+HOST_REPORT_ACTIONS = ("dynamodb:Scan",)
+
+
+class HostTable(Construct):
+    """`gpu_hosts` (core/hosts.py): the adapters' liveness, the controller's stuck-worker recovery steps and the
+    instances' billed running intervals. PAY_PER_REQUEST (a few writes a minute), point-in-time recovery,
+    encrypted; retained like the task table, since its intervals are the cost history.
+
+    Args:
+        name: the table's name: 3-255 characters of A-Za-z0-9_.- (DynamoDB naming rules). Required.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, name: str) -> None:
+        super().__init__(scope, id)
+        check_pattern(self, "name", name, TABLE_NAME, "3-255 characters of A-Za-z0-9_.- (DynamoDB table name)")
+        self.table = DynamodbTable(
+            self,
+            "table",
+            name=name,
+            billing_mode="PAY_PER_REQUEST",
+            hash_key="instance_id",
+            range_key="sk",
+            attribute=[
+                DynamodbTableAttribute(name="instance_id", type="S"),
+                DynamodbTableAttribute(name="sk", type="S"),
+            ],
+            point_in_time_recovery=DynamodbTablePointInTimeRecovery(enabled=True),
+            server_side_encryption=DynamodbTableServerSideEncryption(enabled=True),
+            deletion_protection_enabled=True,
+            lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
+        )
+
+    @property
+    def arn(self) -> str:
+        return self.table.arn
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
+        """Item actions (dynamodb:*) on the table ARN."""
+        return [grantee.add(check_actions(self, actions, "dynamodb"), [self.arn])]
+
+    def grant_liveness(self, role: Role) -> list[Statement]:
+        """The adapter: its own instance's liveness item (HostStore.seen)."""
+        return self.grant(role, *HOST_WRITE_ACTIONS)
+
+    def grant_controller(self, role: Role) -> list[Statement]:
+        """The controller: read liveness, record recovery steps and running intervals."""
+        return self.grant(role, *HOST_READ_ACTIONS, *HOST_WRITE_ACTIONS)
+
+    def grant_report(self, role: Role) -> list[Statement]:
+        """The cost report: the running intervals (HostStore.intervals_since)."""
+        return self.grant(role, *HOST_REPORT_ACTIONS)
