@@ -26,7 +26,9 @@ from core import logs
 if TYPE_CHECKING:
     from .config import AdapterConfig
     from .fleet import Membership
+    from .liveness import Liveness
     from .metadata import Metadata
+    from .metrics import Meter
     from .worker import Worker
 
 log = logging.getLogger("adapter")
@@ -52,6 +54,7 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
     config = from_env(env, queue_visibility_s=visibility, queue_max_receives=max_receives)
     store = TaskStore(session.resource("dynamodb", **kw).Table(config.table_name), status_index=config.status_index)
     membership, metadata = _fleet(config, session, kw)
+    liveness, meter = _observers(config, session, kw, membership.instance_id if membership is not None else None)
     autostop = None
     # Stopping is only right on the GPU instance: the systemd unit opts in with ADAPTER_POWEROFF=1, so
     # `python -m adapter` on a laptop or CI runner never shuts its host down, whatever IDLE_WINDOW_SECONDS says.
@@ -76,6 +79,8 @@ def build(env: Mapping[str, str], session: Any = None) -> Worker:
         running_env=env,
         membership=membership,
         metadata=metadata,
+        liveness=liveness,
+        meter=meter,
     )
 
 
@@ -88,18 +93,65 @@ def _fleet(config: AdapterConfig, session: Any, kw: dict[str, str]) -> tuple[Mem
     if not config.fleet_name:
         return None, None
     from .fleet import Membership
-    from .metadata import Metadata, MetadataUnavailable
+    from .liveness import instance_id as read_instance_id
+    from .metadata import Metadata
 
     metadata = Metadata(config.metadata_url)
-    try:
-        instance_id = metadata.instance_id()
-    except MetadataUnavailable as err:
-        raise c.SettingError(
-            c.INSTANCE_METADATA_URL.name, f"fleet mode needs this instance's id from {config.metadata_url}: {err}"
-        ) from None
+    instance_id = read_instance_id(metadata, "fleet mode")
     autoscaling = session.client("autoscaling", **kw)
     membership = Membership(autoscaling, group=config.fleet_name, instance_id=instance_id, hook_name=config.hook_name)
     return membership, metadata
+
+
+def _observers(
+    config: AdapterConfig, session: Any, kw: dict[str, str], instance_id: str | None
+) -> tuple[Liveness | None, Meter]:
+    """The loop's liveness (HOSTS_TABLE_NAME set: the instance id from the metadata at start, unless fleet mode read
+    it already; unset: the metadata service is not asked) and its metrics (METRICS_LOG_GROUP set: shipped to a
+    stream named after the instance, else the worker; unset: stdout). Their clients wait at most seconds and retry
+    once: the loop makes these calls itself, and must not hang on them."""
+    from botocore.config import Config
+
+    from core.metrics import LogShipper
+
+    from .liveness import Liveness
+    from .liveness import instance_id as read_instance_id
+    from .metadata import Metadata
+    from .metrics import Meter
+
+    bounded = Config(connect_timeout=5, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
+    liveness = None
+    if config.hosts_table:
+        from core.hosts import HostStore
+
+        if instance_id is None:
+            instance_id = read_instance_id(Metadata(config.metadata_url), "liveness (HOSTS_TABLE_NAME)")
+        hosts = HostStore(session.client("dynamodb", config=bounded, **kw), config.hosts_table)
+        liveness = Liveness(hosts, instance_id=instance_id, worker=config.worker_id, every_s=config.liveness_s)
+    shipper = None
+    if config.metrics_log_group:
+        logs_client = session.client("logs", config=bounded, **kw)
+        shipper = LogShipper(logs_client, group=config.metrics_log_group, stream=instance_id or config.worker_id)
+    meter = Meter(
+        namespace=config.metrics_namespace,
+        slots=config.slots,
+        worker=config.worker_id,
+        write=shipper,
+        flush=_raising(shipper) if shipper is not None else None,
+    )
+    return liveness, meter
+
+
+def _raising(shipper: Any) -> Any:
+    """The shipper's flush, raising its error (the Meter logs it: metrics_flush_failed) when it sent nothing."""
+
+    def flush() -> int:
+        sent = int(shipper.flush())
+        if shipper.last_error:
+            raise RuntimeError(shipper.last_error)
+        return sent
+
+    return flush
 
 
 class StoppedBeforeStart(BaseException):

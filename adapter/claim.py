@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from core import logs
@@ -20,13 +21,26 @@ log = logging.getLogger("adapter.worker")
 
 
 class Claims:
-    """The worker's claims (`stopping`: the worker's stop, which cuts a wait for a dead holder short)."""
+    """The worker's claims (`stopping`: the worker's stop, which cuts a wait for a dead holder short). `finish`: the
+    worker's settle write (TaskStore.finish with the instance's price, and the task's metrics); `ended`: told of a
+    task this ends without holding it."""
 
-    def __init__(self, config: AdapterConfig, store: TaskStore, queue: QueueClient, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        config: AdapterConfig,
+        store: TaskStore,
+        queue: QueueClient,
+        stopping: threading.Event,
+        *,
+        finish: Callable[..., TaskRecord],
+        ended: Callable[[TaskRecord], None],
+    ) -> None:
         self.config = config
         self.store = store
         self.queue = queue
         self.stopping = stopping
+        self.finish = finish
+        self.ended = ended
 
     def claim(self, parsed: TaskMessage, message: dict[str, Any]) -> TaskRecord | None:
         """The claimed record, or None when this message must not run (and has been dealt with)."""
@@ -58,7 +72,7 @@ class Claims:
             if item.cancel_requested and (item.status is TaskStatus.QUEUED or stale_in_ms < 0):
                 # The cancel was accepted, then its worker went away: the cancel stands, the task does not run.
                 try:
-                    self.store.end_cancelled(parsed.task_id, stale_after_ms=stale_after_ms)
+                    self.ended(self.store.end_cancelled(parsed.task_id, stale_after_ms=stale_after_ms))
                 except TransitionRejected:
                     continue  # it moved meanwhile: look again
                 logs.event(log, "cancelled_unrun", attempt=item.attempts)
@@ -83,7 +97,7 @@ class Claims:
         used up an attempt."""
         held, before = claimed.held, claimed.before
         if claimed.completed_before:
-            self.store.finish(held, TaskStatus.SUCCEEDED, result_uri=before.result_uri)
+            self.finish(held, TaskStatus.SUCCEEDED, result_uri=before.result_uri)
             self.queue.delete(message)
             logs.event(log, "settled_from_marker", attempt=held.attempts, completed_attempt=before.completed_attempt)
             return None

@@ -68,6 +68,11 @@ class AdapterConfig:
     hook_name: str | None = None  # fleet mode: the group's termination lifecycle hook
     metadata_url: str = c.INSTANCE_METADATA_URL.default or ""
     metadata_watch_s: float = c.METADATA_WATCH_SECONDS.default or 0.0
+    hosts_table: str | None = None  # liveness on (adapter/liveness.py) where set
+    liveness_s: float = c.LIVENESS_SECONDS.default or 0.0
+    gpu_hourly_usd: float | None = None  # the instance's price: tasks' cost_usd and TaskCost where set
+    metrics_namespace: str = c.METRICS_NAMESPACE.default or ""
+    metrics_log_group: str | None = None  # unset: the metrics' EMF lines go to stdout
 
     @property
     def stale_after_ms(self) -> int:
@@ -83,6 +88,13 @@ def read_queue_settings(sqs: Any, queue_url: str) -> tuple[int, int | None]:
     return int(attrs.get("VisibilityTimeout", 300)), int(max_receives) if max_receives is not None else None
 
 
+def _above_zero(setting: c.Setting[float], env: Mapping[str, str]) -> float:
+    value = setting.read(env)
+    if value <= 0:
+        raise c.SettingError(setting.name, f"{value:g} is not valid: must be more than 0")
+    return value
+
+
 def from_env(
     env: Mapping[str, str],
     *,
@@ -94,9 +106,10 @@ def from_env(
     slots = c.GPU_SLOTS.read_optional(env)
     if slots is not None and slots < 1:
         raise c.SettingError(c.GPU_SLOTS.name, f"{slots} is not valid: at least 1 (one task per GPU)")
-    watch_s = c.METADATA_WATCH_SECONDS.read(env)
-    if watch_s <= 0:
-        raise c.SettingError(c.METADATA_WATCH_SECONDS.name, f"{watch_s:g} is not valid: must be more than 0")
+    watch_s, liveness_s = _above_zero(c.METADATA_WATCH_SECONDS, env), _above_zero(c.LIVENESS_SECONDS, env)
+    price = c.GPU_HOURLY_USD.read_optional(env)
+    if price is not None and price < 0:
+        raise c.SettingError(c.GPU_HOURLY_USD.name, f"{price:g} is not valid: a price is 0 or more")
     fleet, hook = c.GPU_FLEET_NAME.read_optional(env), c.TERMINATION_HOOK_NAME.read_optional(env)
     if hook and not fleet:
         raise c.SettingError(c.TERMINATION_HOOK_NAME.name, f"{hook!r} is set without GPU_FLEET_NAME (a group's hook)")
@@ -131,4 +144,9 @@ def from_env(
         hook_name=hook,
         metadata_url=c.INSTANCE_METADATA_URL.read(env),
         metadata_watch_s=watch_s,
+        hosts_table=c.HOSTS_TABLE_NAME.read_optional(env),
+        liveness_s=liveness_s,
+        gpu_hourly_usd=price,
+        metrics_namespace=c.METRICS_NAMESPACE.read(env),
+        metrics_log_group=c.METRICS_LOG_GROUP.read_optional(env),
     )

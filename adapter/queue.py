@@ -5,12 +5,13 @@ moved. The message's shape is core.message's business alone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from core import logs
 from core.message import MalformedMessage, TaskMessage
 from core.store import TaskStore, TransitionRejected
-from core.tasks import TaskStatus, now_ms
+from core.tasks import TaskRecord, TaskStatus, now_ms
 
 log = logging.getLogger("adapter.queue")
 SQS_MAX_VISIBILITY_S = 43200  # SQS caps a message's visibility timeout at 12 hours
@@ -67,10 +68,19 @@ class QueueClient:
         logs.event(log, "moved_to_dlq", logging.WARNING, reason=reason, receive_count=receive_count(message))
 
 
-def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, hide_s: int) -> int:
+def sweep_dlq(
+    store: TaskStore,
+    sqs: Any,
+    dlq_url: str,
+    *,
+    stale_after_ms: int,
+    hide_s: int,
+    ended: Callable[[TaskRecord], None] | None = None,
+) -> int:
     """Mark FAILED the tasks whose message sits in the DLQ but whose item was never settled - SQS moved the message
     itself because the worker holding the last attempt died. Messages stay in the DLQ (it keeps them for people);
-    `hide_s` hides this batch so the next sweep sees others. Returns how many tasks it failed."""
+    `hide_s` hides this batch so the next sweep sees others; `ended` is told of each task failed (its metrics).
+    Returns how many tasks it failed."""
     out = sqs.receive_message(
         QueueUrl=dlq_url,
         MaxNumberOfMessages=10,
@@ -95,9 +105,11 @@ def sweep_dlq(store: TaskStore, sqs: Any, dlq_url: str, *, stale_after_ms: int, 
                 continue  # someone is still heartbeating it
             last = item.error or "the worker holding the last attempt stopped heartbeating"
             try:
-                store.fail_unclaimed(task_id, error=f"gave up: message moved to the DLQ; last error: {last}")
+                record = store.fail_unclaimed(task_id, error=f"gave up: message moved to the DLQ; last error: {last}")
             except TransitionRejected:
                 continue  # settled meanwhile
+            if ended is not None:
+                ended(record)
             failed += 1
             logs.event(log, "dlq_sweep_failed_task", logging.WARNING, previous_status=item.status.value)
     return failed

@@ -10,7 +10,9 @@ Slots (adapter/slots.py, one per GPU): a receive asks for at most the free slots
 in a slot's thread through the one single-message path below (`handle`: claim, run with its own Heartbeat and
 Control, settle or hand back). A turn ends when a slot is free to receive for, so a one-slot host handles one
 message per turn, to its end, as it always has. The idle chores (rollout check, DLQ sweep, autostop) run only on a
-turn that received nothing while every slot was idle.
+turn that received nothing while every slot was idle. Every turn, and every second of a wait for a free slot, the
+loop also makes its own timed writes (`_periodic`): its liveness (adapter/liveness.py) and the minute's metrics
+(adapter/metrics.py); the settle write (`finish`) records the attempt's GPU time and cost, and the task's metrics.
 
 A stop (first SIGTERM) and a departure (fleet mode: the metadata says the instance is leaving service, see
 adapter/fleet.py `Departure`) end every running attempt through the same path: each slot's job is stopped and its
@@ -39,7 +41,9 @@ from .claim import Claims
 from .config import AdapterConfig
 from .fleet import Departure, Membership
 from .heartbeat import Heartbeat
+from .liveness import Liveness
 from .metadata import Metadata, MetadataWatch
+from .metrics import Meter
 from .queue import SQS_MAX_VISIBILITY_S, QueueClient, receive_count, sweep_dlq
 from .rollout import EXIT_NEW_BUNDLE, RolloutWatch
 from .runner import Attempt, AttemptOutcome, Control, Runner
@@ -58,6 +62,23 @@ class IdleStop(Protocol):
     def maybe_stop(self) -> Any: ...
 
 
+def _runners(config: AdapterConfig, s3: Any) -> list[Runner]:
+    """One Runner per slot."""
+    several = config.slots > 1  # one slot: its jobs see the GPUs the adapter sees, in runner-<pid>, as before
+    return [
+        Runner(
+            s3=s3,
+            bucket=config.bucket,
+            work_dir=config.work_dir,
+            stop_grace_s=config.stop_grace_s,
+            job_user=config.job_user or "",
+            slot=i if several else None,
+            gpu=str(i) if several else None,
+        )
+        for i in range(config.slots)
+    ]
+
+
 class Worker:
     def __init__(
         self,
@@ -72,27 +93,18 @@ class Worker:
         running_env: Mapping[str, str] | None = None,
         membership: Membership | None = None,
         metadata: Metadata | None = None,
+        liveness: Liveness | None = None,
+        meter: Meter | None = None,
     ) -> None:
         """`membership` and `metadata`: fleet mode's group membership and the instance metadata it is watched
-        through (both None elsewhere: no protection, no watch)."""
+        through (both None elsewhere: no protection, no watch). `liveness`: the hosts table's record of this loop
+        (None without HOSTS_TABLE_NAME); `meter`: the metrics (default: EMF lines on stdout)."""
         self.config = config
         self.sqs = sqs
         self.store = store
         self.registry = registry
         self.queue = QueueClient(sqs, config.queue_url, config.dlq_url)
-        several = config.slots > 1  # one slot: its jobs see the GPUs the adapter sees, in runner-<pid>, as before
-        runners = [
-            Runner(
-                s3=s3,
-                bucket=config.bucket,
-                work_dir=config.work_dir,
-                stop_grace_s=config.stop_grace_s,
-                job_user=config.job_user or "",
-                slot=i if several else None,
-                gpu=str(i) if several else None,
-            )
-            for i in range(config.slots)
-        ]
+        runners = _runners(config, s3)
         self.membership = membership
         self.slots = Slots(runners, on_busy=self._busy)
         self.runner = runners[0]
@@ -116,8 +128,10 @@ class Worker:
                 running_env=running_env,
                 every_s=config.rollout_check_s,
             )
+        self.liveness = liveness
+        self.meter = meter or Meter(namespace=config.metrics_namespace, slots=config.slots, worker=config.worker_id)
         self.stopping = threading.Event()
-        self.claims = Claims(config, store, self.queue, self.stopping)
+        self.claims = Claims(config, store, self.queue, self.stopping, finish=self.finish, ended=self.meter.task_ended)
         self._next_sweep = 0.0
 
     def request_stop(self) -> None:
@@ -151,12 +165,14 @@ class Worker:
                 pass
             if self.watch is not None:
                 self.watch.stop()
+            self.meter.close()  # the last interval's line, and every line still buffered, go out
         logs.event(log, "worker_stopped")
         return EXIT_STOPPED
 
     def turn(self) -> int | None:
         """One loop turn: receive for the free slots and start their messages, or do the idle chores (or, leaving
         service, the departure's). Returns when a slot is free again; returns an exit code to stop with."""
+        self._periodic()
         self.slots.sync()  # the scale-in protection follows busy and idle (retrying a change that failed)
         if self.departure.leaving.is_set():
             self.departure.turn(self.slots, self.stopping)
@@ -179,7 +195,14 @@ class Worker:
 
     def _until(self, wait: Callable[[float], bool]) -> None:
         while not wait(1.0):  # in steps: the loop's thread stays responsive to signals
-            pass
+            self._periodic()
+
+    def _periodic(self) -> None:
+        """The loop's own timed writes, from its thread: a hung loop stops them. Liveness (at most every
+        LIVENESS_SECONDS), then the minute's metrics."""
+        if self.liveness is not None:
+            self.liveness.tick()
+        self.meter.tick()
 
     def _busy(self, busy: bool) -> None:
         """Slots' turn busy / turn idle: scale-in protection on before the first claim, off as the last one ends
@@ -195,7 +218,8 @@ class Worker:
         if self.autostop is not None:
             self.autostop.note_busy()
         try:
-            self.handle(message, runner)
+            with self.meter.occupied():
+                self.handle(message, runner)
         finally:
             if self.autostop is not None:
                 self.autostop.note_busy()  # the idle window starts when the task ends
@@ -213,6 +237,7 @@ class Worker:
                     self.config.dlq_url,
                     stale_after_ms=self.config.stale_after_ms,
                     hide_s=int(min(SQS_MAX_VISIBILITY_S, max(30, 2 * self.config.dlq_sweep_s))),
+                    ended=self.meter.task_ended,
                 )
             except Exception as err:
                 logs.event(log, "dlq_sweep_error", logging.WARNING, error=f"{type(err).__name__}: {err}")
@@ -248,7 +273,7 @@ class Worker:
             task_type = self.registry.get(held.type)
             params = task_type.validate(held.params)
         except TaskTypeError as err:  # retrying cannot help: straight to the DLQ path
-            self.store.finish(held, TaskStatus.FAILED, error=str(err))
+            self.finish(held, TaskStatus.FAILED, error=str(err))
             self.queue.to_dlq(message, str(err))
             return
         control = Control(self.stopping, self.departure.leaving)
@@ -279,6 +304,14 @@ class Worker:
                 result = Attempt(AttemptOutcome.FAILED, error=f"adapter error: {type(err).__name__}: {err}")
         self.settle(held, message, result, control)
 
+    def finish(self, held: TaskRecord, status: TaskStatus, **changes: Any) -> TaskRecord:
+        """The settle write (TaskStore.finish, one UpdateItem) with the instance's price, then the task's metrics."""
+        record = self.store.finish(
+            held, status, hourly_usd=self.config.gpu_hourly_usd, slots=self.config.slots, **changes
+        )
+        self.meter.task_ended(record)
+        return record
+
     def settle(self, held: TaskRecord, message: dict[str, Any], result: Attempt, control: Control) -> None:
         """Record the attempt's outcome on the item (fenced by the held attempt), then decide the message's fate."""
         attempt, count = held.attempts, receive_count(message)
@@ -287,17 +320,17 @@ class Worker:
             return  # another worker holds the task and its message now: touch neither
         try:
             if result.outcome is AttemptOutcome.SUCCEEDED:
-                self.store.finish(held, TaskStatus.SUCCEEDED, result_uri=result.result_uri)
+                self.finish(held, TaskStatus.SUCCEEDED, result_uri=result.result_uri)
                 self.queue.delete(message)
                 logs.event(log, "succeeded", attempt=attempt, result_uri=result.result_uri)
             elif control.cancelled.is_set():
-                self.store.finish(held, TaskStatus.CANCELLED, error=result.error)
+                self.finish(held, TaskStatus.CANCELLED, error=result.error)
                 self.queue.delete(message)
                 logs.event(log, "cancelled", attempt=attempt)
             elif result.interrupted == "stopping":
                 self._hand_back_on_stop(held, message, f"{self._stop_cause()} during attempt {attempt}")
             elif self.config.retry.is_last(count):
-                self.store.finish(held, TaskStatus.FAILED, error=result.error)
+                self.finish(held, TaskStatus.FAILED, error=result.error)
                 logs.event(log, "failed", logging.WARNING, attempt=attempt, receive_count=count, error=result.error)
                 self.queue.to_dlq(message, result.error or "failed")
             else:
@@ -319,7 +352,7 @@ class Worker:
         """RUNNING -> QUEUED and make the message visible: at once (a hand-back) or after the retry delay."""
         item = self.store.requeue(held, error=error)
         if item.cancel_requested:  # a cancel landed during the attempt: honour it instead of retrying
-            self.store.cancel(held.task_id)
+            self.meter.task_ended(self.store.cancel(held.task_id))
             self.queue.delete(message)
             logs.event(log, "cancelled", attempt=held.attempts)
             return
@@ -353,7 +386,7 @@ class Worker:
         item = self.store.requeue(held, error=error, enqueue_id=fresh.enqueue_id)
         self.queue.delete(message)
         if item.cancel_requested:  # a cancel landed during the attempt: the fresh message finds it CANCELLED
-            self.store.cancel(held.task_id)
+            self.meter.task_ended(self.store.cancel(held.task_id))
             logs.event(log, "cancelled", attempt=held.attempts)
             return
         logs.event(log, "requeued", attempt=held.attempts, reason="handed back", error=error)

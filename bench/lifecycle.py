@@ -10,7 +10,11 @@ moto server (a child process on 127.0.0.1), in rounds whose order rotates so dri
            there before any adapter code runs.
 - adapter: `adapter.worker.Worker.turn()` as built by `python -m adapter` (JSON logs at INFO to /dev/null): its
            calls plus its bookkeeping - work dir, heartbeat thread, param validation, and running the `noop`
-           type's argv (`true`) as a real process, since running a process is what a command task is.
+           type's argv (`true`) as a real process, since running a process is what a command task is. Configured
+           as on an instance: liveness on (a hosts table, the instance id from a local metadata service,
+           localaws.metadata), each settle's cost (GPU_HOURLY_USD) and metrics shipped to a log group. Those two
+           make timed calls (liveness at most every LIVENESS_SECONDS, the metrics' PutLogEvents once a minute), not
+           calls per task: they are counted apart, as calls in the run, and their time stays in the adapter's.
 A separate series times just spawning `true` the way the runner does, to show how much of the gap is that.
 
 Per series it reports the AWS calls per task by operation (botocore's before-call/after-call events on every client
@@ -47,12 +51,14 @@ sys.path.insert(0, str(REPO))
 
 from adapter.__main__ import build  # noqa: E402  (after the path fix: runnable as a script)
 from adapter.procs import death_signal_prefix  # noqa: E402
-from bench.resources import create_task_resources  # noqa: E402
+from bench.resources import create_host_resources, create_task_resources  # noqa: E402
 from bench.submit_latency import child, measure  # noqa: E402
 from core import logs  # noqa: E402
 from core.message import TaskMessage  # noqa: E402
+from core.metrics import LogShipper  # noqa: E402
 from core.store import TaskStore  # noqa: E402
 from core.tasks import TaskStatus  # noqa: E402
+from localaws.metadata import MetadataServer  # noqa: E402
 from localaws.server import free_port  # noqa: E402
 
 REGION = "us-east-1"
@@ -70,29 +76,33 @@ class AwsClock:
         self.series: str | None = None  # None: not recording (submits, warm-up)
         self.count: dict[tuple[str, str], int] = {}  # (series, operation) -> calls
         self.took: dict[tuple[str, str], float] = {}  # (series, operation) -> seconds
+        self.timed: dict[tuple[str, str], int] = {}  # (series, operation) -> calls made by the clock, not per task
         self._started = 0.0
         self._attached: set[int] = set()
 
-    def attach(self, client: Any) -> None:
+    def attach(self, client: Any, *, timed: bool = False) -> None:
+        """`timed`: the client's calls come from a clock (liveness, metrics), not from tasks: counted apart."""
         # Once per client: a handler registered twice would count each call twice.
         if id(client) in self._attached:
             return
         self._attached.add(id(client))
         client.meta.events.register("before-call", self._before)
-        client.meta.events.register("after-call", self._after)
+        client.meta.events.register("after-call", lambda model=None, **_: self._after(model, timed))
 
     def clear(self) -> None:
         self.count.clear()
         self.took.clear()
+        self.timed.clear()
 
     def _before(self, **_: Any) -> None:
         self._started = time.perf_counter()
 
-    def _after(self, model: Any = None, **_: Any) -> None:
+    def _after(self, model: Any, timed: bool) -> None:
         if self.series is not None:
-            key = (self.series, model.name if model is not None else "?")
+            name = model.name if model is not None else "?"
+            key, calls = ((self.series, f"{name} (timed)"), self.timed) if timed else ((self.series, name), self.count)
             self.took[key] = self.took.get(key, 0.0) + time.perf_counter() - self._started
-            self.count[key] = self.count.get(key, 0) + 1
+            calls[key] = calls.get(key, 0) + 1
 
     def per_task(self, n: int) -> dict[str, dict[str, float]]:
         """series -> operation -> calls per task."""
@@ -121,6 +131,11 @@ def create_resources(session: Any, endpoint: str, name: str) -> dict[str, str]:
     bucket = f"{name}-artifacts".replace("_", "-")
     session.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     return {**names, "ARTIFACTS_BUCKET": bucket}
+
+
+def create_adapter_extras(session: Any, endpoint: str, name: str) -> dict[str, str]:
+    """What an instance's adapter has beside the task resources (bench/resources.py), and a price to record."""
+    return {**create_host_resources(session, endpoint, name), "GPU_HOURLY_USD": "1.006"}
 
 
 def submit(store: TaskStore, sqs: Any, queue_url: str, n: int) -> list[str]:
@@ -204,7 +219,7 @@ def quiet_production_logs() -> Any:
 class Bench:
     """The three series' resources in one moto server, and one timed pass of a series (wall, CPU, AWS calls)."""
 
-    def __init__(self, endpoint: str, work: str) -> None:
+    def __init__(self, endpoint: str, work: str, metadata_url: str) -> None:
         session = boto3.session.Session(
             region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
         )
@@ -222,6 +237,8 @@ class Bench:
             "WORKER_ID": "bench",
             "IDLE_WINDOW_SECONDS": "0",
             "DLQ_SWEEP_SECONDS": "3600",
+            "INSTANCE_METADATA_URL": metadata_url,
+            **create_adapter_extras(session, endpoint, f"bench_adapter_{uuid.uuid4().hex[:6]}"),
         }
         self.worker = build(env, session=session)
         self.work = work
@@ -236,6 +253,12 @@ class Bench:
         for client in (self.sqs, bare_table.meta.client, self.worker.sqs, self.worker.store.table.meta.client):
             self.clock.attach(client)
         self.clock.attach(self.worker.runner.s3)
+        if self.worker.liveness is not None:
+            self.clock.attach(self.worker.liveness.hosts.dynamodb, timed=True)
+        shipper = self.worker.meter.write
+        if not isinstance(shipper, LogShipper):
+            raise RuntimeError("the adapter's metrics are not shipped (METRICS_LOG_GROUP): not as on an instance")
+        self.clock.attach(shipper.logs, timed=True)
         self.wall = dict.fromkeys((*SERIES, "spawn"), 0.0)
         self.cpu = dict.fromkeys((*SERIES, "spawn"), 0.0)
 
@@ -267,7 +290,11 @@ class Bench:
 
 
 def lifecycle(endpoint: str, tasks: int, rounds: int) -> dict[str, Any]:
-    bench = Bench(endpoint, tempfile.mkdtemp(prefix="lifecycle-"))
+    with MetadataServer("i-0bench00000000000") as imds:  # 127.0.0.1, stopped with the block
+        return _lifecycle(Bench(endpoint, tempfile.mkdtemp(prefix="lifecycle-"), imds.url), tasks, rounds)
+
+
+def _lifecycle(bench: Bench, tasks: int, rounds: int) -> dict[str, Any]:
     devnull = quiet_production_logs()
     try:
         for series in SERIES:  # warm connections and imports outside the timed rounds
@@ -304,6 +331,8 @@ def summarize(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
         "aws_calls_per_task": {k: round(sum(v.values()), 2) for k, v in calls.items()},
         "aws_calls_per_task_by_op": calls,
         "adapter_calls_per_task_beyond_bare": beyond_bare,
+        "adapter_timed_calls_in_run": {op: n for (s, op), n in sorted(clock.timed.items()) if s == "adapter"},
+        "adapter_seconds": round(wall["adapter"], 1),
         "ms_per_task_in_aws_calls": {k: round(1000 * clock.seconds(k) / n, 2) for k in SERIES},
         "ms_per_task_by_call": {f"{s}.{op}": round(1000 * t / n, 2) for (s, op), t in sorted(clock.took.items())},
         "ms_per_task_outside_aws_calls": {k: round(1000 * (wall[k] - clock.seconds(k)) / n, 2) for k in SERIES},
@@ -332,6 +361,8 @@ def report(result: dict[str, Any]) -> None:
         )
     print(f"  spawning the no-op process alone: {ms['spawn']:.2f} ms/task, CPU {cpu['spawn']:.2f} ms/task")
     print("  (CPU: this process only, all its threads; moto and the job processes are child processes, not counted)")
+    timed = ", ".join(f"{op} {n}" for op, n in result["adapter_timed_calls_in_run"].items()) or "none"
+    print(f"  adapter's timed calls (liveness, metrics) in its {result['adapter_seconds']} s: {timed}")
     beyond = result["adapter_calls_per_task_beyond_bare"]
     extra = ", ".join(f"{op} +{n:.2f}" for op, n in beyond.items()) or "none"
     fast = "met" if ratio >= TARGET_RATIO else "NOT met"

@@ -19,11 +19,32 @@ def _declared(rtype: str) -> list[dict[str, Any]]:
     return [body for doc in stacks.values() for body in doc.get("resource", {}).get(rtype, {}).values()]
 
 
+def _table(prefix: str) -> dict[str, Any]:
+    return next(t for t in _declared("aws_dynamodb_table") if t["name"].startswith(prefix))
+
+
+def create_host_resources(session: Any, endpoint: str, name: str) -> dict[str, str]:
+    """What an instance's adapter has beside the task resources: the GPU hosts table (its key schema as the stacks
+    declare it) and a metrics log group; returns the runtime env names."""
+    spec = _table("gpu_hosts-")
+    table, group = f"{name}_gpu_hosts", f"/bench/{name}/metrics"
+    keys = [{"AttributeName": spec["hash_key"], "KeyType": "HASH"}]
+    keys.append({"AttributeName": spec["range_key"], "KeyType": "RANGE"})
+    session.client("dynamodb", endpoint_url=endpoint).create_table(
+        TableName=table,
+        BillingMode=spec["billing_mode"],
+        AttributeDefinitions=[{"AttributeName": a["name"], "AttributeType": a["type"]} for a in spec["attribute"]],
+        KeySchema=keys,
+    )
+    session.client("logs", endpoint_url=endpoint).create_log_group(logGroupName=group)
+    return {"HOSTS_TABLE_NAME": table, "METRICS_LOG_GROUP": group}
+
+
 def create_task_resources(session: Any, endpoint: str, name: str) -> dict[str, str]:
     """Queue (+ redrive to its DLQ) and table (+ status index) like the stacks; returns the runtime env names."""
     queues = {q["name"]: q for q in _declared("aws_sqs_queue")}
     main = next(q for n, q in queues.items() if n.startswith("gpu_tasks_queue-"))
-    (table_spec,) = _declared("aws_dynamodb_table")
+    table_spec = _table("task_store-")
     sqs = session.client("sqs", endpoint_url=endpoint)
     dlq = sqs.create_queue(QueueName=f"{name}_dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

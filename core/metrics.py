@@ -151,7 +151,9 @@ class LogShipper:
     lines (up to `max_buffered`, the oldest dropped beyond) for the next flush: a metric is never worth a task.
     https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutLogEvents.html"""
 
-    MAX_BATCH = 10_000  # PutLogEvents: at most 10,000 events (and 1 MiB) per call
+    MAX_BATCH = 10_000  # PutLogEvents: at most 10,000 events per call...
+    MAX_BATCH_BYTES = 1_048_576  # ...and 1 MiB, counting each event's message in UTF-8 plus 26 bytes
+    EVENT_OVERHEAD = 26
 
     def __init__(self, logs_client: Any, *, group: str, stream: str, max_buffered: int = 5000) -> None:
         self.logs = logs_client
@@ -161,6 +163,7 @@ class LogShipper:
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stream_ready = False
+        self.last_error: str | None = None  # why the last flush sent nothing (the caller logs it)
 
     def __call__(self, line: str) -> None:
         with self._lock:
@@ -170,17 +173,25 @@ class LogShipper:
     def flush(self) -> int:
         """Send the buffer; returns how many lines went out (0 on a failure, which keeps them)."""
         with self._lock:
-            batch, self._buffer = self._buffer[: self.MAX_BATCH], self._buffer[self.MAX_BATCH :]
+            size, count = 0, 0
+            for event in self._buffer[: self.MAX_BATCH]:
+                size += len(event["message"].encode()) + self.EVENT_OVERHEAD
+                if size > self.MAX_BATCH_BYTES:
+                    break
+                count += 1
+            batch, self._buffer = self._buffer[:count], self._buffer[count:]
         if not batch:
             return 0
         try:
             self._ensure_stream()
             self.logs.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=batch)
-        except Exception:
+        except Exception as err:
+            self.last_error = f"{type(err).__name__}: {err}"
             with self._lock:
                 self._buffer[:0] = batch
                 del self._buffer[: max(0, len(self._buffer) - self.max_buffered)]
             return 0
+        self.last_error = None
         return len(batch)
 
     def _ensure_stream(self) -> None:

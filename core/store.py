@@ -285,14 +285,25 @@ class TaskStore:
         result_uri: str | None = None,
         error: str | None = None,
         at_ms: int | None = None,
+        hourly_usd: float | None = None,
+        slots: int = 1,
     ) -> TaskRecord:
         """RUNNING -> SUCCEEDED | FAILED | CANCELLED, only for the attempt we hold. Writes only what changes and
-        asks for nothing back: the new record is `held` with those changes."""
+        asks for nothing back: the new record is `held` with those changes.
+
+        The same write records `gpu_seconds`, the held attempt's started_at -> finished_at, and with `hourly_usd`
+        (the instance's price; each task holds one of its `slots` GPUs) `cost_usd`. Only the settled attempt counts:
+        time of attempts that were requeued (a retry, a hand-back on a stop) is not in the task's gpu_seconds, and
+        shows as idle overhead in the cost report, beside the billed running intervals (core/hosts.py)."""
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, got {status.value}")
         at = now_ms() if at_ms is None else at_ms
         changes: dict[str, Any] = {"status": status, "finished_at": at, "updated_at": at}
         changes["ttl"] = at // 1000 + RESULT_TTL_SECONDS
+        if held.started_at is not None:
+            changes["gpu_seconds"] = max(0, at - held.started_at) / 1000
+            if hourly_usd is not None:
+                changes["cost_usd"] = changes["gpu_seconds"] * hourly_usd / 3600 / max(1, slots)
         if result_uri is not None:
             changes["result_uri"] = result_uri
         if error is not None:

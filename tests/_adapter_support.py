@@ -358,3 +358,33 @@ def running(worker: Any) -> Iterator[threading.Thread]:
         worker.request_stop()
         thread.join(timeout=30)
         assert not thread.is_alive(), "the worker did not stop"
+
+
+# -- liveness and metrics ----------------------------------------------------------------------------------------------
+def create_hosts_table(aws: Any) -> str:
+    """A GPU hosts table in the local AWS, keyed as core/hosts.py reads it (`instance_id` + `sk`, both strings), named
+    for one test; returns its name."""
+    name = f"gpu_hosts-{uuid.uuid4().hex[:8]}"
+    aws.client("dynamodb").create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "instance_id", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "instance_id", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    )
+    return name
+
+
+def create_log_group(aws: Any) -> str:
+    """A CloudWatch Logs group in the local AWS, named for one test; returns its name."""
+    name = f"/gpu-orchestrator/test/metrics-{uuid.uuid4().hex[:8]}"
+    aws.client("logs").create_log_group(logGroupName=name)
+    return name
+
+
+def log_messages(aws: Any, group: str, stream: str) -> list[str]:
+    """Every message of one log stream, oldest first."""
+    found = aws.client("logs").get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)
+    return [event["message"] for event in found["events"]]
