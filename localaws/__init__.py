@@ -89,6 +89,7 @@ class LocalAws:
             contract.ARTIFACTS_BUCKET: self.bucket,
             contract.GPU_INSTANCE_IDS: ",".join(self.instance_ids),
             contract.CONTROLLER_FUNCTION_NAME: self.outputs[LAMBDA]["FunctionName"],
+            contract.HOSTS_TABLE_NAME: self.outputs[DYNAMODB]["HostsTableName"],
         }
         if self.fleet_name:
             names[contract.GPU_FLEET_NAME] = self.fleet_name
@@ -97,8 +98,13 @@ class LocalAws:
     def adapter_env(self, work_dir: str | Path) -> dict[str, str]:
         """What `python -m adapter` needs on this machine beside `env()`: a work dir it may write (the default is
         the instance's /var/lib path), and unbuffered output, so its lines reach a log file or pipe as they happen
-        (as journald gets them on the instance) rather than when a buffer fills or the process exits."""
-        return {**self.env(), "PYTHONUNBUFFERED": "1", contract.WORK_DIR.name: str(work_dir)}
+        (as journald gets them on the instance) rather than when a buffer fills or the process exits. Without
+        HOSTS_TABLE_NAME: an adapter run straight on this machine is on no instance, so it has no liveness to record
+        (an emulated host's adapter reads the table's name from its SSM config, and its instance id from the
+        host's metadata service)."""
+        env = {**self.env(), "PYTHONUNBUFFERED": "1", contract.WORK_DIR.name: str(work_dir)}
+        env.pop(contract.HOSTS_TABLE_NAME.name)
+        return env
 
     def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
         """Created resources of one Terraform type: '<stack>/<type>.<name>' -> attributes."""

@@ -131,6 +131,7 @@ def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, 
         ec2=local.client("ec2"),
         lambda_=controller.client,
         table=local.resource("dynamodb").Table(local.table_name),
+        dynamodb=local.client("dynamodb"),
         s3=local.client("s3", config=BotoConfig(signature_version="s3v4")),
     )
     url = stack.enter_context(serve_in_thread(create_app(settings, clients)))

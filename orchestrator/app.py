@@ -6,6 +6,7 @@ The docs pages load Swagger UI / ReDoc from the service itself (fastapi-offline)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -15,10 +16,14 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
 from core import logs
+from core.cost import CostReport
+from core.hosts import HostStore
 from core.store import TaskStore
 from core.tasks import TaskStatus
 
 from . import registry as types
+from .api_metrics import RefusedSubmits, SubmitMetrics
+from .costs import DEFAULT_SINCE, SINCE_MAX_CHARS, CostService
 from .files import Artifacts
 from .gpu import ControllerNotifier, GpuStates
 from .http_guards import DOCS_ASSETS, BearerAuth, BodyLimit, IamAuth
@@ -79,7 +84,13 @@ def artifacts_of(request: Request) -> Artifacts:
     return found
 
 
+def costs_of(request: Request) -> CostService:
+    costs: CostService = request.app.state.costs
+    return costs
+
+
 Service = Annotated[TaskService, Depends(service_of)]
+Costs = Annotated[CostService, Depends(costs_of)]
 Me = Annotated[Caller, Depends(caller_of)]
 Files = Annotated[Artifacts, Depends(artifacts_of)]
 # The auth middleware (BearerAuth or IamAuth) enforces it; these only declare it in the OpenAPI document.
@@ -102,7 +113,7 @@ def task_routes(security: Any) -> APIRouter:
         """Queue a task and tell the controller, which starts a GPU for it; `gpu` says whether that message got
         through (if not, the controller's 1-minute schedule starts one). A repeat with the same `idempotency_key`
         returns the first task (header `Idempotent-Replayed: true`) and enqueues nothing."""
-        out = service.submit(body.type, body.params, body.idempotency_key, caller)
+        out = service.submit(body.type, body.params, body.idempotency_key, caller, body.notify_url)
         if out.replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return {**out.task, "gpu": out.gpu}
@@ -154,6 +165,18 @@ def task_routes(security: Any) -> APIRouter:
         """The registered task types and their params (what to submit, not what runs)."""
         return {"types": request.app.state.types}
 
+    @routes.get("/cost", response_model=CostReport, responses=ERRORS)
+    def cost(
+        costs: Costs,
+        caller: Me,
+        since: Annotated[
+            str, Query(max_length=SINCE_MAX_CHARS, description="a duration back from now (30m, 12h, 7d) or an ISO date")
+        ] = DEFAULT_SINCE,
+    ) -> CostReport:
+        """GPU time and cost of the tasks finished since `since`, by type and by submitter; for an admin also the
+        GPU time billed and the idle overhead (billed minus used). Other callers see their own tasks only."""
+        return costs.report(since, caller)
+
     @routes.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz(service: Service) -> JSONResponse:
         """Reads the queues and the GPU state, and says whether the latest nudge of the controller got through: 503
@@ -187,8 +210,17 @@ async def bad_request(_: Request, exc: Exception) -> JSONResponse:
     return error_response(*_validation_message(exc))
 
 
-def create_app(settings: Settings, clients: Clients, *, validate: Validator | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    clients: Clients,
+    *,
+    validate: Validator | None = None,
+    metrics_out: Callable[[str], Any] | None = None,
+) -> FastAPI:
+    """`metrics_out`: where the EMF metric lines go (default stdout, which Lambda sends to CloudWatch Logs)."""
     registry = types.load()
+    metrics = SubmitMetrics(settings.metrics_namespace, metrics_out)
+    store = TaskStore(clients.table, status_index=settings.status_index)
     # Nothing here outlives a request (no thread, no lifespan work): the controller Lambda starts the GPUs.
     controller = ControllerNotifier(clients.lambda_, settings.controller_function)
     app = FastAPIOffline(
@@ -198,7 +230,7 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         static_url=DOCS_ASSETS,
     )
     app.state.service = TaskService(
-        store=TaskStore(clients.table, status_index=settings.status_index),
+        store=store,
         sqs=clients.sqs,
         queue_url=settings.queue_url,
         dlq_url=settings.dlq_url,
@@ -208,6 +240,14 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
         ),
         validate=validate or types.registry_validator(registry=registry),
         inputs_of=types.inputs_of(registry),
+        metrics=metrics,
+        allow_loopback_webhooks=settings.webhook_allow_loopback,
+    )
+    app.state.costs = CostService(
+        store=store,
+        hosts=HostStore(clients.dynamodb, settings.hosts_table) if settings.hosts_table and clients.dynamodb else None,
+        hosts_table=settings.hosts_table,
+        hourly_usd=settings.gpu_hourly_usd,
     )
     app.state.controller = controller
     app.state.types = types.describe(registry)
@@ -231,6 +271,7 @@ def create_app(settings: Settings, clients: Clients, *, validate: Validator | No
     app.include_router(public)
     # Added last = outermost: the caller is known (or refused) before a body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RefusedSubmits, metrics=metrics)  # sees the body guard's refusals, never unauthenticated ones
     if settings.auth == "iam":
         app.add_middleware(IamAuth, admins=settings.admin_arns)
     else:

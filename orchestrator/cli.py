@@ -1,4 +1,5 @@
-"""`gpuq` (also `python -m orchestrator`): submit, wait, status, list, cancel, results, logs, types, configure, serve.
+"""`gpuq` (also `python -m orchestrator`): submit, wait, status, list, cancel, results, logs, types, cost, configure,
+serve.
 
 Where the service is: --url, else ORCHESTRATOR_URL, else the config file `gpuq configure` writes ($GPUQ_CONFIG or
 ~/.config/gpuq/config.toml), else http://127.0.0.1:8080. How to call it: bearer mode sends ORCHESTRATOR_TOKEN (or
@@ -16,14 +17,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from core import contract as c
 from core.contract import SettingError
+from core.webhook import WebhookRefused, check_url
 
-from . import cliconfig
+from . import cliconfig, cliprint
 from .client import Client, ServiceError, SetupError, SigV4Signer, TransferError, lambda_url_region
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -53,11 +55,9 @@ def parse_input(raw: str) -> tuple[str, Path]:
 
 def _print_task(task: dict[str, Any], as_json: bool, out: TextIO) -> None:
     if as_json:
-        out.write(json.dumps(task, sort_keys=True) + "\n")
-        return
-    for key in ("task_id", "status", "type", "attempts", "result_uri", "error", "cancel_requested", "submitted_by"):
-        if task.get(key) is not None:
-            out.write(f"{key}: {task[key]}\n")
+        cliprint.as_json(task, out)
+    else:
+        cliprint.task(task, out)
 
 
 def wait_for(
@@ -144,6 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="upload FILE and pass its key as PARAM (a param the type marks s3_input)",
     )
     p.add_argument("--idempotency-key", default=None, help="default: a fresh random key (safe retries)")
+    p.add_argument("--notify", default=None, metavar="URL", help="an https webhook told when the task ends")
     p.add_argument("--wait", action="store_true", help="then wait until the task ends")
     p.add_argument("--download", type=Path, default=None, metavar="DIR", help="wait, then fetch the results into DIR")
     p = sub.add_parser("status", parents=[common], help="show one task")
@@ -163,6 +164,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common], help="the end of a task's stdout and stderr")
     p.add_argument("task_id")
     sub.add_parser("types", parents=[common], help="the task types and their params")
+    p = sub.add_parser("cost", parents=[common], help="GPU time and cost of finished tasks, and the idle overhead")
+    p.add_argument("--since", default=None, help="30m, 12h, 7d or an ISO date (default: the service's, 7d)")
     p = sub.add_parser("configure", help="write the config file for an environment's service")
     p.add_argument("--env", required=True, help="the environment (dev, staging, prod)")
     p.add_argument("--url", default=None, help="the service URL (default: the api stack's Terraform outputs)")
@@ -238,23 +241,46 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif args.command == "results":
         return _results(client, args.task_id, args.download, args.json, out, err)
     elif args.command == "logs":
-        _logs(client.logs(args.task_id), args.json, out)
+        _show(client.logs(args.task_id), args.json, cliprint.logs, out)
     elif args.command == "types":
-        _types(client.types(), args.json, out)
+        _show(client.types(), args.json, cliprint.types, out)
+    elif args.command == "cost":
+        _show(client.cost(args.since), args.json, cliprint.cost, out)
     return EXIT_OK
+
+
+def _show(
+    found: dict[str, Any], as_json: bool, readable: Callable[[dict[str, Any], TextIO], None], out: TextIO
+) -> None:
+    if as_json:
+        cliprint.as_json(found, out)
+    else:
+        readable(found, out)
+
+
+def _notify_url(raw: str | None) -> str | None:
+    """The service decides for its environment; here only what every environment refuses is refused (loopback is
+    for local environments, which allow it), so a refusal comes before anything is uploaded or sent."""
+    if raw is None:
+        return None
+    try:
+        return check_url(raw, allow_loopback=True)
+    except WebhookRefused as err:
+        raise SetupError(f"--notify: {err}") from None
 
 
 def _submit(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.params is not None and not isinstance(args.params, dict):
         raise SetupError("--params must be a JSON object")
     params = {**(args.params or {}), **dict(args.param)}
+    notify_url = _notify_url(args.notify)
     for name, path in args.input:
         if name in params:
             raise SetupError(f"{name} is given both as a param and as --input")
         if not path.is_file():
             raise SetupError(f"--input {name}={path}: no such file")
         params[name] = _upload(client, path, err, quiet=args.json)
-    task = client.submit(args.type, params, args.idempotency_key)
+    task = client.submit(args.type, params, args.idempotency_key, notify_url=notify_url)
     if args.wait or args.download is not None:
         if not args.json:
             err.write(f"submitted {task['task_id']}\n")
@@ -317,36 +343,6 @@ def _download(listing: dict[str, Any], root: Path, err: TextIO, *, quiet: bool) 
         err.write("more objects than one answer lists: only these were downloaded\n")
     if not quiet:
         err.write(f"downloaded {len(listing['objects'])} file(s) to {root}\n")
-
-
-def _logs(found: dict[str, Any], as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps(found, sort_keys=True) + "\n")
-        return
-    for stream in ("stdout", "stderr"):
-        tail = found[stream]
-        if not tail.get("present"):
-            out.write(f"== {stream}: none\n")
-            continue
-        shown = len(tail["text"].encode())
-        note = f", last {shown} bytes shown" if tail.get("truncated") else ""
-        out.write(f"== {stream} ({tail['size']} bytes{note})\n{tail['text']}")
-        if tail["text"] and not tail["text"].endswith("\n"):
-            out.write("\n")
-
-
-def _types(found: dict[str, Any], as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps(found, sort_keys=True) + "\n")
-        return
-    for spec in found["types"]:
-        out.write(f"{spec['name']}: {spec['description']}\n")
-        for p in spec["params"]:
-            rules = [p["type"], "required" if p["required"] else "optional"]
-            rules += [f"{k} {p[k]}" for k in ("min", "max", "max_length") if k in p]
-            if p.get("s3_input"):
-                rules.append(f"a file: --input {p['name']}=FILE")
-            out.write(f"  -p {p['name']}=...  ({', '.join(str(r) for r in rules)})\n")
 
 
 def _configure(args: argparse.Namespace, out: TextIO) -> int:

@@ -134,11 +134,19 @@ class Client:
             raise ServiceError(0, f"cannot reach {self.base_url}: {err}") from None
 
     def submit(
-        self, task_type: str, params: dict[str, Any], idempotency_key: str | None = None, backoff: Backoff = Backoff()
+        self,
+        task_type: str,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+        backoff: Backoff = Backoff(),
+        *,
+        notify_url: str | None = None,
     ) -> dict[str, Any]:
         """Submits with an idempotency key (a fresh one unless given), so retrying after a 503 or a lost
-        connection can never create a second task."""
+        connection can never create a second task. `notify_url`: the task's webhook."""
         body = {"type": task_type, "params": params, "idempotency_key": idempotency_key or uuid.uuid4().hex}
+        if notify_url is not None:
+            body["notify_url"] = notify_url
         delay = backoff.first_delay_s
         for attempt in range(1, backoff.attempts + 1):
             try:
@@ -168,6 +176,10 @@ class Client:
 
     def types(self) -> dict[str, Any]:
         return self.request("GET", "/types")
+
+    def cost(self, since: str | None = None) -> dict[str, Any]:
+        """The cost report (`since`: 30m, 12h, 7d, an ISO date; None: the service's default)."""
+        return self.request("GET", "/cost" + ("?" + urllib.parse.urlencode({"since": since}) if since else ""))
 
     def upload_grant(self, name: str, size: int) -> dict[str, Any]:
         return self.request("POST", "/uploads", {"name": name, "bytes": size})

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.tasks import TaskStatus
+from core.tasks import NotifyState, TaskStatus
 
 from .gpu import NudgeStatus
 
@@ -28,6 +28,20 @@ class SubmitRequest(BaseModel):
         pattern=r"^[A-Za-z0-9_.:-]+$",
         description="repeating a request with the same key returns the first task and enqueues nothing",
     )
+    notify_url: str | None = Field(
+        default=None,
+        description="an https URL told (a signed POST) when the task ends: a public host, no credentials, no "
+        "fragment, at most 2048 characters",
+    )
+
+
+class NotifyView(BaseModel):
+    """Where the task's webhook delivery stands."""
+
+    state: NotifyState | None = Field(description="PENDING until delivered (DELIVERED) or out of attempts (FAILED)")
+    attempts: int = Field(description="deliveries tried so far")
+    error: str | None = Field(description="why the last delivery failed")
+    at: int | None = Field(description="epoch ms of the last change of state")
 
 
 class Task(BaseModel):
@@ -50,6 +64,10 @@ class Task(BaseModel):
     idempotency_key: str | None = None
     submitted_by: str | None = Field(default=None, description="the caller who submitted it (an IAM ARN, or local)")
     cancel_requested: bool | None = None
+    notify_url: str | None = Field(default=None, description="the webhook the submitter named")
+    notify: NotifyView | None = Field(default=None, description="present when the task named a webhook")
+    gpu_seconds: float | None = Field(default=None, description="GPU time the task's settled attempts used")
+    cost_usd: float | None = Field(default=None, description="gpu_seconds at the price when it settled")
 
 
 class GpuNudge(BaseModel):

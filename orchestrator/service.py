@@ -17,6 +17,10 @@ then it answers 503 `enqueue_in_progress` and a later repeat settles it. Taking 
 enqueue_id, so a message the previous holder may still have sent is a stale copy the adapter deletes unrun.
 A repeat whose task already has `enqueued_at` (or has moved on) enqueues nothing and returns the first task.
 An idempotency key belongs to the caller who first used it: another caller repeating it gets 409, not the task.
+The same key with another type, params or notify_url is another request: 409 too.
+
+A task may name a webhook (`notify_url`), told when it ends. The URL is checked here (core.webhook.check_url:
+https, a public host, no credentials) before anything is written; each delivery checks the address again.
 
 Ownership: every task records its `submitted_by` (the caller's identity, orchestrator/identity.py). Reading,
 cancelling and listing act only on the caller's own tasks unless the caller is an admin; another caller's task
@@ -42,7 +46,9 @@ from core.instances import InstanceState
 from core.message import TaskMessage
 from core.store import TaskStore, TransitionRejected
 from core.tasks import TaskRecord, TaskStatus
+from core.webhook import WebhookRefused, check_url
 
+from .api_metrics import SubmitMetrics
 from .gpu import SKIPPED, ControllerNotifier, GpuStates
 from .identity import Caller
 
@@ -77,9 +83,21 @@ class InvalidTask(Exception):
     """Unknown type or params that do not fit the type's declaration."""
 
 
+# Shown together as `notify` rather than one by one; `ttl` is DynamoDB's expiry bookkeeping.
+_NOT_SHOWN = frozenset({"ttl", "notify_state", "notify_attempts", "notify_error", "notified_at"})
+
+
 def task_view(record: TaskRecord) -> dict[str, Any]:
-    """The task as the API shows it: every attribute it has, less DynamoDB's expiry bookkeeping."""
-    return {k: v for k, v in record.to_item().items() if k != "ttl"}
+    """The task as the API shows it: every attribute it has, its webhook's delivery as `notify` (when it named one)."""
+    view = {k: v for k, v in record.to_item().items() if k not in _NOT_SHOWN}
+    if record.notify_url is not None:
+        view["notify"] = {
+            "state": record.notify_state.value if record.notify_state is not None else None,
+            "attempts": record.notify_attempts or 0,
+            "error": record.notify_error,
+            "at": record.notified_at,
+        }
+    return view
 
 
 def encode_cursor(key: Mapping[str, Any] | None) -> str | None:
@@ -140,21 +158,33 @@ class TaskService:
     validate: Validator
     inputs_of: InputsOf = _no_inputs
     list_scan_budget: int = LIST_SCAN_BUDGET
+    metrics: SubmitMetrics = SubmitMetrics()
+    allow_loopback_webhooks: bool = False  # WEBHOOK_ALLOW_LOOPBACK: local environments only
 
     def submit(
-        self, task_type: str, params: Mapping[str, Any], idempotency_key: str | None, caller: Caller
+        self,
+        task_type: str,
+        params: Mapping[str, Any],
+        idempotency_key: str | None,
+        caller: Caller,
+        notify_url: str | None = None,
     ) -> Submitted:
         try:
             clean = self.validate(task_type, params)
         except InvalidTask as err:
             raise ApiError(422, "invalid_task", str(err)) from None
         self._check_inputs(task_type, clean, caller)
+        self._check_notify(notify_url)
         try:
             task = self.store.create(
-                task_type=task_type, params=clean, idempotency_key=idempotency_key, submitted_by=caller.id
+                task_type=task_type,
+                params=clean,
+                idempotency_key=idempotency_key,
+                submitted_by=caller.id,
+                notify_url=notify_url,
             )
         except TransitionRejected as seen:
-            return self._replay(seen, task_type, clean, caller)
+            return self._replay(seen, task_type, clean, notify_url, caller)
         except AwsError as err:
             logs.event(log, "task_write_failed", logging.ERROR, error=str(err))
             raise ApiError(503, "store_unavailable", "could not record the task; nothing was queued") from None
@@ -174,14 +204,29 @@ class TaskService:
                     f"{caller.input_prefix}; POST /uploads gives one)",
                 )
 
-    def _replay(self, seen: TransitionRejected, task_type: str, params: Mapping[str, Any], caller: Caller) -> Submitted:
+    def _check_notify(self, notify_url: str | None) -> None:
+        if notify_url is None:
+            return
+        try:
+            check_url(notify_url, allow_loopback=self.allow_loopback_webhooks)
+        except WebhookRefused as err:
+            raise ApiError(422, "invalid_notify_url", f"notify_url: {err}") from None
+
+    def _replay(
+        self,
+        seen: TransitionRejected,
+        task_type: str,
+        params: Mapping[str, Any],
+        notify_url: str | None,
+        caller: Caller,
+    ) -> Submitted:
         task = seen.item
         if task is None:  # the marker exists but its task does not: should not happen; let the client retry
             raise ApiError(503, "idempotency_conflict", "idempotency key is being used concurrently; retry")
         if not _same_owner(task.submitted_by, caller):
             # Not the task, nor its id: the key says nothing about another caller's work.
             raise ApiError(409, "idempotency_key_reused", "idempotency_key was already used by another caller")
-        if task.type != task_type or dict(task.params) != dict(params):
+        if task.type != task_type or dict(task.params) != dict(params) or task.notify_url != notify_url:
             raise ApiError(
                 409,
                 "idempotency_key_reused",
@@ -235,6 +280,7 @@ class TaskService:
             # message a stale copy: the task still runs once, from the newer message.
             logs.event(log, "mark_enqueued_failed", logging.WARNING, task_id=task_id, error=str(err))
         logs.event(log, "task_enqueued", task_id=task_id, type=task.type)
+        self.metrics.accepted(task.type, task_id)
 
     def _nudge(self, task_id: str) -> dict[str, str]:
         return self.controller.notify(task_id).view()

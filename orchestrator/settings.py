@@ -40,6 +40,10 @@ class Settings:
     result_url_expires_s: int = c.RESULT_URL_EXPIRES_S.default or 0
     log_tail_bytes: int = c.LOG_TAIL_BYTES.default or 0
     fleet_name: str | None = None  # fleet mode: /healthz lists the Auto Scaling group's instances
+    hosts_table: str | None = None  # the GPU hosts table (billed intervals); None: /cost's idle overhead is unknown
+    gpu_hourly_usd: float | None = None  # the GPU instance's price per hour; None: /cost prices nothing billed
+    metrics_namespace: str = c.METRICS_NAMESPACE.default or ""
+    webhook_allow_loopback: bool = False  # local environments only: a task's notify_url may name 127.0.0.1 / ::1
 
     def __post_init__(self) -> None:
         if self.fleet_name and self.instance_ids:
@@ -80,6 +84,10 @@ class Settings:
         # Both logs go back in one response: a Lambda response holds at most 6 MB, and JSON may escape each byte.
         if not 1 <= self.log_tail_bytes <= 256 * 1024:
             raise SettingError(c.LOG_TAIL_BYTES.name, "must be 1 .. 262144")
+        if self.gpu_hourly_usd is not None and self.gpu_hourly_usd < 0:
+            raise SettingError(c.GPU_HOURLY_USD.name, "must not be negative")
+        if not self.metrics_namespace.strip():
+            raise SettingError(c.METRICS_NAMESPACE.name, "is empty")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, insecure: bool | None = None) -> Settings:
@@ -103,6 +111,12 @@ class Settings:
             result_url_expires_s=c.RESULT_URL_EXPIRES_S.read(env),
             log_tail_bytes=c.LOG_TAIL_BYTES.read(env),
             fleet_name=c.GPU_FLEET_NAME.read_optional(env),
+            # Optional here though the contract requires it of the controller: without it only /cost's idle
+            # overhead is missing, and the report says so.
+            hosts_table=c.HOSTS_TABLE_NAME.read_optional(env),
+            gpu_hourly_usd=c.GPU_HOURLY_USD.read_optional(env),
+            metrics_namespace=c.METRICS_NAMESPACE.read(env),
+            webhook_allow_loopback=c.WEBHOOK_ALLOW_LOOPBACK.read(env),
         )
 
 
@@ -117,6 +131,9 @@ class Clients:
     table: Any  # a DynamoDB Table resource (what core.store.TaskStore takes)
     s3: Any = None  # presigns uploads and result downloads, reads logs; None: the file endpoints answer 503
     autoscaling: Any = None  # fleet mode: DescribeAutoScalingGroups for /healthz
+    # A low-level DynamoDB client (core.hosts.HostStore's kind: the table resource's own client converts attribute
+    # values, HostStore writes them typed) for the hosts table; None: /cost says it cannot read it.
+    dynamodb: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings, session: Any = None) -> Clients:
@@ -132,4 +149,5 @@ class Clients:
             # SigV4 for presigned URLs: what every region accepts (and all that the newer ones do).
             s3=session.client("s3", config=Config(signature_version="s3v4")),
             autoscaling=session.client("autoscaling") if settings.fleet_name else None,
+            dynamodb=session.client("dynamodb") if settings.hosts_table else None,
         )
