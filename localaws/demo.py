@@ -117,6 +117,7 @@ def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, 
     URL, token and host."""
     from localaws.host import EmulatedHost
     from localaws.lambdas import LocalController
+    from localaws.streams import LocalStreams
     from orchestrator.app import create_app
     from orchestrator.server import serve_in_thread
     from orchestrator.settings import Clients, Settings
@@ -137,6 +138,10 @@ def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, 
     url = stack.enter_context(serve_in_thread(create_app(settings, clients)))
     print(f"   orchestrator {url} (bearer token required; OpenAPI at {url}/docs)")
     print(f"   controller {controller.function_name}: invoked asynchronously after each submit")
+    # The task-events and webhook functions, fed by their event source mappings as Lambda would (localaws/streams.py).
+    streams = LocalStreams.of(local).start(1.0)
+    stack.callback(streams.close)
+    print(f"   task events: {len(streams.mappings)} event source mappings polled (the table's stream, the webhooks)")
     gpu = EmulatedHost(
         local.client("ec2"),
         local.instance_ids[0],
