@@ -48,9 +48,9 @@ SUBMIT_POLICY, ADMIN_POLICY = "gpu-orchestrator-submit", "gpu-orchestrator-admin
 CANVAS_POLICY = "gpu-orchestrator-canvas"
 ACCESS_LOG_DAYS = 365
 CONTROLLER_INVOKE = ("lambda:InvokeFunction",)
-# The adapter ships its metrics (EMF lines) here itself; CloudWatch extracts them on ingestion, so the lines need not
-# be kept long.
-METRICS_LOG_DAYS = 30
+# The adapter ships its metrics (EMF lines) here itself; CloudWatch extracts them on ingestion. A year, as for the
+# functions' logs: a few lines a minute per host cost cents to keep.
+METRICS_LOG_DAYS = 365
 METRICS_LOG_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
 SEND = ("sqs:SendMessage",)
 
