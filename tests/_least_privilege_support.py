@@ -23,17 +23,19 @@ from botocore.exceptions import ClientError
 
 import localaws
 from localaws import authserver
-from modules import github_oidc as gh
+from modules import deploy_resources as names
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = localaws.DEFAULT_REGION
 TOKEN = "least-privilege-token-0123"
 DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
-# Each runtime role by its name (modules/github_oidc.py holds the names; two of them trust Lambda).
+# Each runtime role by its name (modules/deploy_resources.py holds the names; all but the adapter's trust Lambda).
 COMPONENT_OF = {
-    f"{gh.ORCHESTRATOR_ROLE}-local": "orchestrator",
-    f"{gh.INSTANCE_ROLE}-local": "adapter",
-    f"{gh.SHUTDOWN_ROLE}-local": "lambda",
+    f"{names.ORCHESTRATOR_ROLE}-local": "orchestrator",
+    f"{names.INSTANCE_ROLE}-local": "adapter",
+    f"{names.SHUTDOWN_ROLE}-local": "lambda",
+    f"{names.EVENTS_ROLE}-local": "events",
+    f"{names.WEBHOOK_ROLE}-local": "webhooks",
 }
 # The Lambda's own windows shrunk, so a test needs no waiting (what tests/test_shutdown_moto.py shrinks too).
 LAMBDA_OVERRIDES = {"IDLE_WINDOW_SECONDS": "0", "MIN_UPTIME_SECONDS": "0", "STOPPING_WAIT_SECONDS": "0"}
@@ -80,7 +82,7 @@ def world(synthesized: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         keys = {}
         for role in aws.of_type("aws_iam_role").values():
             keys[COMPONENT_OF[role["name"]]] = authserver.user_like_role(iam, role["name"])
-        assert sorted(keys) == ["adapter", "lambda", "orchestrator"]
+        assert sorted(keys) == sorted(COMPONENT_OF.values())
         other = aws.client("ec2").run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]
         (bundle,) = [p["name"] for p in aws.of_type("aws_ssm_parameter").values() if p["name"].endswith("/bundle")]
         yield World(aws, keys, other["InstanceId"], bundle)

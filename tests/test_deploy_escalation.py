@@ -9,8 +9,11 @@ role with its inline policy. A user carrying exactly the deploy role's policies 
   role outside the exact names, a role without the boundary or with another one, removing the boundary, editing the
   boundary policy, attaching a managed policy, touching the CI roles;
 - is allowed a normal apply of the dev IAM stack, call by call as Terraform makes them (CreateRole with the
-  boundary and tags, PutRolePolicy, the instance profile, PassRole to Lambda, tags, reads, updates, deletes), as dev
-  adopts its instances and as dev would be in fleet mode (the roles then hold the Auto Scaling group's grants);
+  boundary and tags, PutRolePolicy, the instance profile, tags, reads, updates, deletes), for all five roles (the
+  core's three and the events layer's two), as dev adopts its instances and as dev would be in fleet mode (the roles
+  then hold the Auto Scaling group's grants);
+- passes each role to its own service only: the four Lambda roles to Lambda (CreateFunction of their functions), the
+  GPU role into its instance profile;
 - may create no service-linked role but Auto Scaling's;
 - and whatever it writes on a runtime role stays inside the boundary: a session of a role it gave `Action: *` and a
   trust of its choosing can still do nothing in IAM and nothing outside the environment's resources.
@@ -22,6 +25,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import boto3
@@ -29,6 +33,7 @@ import pytest
 
 import modules  # noqa: F401  (registers the provider package cheaply, before any cdktf import)
 from localaws import authserver
+from modules.deploy_policies import MANAGED_PARTS
 from tests._least_privilege_support import refused as refused_with
 from tests.infra_helpers import load, resources
 
@@ -42,10 +47,19 @@ PLAN = f"gpu-orchestrator-plan-{ENV}"
 BOUNDARY_NAME = f"gpu-orchestrator-boundary-{ENV}"
 BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/{BOUNDARY_NAME}"
 ADMIN_POLICY = "arn:aws:iam::aws:policy/AdministratorAccess"
-ORCHESTRATOR, GPU, SHUTDOWN = (
-    f"{n}-{ENV}" for n in ("orchestrator-task-role", "gpu-instance-role", "lambda-gpu-shutdown-role")
+ORCHESTRATOR, GPU, SHUTDOWN, TASK_EVENTS, TASK_WEBHOOKS = (
+    f"{n}-{ENV}"
+    for n in (
+        "orchestrator-task-role",
+        "gpu-instance-role",
+        "lambda-gpu-shutdown-role",
+        "task-events-role",
+        "task-webhooks-role",
+    )
 )
-RUNTIME_ROLES = (ORCHESTRATOR, GPU, SHUTDOWN)
+RUNTIME_ROLES = (ORCHESTRATOR, GPU, SHUTDOWN, TASK_EVENTS, TASK_WEBHOOKS)
+LAMBDA_ROLES = {SHUTDOWN: "shutdown-gpu-lambda", ORCHESTRATOR: "gpu-orchestrator-api"}  # role -> its function
+LAMBDA_ROLES |= {TASK_EVENTS: "gpu-task-events", TASK_WEBHOOKS: "gpu-task-webhooks"}
 PROFILE = f"gpu-instance-profile-{ENV}"
 DENIED = {"AccessDenied", "AccessDeniedException"}
 EVERYTHING = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
@@ -101,11 +115,13 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Bootstrap:
     (boundary,) = [p for p in resources(doc, "aws_iam_policy") if p["name"] == BOUNDARY_NAME]
     roles = {r["name"]: r for r in resources(doc, "aws_iam_role")}
     (deploy_policy,) = [p for p in resources(doc, "aws_iam_role_policy") if p["name"] == "deploy"]
-    # What the deploy role holds: its inline policy and the managed one bootstrap attaches (modules/github_oidc.py
-    # split), given to the test's deploy user as one document.
-    (hosts,) = [p for p in resources(doc, "aws_iam_policy") if p["name"] == f"{DEPLOY}-hosts"]
+    # What the deploy role holds: its inline policy and the managed parts bootstrap attaches to it
+    # (modules/deploy_policies.py split), given to the test's deploy user as one document.
+    parts = [p for p in resources(doc, "aws_iam_policy") if p["name"].startswith(f"{DEPLOY}-")]
+    assert sorted(p["name"] for p in parts) == sorted(f"{DEPLOY}-{part}" for part in MANAGED_PARTS)
     merged = json.loads(deploy_policy["policy"])
-    merged["Statement"] += json.loads(hosts["policy"])["Statement"]
+    for part in parts:
+        merged["Statement"] += json.loads(part["policy"])["Statement"]
     bucket = config.resolved_state_bucket
     return Bootstrap(
         _resolve(boundary["policy"], bucket),
@@ -234,6 +250,8 @@ def test_trusting_a_foreign_account_on_a_role_without_the_boundary_is_refused(fr
         "orchestrator-task-role-evil-dev",  # what `orchestrator-task-role*-dev` admitted
         "gpu-instance-role-x-dev",
         "lambda-gpu-shutdown-role-dev2",
+        "task-events-role-x-dev",
+        "task-webhooks-role",  # no environment
         "orchestrator-task-role-staging",  # another environment's
         "admin-dev",
     ],
@@ -262,7 +280,7 @@ def test_the_boundary_can_never_be_removed(fresh: World) -> None:
     iam = fresh.client("deploy", "iam")
     for role in (SHUTDOWN, GPU):
         assert "iam:DeleteRolePermissionsBoundary" in refused(
-            lambda r=role: iam.delete_role_permissions_boundary(RoleName=r)
+            partial(iam.delete_role_permissions_boundary, RoleName=role)
         )
     assert iam.get_role(RoleName=SHUTDOWN)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == BOUNDARY
 
@@ -291,14 +309,15 @@ def test_no_managed_policy_can_be_attached_even_to_a_bounded_role(fresh: World) 
 def test_the_ci_roles_stay_out_of_reach(fresh: World) -> None:
     iam = fresh.client("deploy", "iam")
     for role in (DEPLOY, PLAN):
-        refused(lambda r=role: iam.put_role_policy(RoleName=r, PolicyName="more", PolicyDocument=EVERYTHING))
-        refused(lambda r=role: iam.update_assume_role_policy(RoleName=r, PolicyDocument=FOREIGN_TRUST))
-        refused(lambda r=role: iam.put_role_permissions_boundary(RoleName=r, PermissionsBoundary=BOUNDARY))
+        refused(partial(iam.put_role_policy, RoleName=role, PolicyName="more", PolicyDocument=EVERYTHING))
+        refused(partial(iam.update_assume_role_policy, RoleName=role, PolicyDocument=FOREIGN_TRUST))
+        refused(partial(iam.put_role_permissions_boundary, RoleName=role, PermissionsBoundary=BOUNDARY))
 
 
 def test_roles_are_passed_only_to_their_own_service(fresh: World) -> None:
-    """iam:PassRole (checked on lambda:CreateFunction): the shutdown and orchestrator roles to Lambda (each runs a
-    function); the GPU instance's role never."""
+    """iam:PassRole (checked on lambda:CreateFunction): the shutdown, orchestrator, task-events and task-webhooks roles
+    to Lambda (each runs a function); the GPU instance's role never. And into the instance profile (EC2) only the GPU
+    role: a Lambda role there is refused."""
     for role in RUNTIME_ROLES:
         bounded_role(fresh, role)
     lam = fresh.client("deploy", "lambda")
@@ -313,8 +332,17 @@ def test_roles_are_passed_only_to_their_own_service(fresh: World) -> None:
         )
 
     assert "iam:PassRole" in refused(lambda: create(GPU))
-    assert create(SHUTDOWN)["Role"].endswith(f":role/{SHUTDOWN}")
-    assert create(ORCHESTRATOR, "gpu-orchestrator-api")["Role"].endswith(f":role/{ORCHESTRATOR}")
+    for role, function in LAMBDA_ROLES.items():
+        assert create(role, function)["Role"].endswith(f":role/{role}")
+    iam = fresh.client("deploy", "iam")
+    iam.create_instance_profile(InstanceProfileName=PROFILE)
+    for role in LAMBDA_ROLES:
+        assert "iam:PassRole" in refused(
+            partial(iam.add_role_to_instance_profile, InstanceProfileName=PROFILE, RoleName=role)
+        )
+    iam.add_role_to_instance_profile(InstanceProfileName=PROFILE, RoleName=GPU)
+    for function in LAMBDA_ROLES.values():  # a removed function is deleted by an apply, with the deploy role's key
+        lam.delete_function(FunctionName=f"{function}-{ENV}")
 
 
 def test_only_the_two_caller_policies_can_be_created_and_never_attached(fresh: World) -> None:
@@ -323,10 +351,10 @@ def test_only_the_two_caller_policies_can_be_created_and_never_attached(fresh: W
     iam = fresh.client("deploy", "iam")
     for name in (f"gpu-orchestrator-submit-{ENV}", f"gpu-orchestrator-admin-{ENV}"):
         created = iam.create_policy(PolicyName=name, PolicyDocument=EVERYTHING)["Policy"]
-        refused(lambda a=created["Arn"]: iam.attach_role_policy(RoleName=DEPLOY, PolicyArn=a))
-        refused(lambda a=created["Arn"]: iam.attach_user_policy(UserName="deploy", PolicyArn=a))
+        refused(partial(iam.attach_role_policy, RoleName=DEPLOY, PolicyArn=created["Arn"]))
+        refused(partial(iam.attach_user_policy, UserName="deploy", PolicyArn=created["Arn"]))
     for name in (f"gpu-orchestrator-submit-{ENV}-evil", f"gpu-orchestrator-power-{ENV}", "AdminEverything"):
-        refused(lambda n=name: iam.create_policy(PolicyName=n, PolicyDocument=EVERYTHING))
+        refused(partial(iam.create_policy, PolicyName=name, PolicyDocument=EVERYTHING))
 
 
 def test_no_service_linked_role_but_auto_scalings(fresh: World) -> None:
@@ -334,9 +362,7 @@ def test_no_service_linked_role_but_auto_scalings(fresh: World) -> None:
     role of any other service, with whatever policy AWS gives that service, is refused."""
     iam = fresh.client("deploy", "iam")
     for service in ("elasticbeanstalk.amazonaws.com", "ecs.amazonaws.com", "spot.amazonaws.com"):
-        assert "iam:CreateServiceLinkedRole" in refused(
-            lambda s=service: iam.create_service_linked_role(AWSServiceName=s)
-        )
+        assert "iam:CreateServiceLinkedRole" in refused(partial(iam.create_service_linked_role, AWSServiceName=service))
 
 
 def _zip() -> bytes:
