@@ -53,6 +53,7 @@ class LocalAws:
     dlq_url: str = ""
     dlq_arn: str = ""
     table_name: str = ""
+    hosts_table_name: str = ""  # gpu_hosts (see env())
     status_index: str = ""
     bucket: str = ""
     visibility_timeout: int = 0
@@ -77,7 +78,10 @@ class LocalAws:
         return boto3.resource(service, **self._connection())
 
     def env(self) -> dict[str, str]:
-        """The runtime environment variables (contract names) pointing at this local AWS."""
+        """The runtime environment variables (contract names) pointing at this local AWS. Not HOSTS_TABLE_NAME
+        (`hosts_table_name`): an adapter given it records liveness, for which it asks its instance's metadata
+        service, and a process on this machine is on no instance (an emulated host's adapter reads the name from
+        its SSM config and has a metadata service of its own: localaws/host.py)."""
         names = {
             contract.AWS_ENDPOINT_URL: self.endpoint_url,
             contract.AWS_DEFAULT_REGION: self.region,
@@ -89,7 +93,6 @@ class LocalAws:
             contract.ARTIFACTS_BUCKET: self.bucket,
             contract.GPU_INSTANCE_IDS: ",".join(self.instance_ids),
             contract.CONTROLLER_FUNCTION_NAME: self.outputs[LAMBDA]["FunctionName"],
-            contract.HOSTS_TABLE_NAME: self.outputs[DYNAMODB]["HostsTableName"],
         }
         if self.fleet_name:
             names[contract.GPU_FLEET_NAME] = self.fleet_name
@@ -98,13 +101,8 @@ class LocalAws:
     def adapter_env(self, work_dir: str | Path) -> dict[str, str]:
         """What `python -m adapter` needs on this machine beside `env()`: a work dir it may write (the default is
         the instance's /var/lib path), and unbuffered output, so its lines reach a log file or pipe as they happen
-        (as journald gets them on the instance) rather than when a buffer fills or the process exits. Without
-        HOSTS_TABLE_NAME: an adapter run straight on this machine is on no instance, so it has no liveness to record
-        (an emulated host's adapter reads the table's name from its SSM config, and its instance id from the
-        host's metadata service)."""
-        env = {**self.env(), "PYTHONUNBUFFERED": "1", contract.WORK_DIR.name: str(work_dir)}
-        env.pop(contract.HOSTS_TABLE_NAME.name)
-        return env
+        (as journald gets them on the instance) rather than when a buffer fills or the process exits."""
+        return {**self.env(), "PYTHONUNBUFFERED": "1", contract.WORK_DIR.name: str(work_dir)}
 
     def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
         """Created resources of one Terraform type: '<stack>/<type>.<name>' -> attributes."""
@@ -208,6 +206,7 @@ def _describe(local: LocalAws, client: Any) -> None:
     local.max_receive_count = int(redrive["maxReceiveCount"])
     local.dlq_arn = redrive["deadLetterTargetArn"]
     local.table_name = local.outputs[DYNAMODB]["TableName"]
+    local.hosts_table_name = local.outputs[DYNAMODB]["HostsTableName"]
     table = client("dynamodb").describe_table(TableName=local.table_name)["Table"]
     local.status_index = table["GlobalSecondaryIndexes"][0]["IndexName"]
     local.bucket = local.outputs[ARTIFACTS]["BucketName"]

@@ -124,7 +124,9 @@ def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, 
 
     say("3/7 starting the orchestrator, its controller and the emulated GPU host")
     token = secrets.token_urlsafe(24)
-    settings = Settings.from_env({**local.env(), "ORCHESTRATOR_TOKEN": token})
+    settings = Settings.from_env(
+        {**local.env(), "ORCHESTRATOR_TOKEN": token, "HOSTS_TABLE_NAME": local.hosts_table_name}  # gpuq cost
+    )
     # The controller's minimum uptime, shrunk like the idle window below: the demo's instance is up for seconds.
     controller = stack.enter_context(LocalController(local, env={"MIN_UPTIME_SECONDS": "0"}))
     clients = Clients(

@@ -544,12 +544,8 @@ def _event_source_mapping(c: Clients, a: dict[str, Any], _: Path) -> dict[str, A
             raise UnsupportedTerraform(f"{a['function_name']}: on-failure destination {target} is not an SQS queue")
         c("sqs").get_queue_url(QueueName=target.rsplit(":", 1)[1])
         kwargs["DestinationConfig"] = {"OnFailure": {"Destination": target}}
+    # The moto server runs with localaws.streams.install(): the mapping is kept from moto's own (Docker) delivery.
     created = c("lambda").create_event_source_mapping(**kwargs)
-    # moto would try to run the function in Docker on every record and then drop the records: the pollers of
-    # localaws/streams.py deliver them instead.
-    from localaws.streams import detach_moto_delivery
-
-    detach_moto_delivery(a["event_source_arn"], created["UUID"])
     return {"id": created["UUID"], "uuid": created["UUID"], "function_arn": created["FunctionArn"]}
 
 

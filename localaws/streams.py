@@ -4,10 +4,10 @@ local AWS.
 moto stores a table's stream (dynamodbstreams DescribeStream, GetShardIterator, GetRecords) and event source
 mappings (CreateEventSourceMapping, ListEventSourceMappings) but runs a function only in Docker
 (https://github.com/getmoto/moto/issues/6104), which does not run here; worse, on each write to a table (or send to a
-queue) with a mapping it tries that Docker run, and for a table then empties the stream. `detach_moto_delivery`
-stops that for one mapping (the moto server must run in this process, as localaws.server.moto_server does): call it
-right after CreateEventSourceMapping, since writes made before it are lost to the stream. `LocalStreams` calls it
-too for each mapping it models, then polls as Lambda does, in-process.
+queue) with a mapping it tries that Docker run, and for a table then empties the stream. `install()`, run in the
+moto server's process (localaws.server.moto_server and localaws.authserver do), detaches every mapping from its
+table or queue as it is created (`detach_moto_delivery`), so no write is lost; `LocalStreams` then polls as Lambda
+does, in-process.
 
 What this module models, not moto:
 - Which mappings: every Enabled mapping (ListEventSourceMappings) of a function whose Handler is one of `HANDLERS`
@@ -104,6 +104,25 @@ def detach_moto_delivery(source_arn: str, mapping_uuid: str) -> None:
     mappings = holder.lambda_event_source_mappings
     for key in [k for k, esm in mappings.items() if esm.uuid == mapping_uuid]:
         del mappings[key]
+
+
+def install() -> None:
+    """In the moto server's process: every event source mapping is detached from its table or queue as it is
+    created (`detach_moto_delivery`), so writes are never lost to moto's own delivery, whichever process creates the
+    mapping; `LocalStreams` delivers instead. Idempotent."""
+    from moto.awslambda.models import LambdaBackend
+
+    if getattr(LambdaBackend.create_event_source_mapping, "_localaws", False):
+        return
+    original = LambdaBackend.create_event_source_mapping
+
+    def create(self: Any, spec: dict[str, Any]) -> Any:
+        mapping = original(self, spec)
+        detach_moto_delivery(mapping.event_source_arn, mapping.uuid)
+        return mapping
+
+    create._localaws = True  # type: ignore[attr-defined]
+    LambdaBackend.create_event_source_mapping = create  # type: ignore[method-assign]
 
 
 class PutEventsFaults:
@@ -227,7 +246,6 @@ class LocalStreams:
             raise ValueError(f"mapping {mapping['UUID']}: FilterCriteria is not modelled (localaws/streams.py)")
         env = {**conf.get("Environment", {}).get("Variables", {}), **self.env}
         source = mapping["EventSourceArn"]
-        detach_moto_delivery(source, mapping["UUID"])
         found = _Mapping(
             uuid=mapping["UUID"],
             function=conf["FunctionName"],

@@ -21,10 +21,11 @@ from cdktf import LocalBackend, TerraformOutput, TerraformStack
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from constructs import Construct
 
-from modules import bucket, fleet, function, gpu, queue, rollout, table
+from modules import bucket, events, fleet, function, gpu, queue, rollout, table
 from modules.base import aws_provider, local_state_path
 from modules.bucket import PrivateBucket
 from modules.config import EnvironmentConfig
+from modules.deploy_resources import EVENT_FUNCTION_NAMES, HOSTS_TABLE_NAMES
 from modules.github_oidc import (
     FUNCTION_NAMES,
     RUNTIME_QUEUES,
@@ -34,6 +35,7 @@ from modules.github_oidc import (
 )
 from modules.iam import BOUNDARY_PREFIX, Statement, arn, boundary_arn, boundary_name, policy, render
 from modules.layout import BOOTSTRAP
+from modules.stacks_events import EVENT_BUS, EVENTS_FAILED_QUEUE, SIGNING_SECRET, WEBHOOK_QUEUE
 
 
 def _union(*action_sets: tuple[str, ...]) -> tuple[str, ...]:
@@ -50,15 +52,22 @@ QUEUE_ACTIONS = _union(
     function.DEAD_LETTER_ACTIONS,
 )
 TABLE_ACTIONS = _union(table.SUBMIT_ACTIONS, table.WORKER_ACTIONS, table.INDEX_READ_ACTIONS)
+STREAM_ACTIONS = _union(table.STREAM_READ_ACTIONS)  # the task-events function's event source mapping
+HOST_TABLE_ACTIONS = _union(table.HOST_WRITE_ACTIONS, table.HOST_READ_ACTIONS, table.HOST_REPORT_ACTIONS)
+# The events layer (modules/stacks_events.py): its queues, bus and signing key, by name.
+EVENT_QUEUES = (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)
+PUT_EVENTS_ACTIONS = _union(events.PUT_EVENTS)
+SECRET_ACTIONS = _union(events.SECRET_READ, events.SECRET_INITIALIZE)
+METRICS_LOG_ACTIONS = _union(gpu.METRICS_LOG_ACTIONS)
 OBJECT_ACTIONS = _union(bucket.READ_ACTIONS, bucket.WRITE_ACTIONS)
 BUCKET_LIST_ACTIONS = _union(bucket.LIST_ACTIONS)  # the API lists a task's results
 PARAMETER_ACTIONS = _union(rollout.READ_PARAMETER_ACTIONS)
-INSTANCE_ACTIONS = _union(gpu.START_ACTIONS, gpu.STOP_ACTIONS)
+INSTANCE_ACTIONS = _union(gpu.START_ACTIONS, gpu.STOP_ACTIONS, gpu.REBOOT_ACTIONS)
 DESCRIBE_ACTIONS = _union(gpu.DESCRIBE_ACTIONS)
 SSM_AGENT_ACTIONS = _union(gpu.SSM_AGENT_ACTIONS)  # DescribeInstances: "*" only (no resource-level permissions)
 # Fleet mode (modules/fleet.py): the controller's and the hosts' calls on the group, and the Describe* calls that
 # take no resource.
-FLEET_ACTIONS = _union(fleet.SCALE_ACTIONS, fleet.MEMBER_ACTIONS)
+FLEET_ACTIONS = _union(fleet.SCALE_ACTIONS, fleet.MEMBER_ACTIONS, fleet.RECOVER_ACTIONS)
 FLEET_DESCRIBE_ACTIONS = _union(
     fleet.CONTROLLER_DESCRIBE_ACTIONS, fleet.MEMBER_DESCRIBE_ACTIONS, fleet.API_DESCRIBE_ACTIONS
 )
@@ -79,15 +88,22 @@ NEVER = ("iam:*", "sts:*")
 def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX) -> dict[str, Any]:
     """The permissions boundary of `config`'s runtime roles, scoped to that environment's exact resources."""
     where = {"region": config.region, "account": config.account}
-    queues = [arn("sqs", config.name_of(q), **where) for q in RUNTIME_QUEUES]
+    queues = [arn("sqs", config.name_of(q), **where) for q in (*RUNTIME_QUEUES, *EVENT_QUEUES)]
     tables = [arn("dynamodb", f"table/{config.name_of(t)}", **where) for t in TABLE_NAMES]
+    hosts = [arn("dynamodb", f"table/{config.name_of(t)}", **where) for t in HOSTS_TABLE_NAMES]
     artifacts = arn("s3", artifacts_buckets(prefix, config.name, config.account)[0], region="", account="")
     functions = [arn("lambda", f"function:{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
-    groups = [arn("logs", f"log-group:/aws/lambda/{config.name_of(f)}", **where) for f in FUNCTION_NAMES]
+    logged = (*FUNCTION_NAMES, *EVENT_FUNCTION_NAMES)
+    groups = [arn("logs", f"log-group:/aws/lambda/{config.name_of(f)}", **where) for f in logged]
+    metrics = arn("logs", f"log-group:{gpu.adapter_metrics_group(config)}", **where)
     return policy(
         [
             Statement(QUEUE_ACTIONS, tuple(queues), sid="Queues"),
             Statement(TABLE_ACTIONS, (*tables, *(f"{t}/index/*" for t in tables)), sid="TaskTable"),
+            Statement(STREAM_ACTIONS, tuple(f"{t}/stream/*" for t in tables), sid="TaskTableStream"),
+            Statement(HOST_TABLE_ACTIONS, tuple(hosts), sid="HostsTable"),
+            Statement(PUT_EVENTS_ACTIONS, (events.bus_arn(config.name_of(EVENT_BUS), **where),), sid="TaskEvents"),
+            Statement(SECRET_ACTIONS, (events.secret_arn(config.name_of(SIGNING_SECRET), **where),), sid="WebhookKey"),
             Statement(OBJECT_ACTIONS, (f"{artifacts}/*",), sid="ArtifactsObjects"),
             Statement(BUCKET_LIST_ACTIONS, (artifacts,), sid="ArtifactsListing"),
             Statement(
@@ -105,6 +121,7 @@ def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX)
             Statement(SSM_AGENT_ACTIONS, ("*",), sid="SsmAgent"),
             *_bootstrap_document(config),
             Statement(LOG_ACTIONS, (*groups, *(f"{g}:*" for g in groups)), sid="FunctionLogs"),
+            Statement(METRICS_LOG_ACTIONS, (f"{metrics}:*",), sid="AdapterMetrics"),
             Statement(INVOKE_ACTIONS, tuple(functions), sid="InvokeShutdownFunction"),
             Statement(NEVER, ("*",), sid="NoIdentityOrCredentials", effect="Deny"),
         ]
@@ -116,9 +133,12 @@ def _gpu_hosts(config: EnvironmentConfig) -> list[Statement]:
     its members' calls (Auto Scaling itself starts and stops the instances)."""
     if config.gpu_mode == "fleet":
         group = fleet.fleet_for(config)
+        members = arn("ec2", "instance/*", region=config.region, account=config.account)
+        tagged = {"StringEquals": {f"aws:ResourceTag/{fleet.GROUP_TAG}": group.name}}
         return [
             Statement(FLEET_DESCRIBE_ACTIONS, ("*",), sid="DescribeFleet"),
             Statement(FLEET_ACTIONS, (group.arn,), sid="GpuFleet"),
+            Statement(gpu.REBOOT_ACTIONS, (members,), tagged, sid="RebootFleetMembers"),
         ]
     instances = gpu.instances_for(config)
     return [Statement(INSTANCE_ACTIONS, instances.arns, instances.conditions, sid="GpuInstances")]

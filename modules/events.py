@@ -166,7 +166,7 @@ class EventSource(Construct):
             event_source_arn=source_arn,
             batch_size=batch_size,
             function_response_types=["ReportBatchItemFailures"],
-            **stream_only,  # type: ignore[arg-type]
+            **stream_only,
         )
 
     @property

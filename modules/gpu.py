@@ -140,6 +140,18 @@ def grant_ssm_agent(role: Role, *, region: str, account: str, document_name: str
     return added
 
 
+# The adapter ships its metrics (EMF lines) here itself; CloudWatch extracts them on ingestion. A year, as for the
+# functions' logs: a few lines a minute per host cost cents to keep.
+METRICS_LOG_DAYS = 365
+METRICS_LOG_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
+
+
+def adapter_metrics_group(config: EnvironmentConfig) -> str:
+    """The adapter's metrics log group (METRICS_LOG_GROUP), by name: the iam and artifacts stacks name it before the
+    gpu stack creates it."""
+    return f"/gpu-orchestrator/adapter-metrics{config.suffix}"
+
+
 def bootstrap_document_name(config: EnvironmentConfig) -> str | None:
     """The adopt-mode document's name (what grant_ssm_agent reads), None in create and fleet mode."""
     return config.name_of(BOOTSTRAP_DOCUMENT) if config.gpu_mode == "adopt" else None

@@ -23,7 +23,16 @@ from modules.config import EnvironmentConfig
 from modules.events import bus_arn, secret_arn
 from modules.fleet import FleetGroup, GpuFleet, fleet_for
 from modules.function import PythonFunction, grant_dead_letter, grant_logs
-from modules.gpu import GpuHost, GpuInstances, bootstrap_document_name, grant_ssm_agent, instances_for
+from modules.gpu import (
+    METRICS_LOG_ACTIONS,
+    METRICS_LOG_DAYS,
+    GpuHost,
+    GpuInstances,
+    adapter_metrics_group,
+    bootstrap_document_name,
+    grant_ssm_agent,
+    instances_for,
+)
 from modules.iam import Role, arn
 from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.queue import DAY, TaskQueue
@@ -48,17 +57,7 @@ SUBMIT_POLICY, ADMIN_POLICY = "gpu-orchestrator-submit", "gpu-orchestrator-admin
 CANVAS_POLICY = "gpu-orchestrator-canvas"
 ACCESS_LOG_DAYS = 365
 CONTROLLER_INVOKE = ("lambda:InvokeFunction",)
-# The adapter ships its metrics (EMF lines) here itself; CloudWatch extracts them on ingestion. A year, as for the
-# functions' logs: a few lines a minute per host cost cents to keep.
-METRICS_LOG_DAYS = 365
-METRICS_LOG_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents")
 SEND = ("sqs:SendMessage",)
-
-
-def adapter_metrics_group(config: EnvironmentConfig) -> str:
-    """The adapter's metrics log group (METRICS_LOG_GROUP), by name: the iam and artifacts stacks name it before the
-    gpu stack creates it."""
-    return f"/gpu-orchestrator/adapter-metrics{config.suffix}"
 
 
 class SqsStack(EnvironmentStack):

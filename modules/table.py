@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from cdktf import TerraformResourceLifecycle
 from cdktf_cdktf_provider_aws.dynamodb_table import (
@@ -38,49 +39,28 @@ STREAM_READ_ACTIONS = (
 # "Using AWS Lambda with Amazon DynamoDB", execution role permissions).
 
 
-class TaskTable(Construct):
-    """`task_store`: PAY_PER_REQUEST, point-in-time recovery, TTL on `ttl`, GSI `status-created_at-index`, and a
-    stream of new and old images (every state change, for the task-events function: modules/events.py).
+class RetainedTable(Construct):
+    """A PAY_PER_REQUEST table with point-in-time recovery and encryption, retained like the seed's RETAIN:
+    `prevent_destroy` plus deletion protection, so neither a plan nor a console click deletes it by accident.
+    Subclasses give its keys (`attributes`: name -> S/N/B, the keys first) and any other table argument."""
 
-    Retained like the seed's RETAIN: `prevent_destroy` plus deletion protection, so neither a plan nor a console
-    click deletes task history by accident.
-
-    Args:
-        name: the table's name: 3-255 characters of A-Za-z0-9_.- (DynamoDB naming rules). Required. Everything
-            else is fixed: the schema is what functions/ reads and writes.
-    """
-
-    def __init__(self, scope: Construct, id: str, *, name: str) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, name: str, attributes: dict[str, str], hash_key: str, **table: Any
+    ) -> None:
         super().__init__(scope, id)
         check_pattern(self, "name", name, TABLE_NAME, "3-255 characters of A-Za-z0-9_.- (DynamoDB table name)")
-        self.index_name = STATUS_INDEX
         self.table = DynamodbTable(
             self,
             "table",
             name=name,
             billing_mode="PAY_PER_REQUEST",
-            hash_key="task_id",
-            attribute=[
-                DynamodbTableAttribute(name="task_id", type="S"),
-                DynamodbTableAttribute(name="status", type="S"),
-                DynamodbTableAttribute(name="created_at", type="N"),
-            ],
-            global_secondary_index=[
-                DynamodbTableGlobalSecondaryIndex(
-                    name=STATUS_INDEX,
-                    hash_key="status",
-                    range_key="created_at",
-                    projection_type="ALL",
-                ),
-            ],
+            hash_key=hash_key,
+            attribute=[DynamodbTableAttribute(name=k, type=t) for k, t in attributes.items()],
             point_in_time_recovery=DynamodbTablePointInTimeRecovery(enabled=True),
-            ttl=DynamodbTableTtl(attribute_name="ttl", enabled=True),
             server_side_encryption=DynamodbTableServerSideEncryption(enabled=True),
             deletion_protection_enabled=True,
-            # Both images: an event says what the state was and what it is now (core/events.py).
-            stream_enabled=True,
-            stream_view_type="NEW_AND_OLD_IMAGES",
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
+            **table,
         )
 
     @property
@@ -90,6 +70,38 @@ class TaskTable(Construct):
     @property
     def name(self) -> str:
         return self.table.name
+
+
+class TaskTable(RetainedTable):
+    """`task_store`: PAY_PER_REQUEST, point-in-time recovery, TTL on `ttl`, GSI `status-created_at-index`, and a
+    stream of new and old images (every state change, for the task-events function: modules/events.py).
+
+    Args:
+        name: the table's name: 3-255 characters of A-Za-z0-9_.- (DynamoDB naming rules). Required. Everything
+            else is fixed: the schema is what functions/ reads and writes.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, name: str) -> None:
+        super().__init__(
+            scope,
+            id,
+            name=name,
+            attributes={"task_id": "S", "status": "S", "created_at": "N"},
+            hash_key="task_id",
+            global_secondary_index=[
+                DynamodbTableGlobalSecondaryIndex(
+                    name=STATUS_INDEX,
+                    hash_key="status",
+                    range_key="created_at",
+                    projection_type="ALL",
+                ),
+            ],
+            ttl=DynamodbTableTtl(attribute_name="ttl", enabled=True),
+            # Both images: an event says what the state was and what it is now (core/events.py).
+            stream_enabled=True,
+            stream_view_type="NEW_AND_OLD_IMAGES",
+        )
+        self.index_name = STATUS_INDEX
 
     @property
     def stream_arn(self) -> str:
@@ -128,7 +140,7 @@ HOST_READ_ACTIONS = ("dynamodb:BatchGetItem",)
 HOST_REPORT_ACTIONS = ("dynamodb:Scan",)
 
 
-class HostTable(Construct):
+class HostTable(RetainedTable):
     """`gpu_hosts` (core/hosts.py): the adapters' liveness, the controller's stuck-worker recovery steps and the
     instances' billed running intervals. PAY_PER_REQUEST (a few writes a minute), point-in-time recovery,
     encrypted; retained like the task table, since its intervals are the cost history.
@@ -138,32 +150,9 @@ class HostTable(Construct):
     """
 
     def __init__(self, scope: Construct, id: str, *, name: str) -> None:
-        super().__init__(scope, id)
-        check_pattern(self, "name", name, TABLE_NAME, "3-255 characters of A-Za-z0-9_.- (DynamoDB table name)")
-        self.table = DynamodbTable(
-            self,
-            "table",
-            name=name,
-            billing_mode="PAY_PER_REQUEST",
-            hash_key="instance_id",
-            range_key="sk",
-            attribute=[
-                DynamodbTableAttribute(name="instance_id", type="S"),
-                DynamodbTableAttribute(name="sk", type="S"),
-            ],
-            point_in_time_recovery=DynamodbTablePointInTimeRecovery(enabled=True),
-            server_side_encryption=DynamodbTableServerSideEncryption(enabled=True),
-            deletion_protection_enabled=True,
-            lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
+        super().__init__(
+            scope, id, name=name, attributes={"instance_id": "S", "sk": "S"}, hash_key="instance_id", range_key="sk"
         )
-
-    @property
-    def arn(self) -> str:
-        return self.table.arn
-
-    @property
-    def name(self) -> str:
-        return self.table.name
 
     def grant(self, grantee: Role, *actions: str) -> list[Statement]:
         """Item actions (dynamodb:*) on the table ARN."""
