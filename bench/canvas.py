@@ -4,8 +4,8 @@ latency with 10,000 rows beside the single indexed query it wraps, all in the sa
 Starts, on 127.0.0.1 and stopped at the end: moto's server (the S3) and `python -m canvas` as child processes (so
 neither shares this process's interpreter lock with the client), a local PostgreSQL (canvas.localpg) and the dev
 Auth (canvas.devauth). Series are interleaved so drift hits both alike.
-- upload:   POST /images of a `--mb` MB PNG of noise (incompressible): stream to disk, strip, decode, S3 upload,
-            two row writes; `boto3` is s3.upload_file of the same file to the same bucket (the floor).
+- upload:   POST /images of a `--mb` MB PNG of noise (incompressible): stripped and checked as it streams to disk,
+            S3 upload, two row writes; `boto3` is s3.upload_file of the same file to the same bucket (the floor).
 - list:     GET /images?limit=50 for a user with `--rows` images (presigning 50 URLs included); `sql` is the one
             query it runs (canvas.db.LIST_FIRST), on its own connection; EXPLAIN shows the index it uses.
 
@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # runnable as a script
+# Runnable as a script: its own folder (first on sys.path then) holds this file, which would shadow the canvas
+# package under the name `canvas`; the repository root takes its place.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

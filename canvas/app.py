@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from .auth import Unauthorized, User, Verifier, bearer_token
 from .db import ImageRow, Repo
 from .errors import ApiError, not_found
+from .images import StripStream
 from .multipart import receive_file
 from .reconcile import Periodic
 from .storage import Storage
@@ -104,16 +105,20 @@ def decode_cursor(raw: str) -> tuple[dt.datetime, uuid.UUID]:
 def routes(app: FastAPI) -> None:  # noqa: C901 (one small function per route)
     @app.post("/images", status_code=201)
     async def upload(request: Request, deps: Ctx, me: Me) -> dict[str, Any]:
-        """multipart/form-data with the image in field `file`; streamed to disk, checked, stripped, stored."""
+        """multipart/form-data with the image in field `file`; stripped as it streams to disk, checked, stored."""
         with tempfile.TemporaryDirectory(prefix="canvas-in-") as work:
-            got = await receive_file(
-                request.headers.get("content-type"),
-                request.headers.get("content-length"),
-                request.stream(),
-                Path(work) / "upload",
-                deps.max_upload_bytes,
-            )
-            row = await run_in_threadpool(deps.images.store, me.id, got.filename, got.path)
+            stream = StripStream(Path(work) / "stripped", max_pixels=deps.images.limits.max_pixels)
+            try:
+                got = await receive_file(
+                    request.headers.get("content-type"),
+                    request.headers.get("content-length"),
+                    request.stream(),
+                    stream,
+                    deps.max_upload_bytes,
+                )
+                row = await run_in_threadpool(deps.images.store, me.id, got.filename, stream)
+            finally:
+                stream.close()
         return image_view(row, deps.storage, with_url=True)
 
     @app.post("/images/uploads", status_code=201)

@@ -7,14 +7,26 @@
 3. `strip`: a copy without the metadata that can identify a person or place (EXIF with its GPS block, XMP, IPTC,
    text chunks), made at the container level: the compressed image data is copied byte for byte, so nothing is
    re-encoded and no quality is lost. A JPEG's EXIF orientation is kept (as a minimal EXIF holding only that tag)
-   so the stored image still displays upright. Copied in blocks, so a large file is never whole in memory.
+   so the stored image still displays upright. Copied in blocks, so a large file is never whole in memory; the
+   size and sha256 of the copy are computed as it is written.
+4. `StripStream`: the same strip fed the bytes as they arrive (POST /images), so the upload is read once: the
+   stripped copy is what reaches the disk. PNG and JPEG are stripped on the fly; a WebP (whose RIFF header holds
+   the size of what follows) is spooled and stripped when it is complete.
+
+The PNG and JPEG strippers are written once, as generators of steps ("read n bytes", "copy n bytes", "skip n
+bytes") that a driver satisfies from a file or from pieces pushed in, so both paths run the same parsing code.
+Given a pixel limit, the PNG stripper also checks the pixel data as it passes: IHDR's dimensions against the limit
+before anything is inflated, then the IDAT stream inflated (in bounded pieces, the output discarded) to exactly
+the bytes those dimensions need, every scanline with a known filter type: the faults Pillow's PNG decoder reports
+(a corrupt or short zlib stream, an unknown filter type) are found without building the image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +42,10 @@ PNG_DROP = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
 JPEG_DROP = {0xE1, 0xED, 0xFE}
 WEBP_DROP = {b"EXIF", b"XMP "}
 VP8X_EXIF, VP8X_XMP = 0x08, 0x04  # VP8X feature flags (WebP container spec, "Extended file format")
+SNIFF_BYTES = 16
+# PNG colour type -> samples per pixel (PNG spec, 11.2.2 IHDR); Adam7 passes as (x0, y0, dx, dy) (8.2 Interlacing).
+PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
 class NotAnImage(ValueError):
@@ -49,11 +65,14 @@ class Checked:
 
 @dataclass(frozen=True)
 class Stored:
-    """The stripped copy: its path, size and sha256."""
+    """The stripped copy: its path, size and sha256; `decoded`: its pixel data was checked while it was copied (a
+    PNG stripped with a pixel limit), so `check` needs no second pass over it."""
 
     path: Path
     bytes: int
     sha256: str
+    content_type: str = ""
+    decoded: bool = False
 
 
 def sniff(head: bytes) -> str:
@@ -92,31 +111,130 @@ def header(path: Path, *, max_pixels: int) -> Checked:
     return Checked(content_type, width, height)
 
 
-def decode(path: Path, content_type: str) -> None:
-    """Decode every pixel: truncated or corrupt data fails here. Only after `header` passed (bounded pixels)."""
+def decode(path: Path, content_type: str, *, bounded: bool = False) -> None:
+    """Decode the image: truncated or corrupt data fails here. Only after `header` passed (bounded pixels).
+    `bounded`: a JPEG is decoded at 1/8 scale (Pillow's `draft`): every block's entropy-coded data is still read
+    and checked, only the inverse DCT and the pixels it would produce are cut down."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            if bounded and content_type == "image/jpeg":
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(f"does not decode as {content_type}: {err}") from None
 
 
-def strip(src: Path, dst: Path, content_type: str) -> Stored:
-    """Write `src` without its metadata to `dst`; the size and sha256 of what was written."""
-    writers: dict[str, Callable[[BinaryIO, _Out], None]] = {
-        "image/png": _strip_png,
-        "image/jpeg": _strip_jpeg,
-        "image/webp": _strip_webp,
-    }
+def check(stored: Stored, *, max_pixels: int) -> Checked:
+    """The checks a stripped copy needs before it is stored: `header`, then a bounded `decode` unless its pixel
+    data was checked while it was stripped."""
+    checked = header(stored.path, max_pixels=max_pixels)
+    if not stored.decoded:
+        decode(stored.path, checked.content_type, bounded=True)
+    return checked
+
+
+def strip(src: Path, dst: Path, content_type: str, *, max_pixels: int | None = None) -> Stored:
+    """Write `src` without its metadata to `dst`; the size and sha256 of what was written. With `max_pixels`, a
+    PNG's pixel data is checked on the way (module docstring)."""
     with src.open("rb") as fin, dst.open("wb") as raw:
         out = _Out(raw)
         try:
-            writers[content_type](fin, out)
-        except (struct.error, IndexError) as err:
+            if content_type == "image/webp":
+                _strip_webp(fin, out)
+                decoded = False
+            else:
+                driver = _Driver(_steps(content_type, out, max_pixels), out)
+                while chunk := fin.read(BLOCK):
+                    driver.feed(memoryview(chunk))
+                    if driver.done:
+                        break
+                decoded = driver.end()
+        except (struct.error, IndexError, zlib.error) as err:
             raise BadImage(f"malformed {content_type} container: {err}") from None
-    return Stored(dst, out.size, out.digest.hexdigest())
+    return Stored(dst, out.size, out.digest.hexdigest(), content_type, decoded)
+
+
+class StripStream:
+    """`strip` of a file that arrives in pieces: `write` each as it comes, then `finish` (after the last) gives the
+    stripped copy at `dst`. The type comes from the first bytes. A refusal (not an image, a malformed one) is kept
+    and raised by `finish`, so the caller reads the whole body first and its own checks (size limit) come first."""
+
+    def __init__(self, dst: Path, *, max_pixels: int) -> None:
+        self.dst = dst
+        self.max_pixels = max_pixels
+        self.content_type: str | None = None
+        self.received = 0
+        self._head = bytearray()
+        self._error: ValueError | None = None
+        self._fh: BinaryIO = dst.open("wb")
+        self._out = _Out(self._fh)
+        self._driver: _Driver | None = None
+        self._spool: BinaryIO | None = None  # a WebP, stripped once complete
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.received += len(data)
+        if self._error is not None:
+            return
+        try:
+            view = memoryview(data)
+            if self.content_type is None:
+                need = SNIFF_BYTES - len(self._head)
+                self._head += view[:need]
+                view = view[need:]
+                if len(self._head) < SNIFF_BYTES:
+                    return
+                self._start()
+            self._feed(view)
+        except (NotAnImage, BadImage) as err:
+            self._error = err
+        except (struct.error, IndexError, zlib.error) as err:
+            self._error = BadImage(f"malformed {self.content_type} container: {err}")
+
+    def finish(self) -> Stored:
+        try:
+            if self._error is None and self.content_type is None:
+                try:
+                    self._start()  # shorter than the sniffed prefix
+                except NotAnImage as err:
+                    self._error = err
+            if self._error is not None:
+                raise self._error
+            assert self.content_type is not None
+            decoded = False
+            if self._spool is not None:
+                self._spool.seek(0)
+                try:
+                    _strip_webp(self._spool, self._out)
+                except (struct.error, IndexError) as err:
+                    raise BadImage(f"malformed {self.content_type} container: {err}") from None
+            elif self._driver is not None:
+                decoded = self._driver.end()
+            self._fh.flush()
+            return Stored(self.dst, self._out.size, self._out.digest.hexdigest(), self.content_type, decoded)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for fh in (self._fh, self._spool):
+            if fh is not None and not fh.closed:
+                fh.close()
+
+    def _start(self) -> None:
+        head, self._head = bytes(self._head), bytearray()
+        self.content_type = sniff(head)
+        if self.content_type == "image/webp":
+            self._spool = self.dst.with_name(self.dst.name + ".received").open("w+b")
+        else:
+            self._driver = _Driver(_steps(self.content_type, self._out, self.max_pixels), self._out)
+        self._feed(memoryview(head))
+
+    def _feed(self, view: memoryview) -> None:
+        if self._spool is not None:
+            self._spool.write(view)
+        elif self._driver is not None:
+            self._driver.feed(view)
 
 
 class _Out:
@@ -125,10 +243,200 @@ class _Out:
         self.size = 0
         self.digest = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.fh.write(data)
         self.size += len(data)
         self.digest.update(data)
+
+
+# A step of a stripper: ("read", n, None) is answered with the next n bytes; ("copy", n, tap) writes the next n
+# bytes (None: all the rest) to the output, ("skip", n, tap) passes over them, each also handing them to `tap`
+# when one is given. The generator returns True when it checked the pixel data on the way.
+Tap = Callable[[memoryview], None] | None
+Step = tuple[str, int | None, Tap]
+Steps = Generator[Step, bytes, bool]  # sent: the bytes of a "read" (b"" after the others)
+
+
+class _Driver:
+    """Runs a stripper's steps over pieces of input as they are pushed in; `end` when there is no more."""
+
+    def __init__(self, steps: Steps, out: _Out) -> None:
+        self.steps = steps
+        self.out = out
+        self.buffer = bytearray()  # what a pending "read" has so far
+        self.done = False
+        self.decoded = False
+        self.step: Step = ("read", 0, None)
+        self._next(b"", first=True)
+
+    def feed(self, view: memoryview) -> None:
+        pos = 0
+        while not self.done and pos < len(view):
+            kind, count, tap = self.step
+            if kind == "read":
+                assert count is not None
+                take = view[pos : pos + count - len(self.buffer)]
+                self.buffer += take
+                pos += len(take)
+                if len(self.buffer) == count:
+                    data = bytes(self.buffer)
+                    self.buffer.clear()
+                    self._next(data)
+                continue
+            take = view[pos:] if count is None else view[pos : pos + count]
+            pos += len(take)
+            if kind == "copy":
+                self.out.write(take)
+            if tap is not None:
+                tap(take)
+            if count is not None:
+                if len(take) < count:
+                    self.step = (kind, count - len(take), tap)
+                else:
+                    self._next(b"")
+
+    def end(self) -> bool:
+        """The input is complete: the steps must be finished (or copying the rest); True if pixels were checked."""
+        if not self.done and self.step[0] == "copy" and self.step[1] is None:
+            self._next(b"")
+        if not self.done:
+            raise BadImage("the file ends before its image data does")
+        return self.decoded
+
+    def _next(self, value: bytes, *, first: bool = False) -> None:
+        try:
+            self.step = next(self.steps) if first else self.steps.send(value)
+            while self.step[1] == 0:  # nothing to wait for
+                self.step = self.steps.send(b"")
+        except StopIteration as stop:
+            self.done, self.decoded = True, bool(stop.value)
+
+
+def _steps(content_type: str, out: _Out, max_pixels: int | None) -> Steps:
+    if content_type == "image/png":
+        return _png_steps(out, max_pixels)
+    if content_type == "image/jpeg":
+        return _jpeg_steps(out)
+    raise NotAnImage(f"{content_type} is not stripped as a stream")
+
+
+def _png_steps(out: _Out, max_pixels: int | None) -> Steps:
+    out.write((yield ("read", 8, None)))
+    pixels: _PngPixels | None = None
+    while True:
+        head = yield ("read", 8, None)
+        length, kind = struct.unpack(">I4s", head)
+        if kind in PNG_DROP:
+            yield ("skip", length + 4, None)  # data + CRC
+            continue
+        out.write(head)
+        if kind == b"IHDR":
+            if length != 13:
+                raise BadImage("PNG header of the wrong size")
+            body = yield ("read", length + 4, None)
+            out.write(body)
+            if max_pixels is not None:
+                pixels = _PngPixels(body[:13], max_pixels)
+            continue
+        if kind == b"IDAT" and max_pixels is not None:
+            if pixels is None:
+                raise BadImage("PNG image data before its header")
+            yield ("copy", length, pixels.feed)
+            yield ("copy", 4, None)
+            continue
+        yield ("copy", length + 4, None)
+        if kind == b"IEND":
+            if pixels is not None:
+                pixels.finish()
+            return pixels is not None
+
+
+class _PngPixels:
+    """Inflates a PNG's IDAT stream as it passes, in bounded pieces, to exactly the bytes the header's dimensions
+    need (one filter-type byte and the packed samples per scanline, per Adam7 pass if interlaced), checking every
+    filter type; the inflated bytes are dropped."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, ihdr: bytes, max_pixels: int) -> None:
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+        if width == 0 or height == 0:
+            raise BadImage("PNG of zero width or height")
+        if width * height > max_pixels:
+            raise BadImage(f"{width}x{height} is over the {max_pixels}-pixel limit")
+        if colour not in PNG_SAMPLES or depth not in (1, 2, 4, 8, 16) or interlace not in (0, 1):
+            raise BadImage("PNG header with an unknown colour type, bit depth or interlace method")
+        bits = PNG_SAMPLES[colour] * depth
+        passes = ((0, 0, 1, 1),) if interlace == 0 else ADAM7
+        self.passes: list[tuple[int, int]] = []  # (rows, bytes per row with its filter byte)
+        for x0, y0, dx, dy in passes:
+            cols, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+            if cols > 0 and rows > 0:
+                self.passes.append((rows, 1 + (cols * bits + 7) // 8))
+        self.inflater = zlib.decompressobj()
+        self.pass_index = 0
+        self.offset = 0  # into the current pass
+
+    def feed(self, data: memoryview) -> None:
+        pending: bytes | memoryview = data
+        while pending and self.pass_index < len(self.passes):
+            if self.inflater.eof:
+                return  # Pillow also ignores what follows the zlib stream; `finish` says if it was too short
+            try:
+                inflated = self.inflater.decompress(pending, self.PIECE)
+            except zlib.error as err:
+                raise BadImage(f"PNG image data does not inflate: {err}") from None
+            pending = self.inflater.unconsumed_tail
+            self._scanlines(inflated)
+
+    def finish(self) -> None:
+        if self.pass_index < len(self.passes):
+            raise BadImage("PNG image data ends before the last scanline")
+
+    def _scanlines(self, data: bytes) -> None:
+        at = 0
+        while at < len(data) and self.pass_index < len(self.passes):
+            rows, stride = self.passes[self.pass_index]
+            take = min(len(data) - at, rows * stride - self.offset)
+            first = (-self.offset) % stride  # where the next filter-type byte lies in this piece
+            filters = data[at + first : at + take : stride]
+            if filters and max(filters) > 4:
+                raise BadImage("PNG scanline with an unknown filter type")
+            at += take
+            self.offset += take
+            if self.offset == rows * stride:
+                self.pass_index, self.offset = self.pass_index + 1, 0
+
+
+def _jpeg_steps(out: _Out) -> Steps:
+    out.write((yield ("read", 2, None)))  # SOI
+    orientation_written = False
+    while True:
+        marker = yield ("read", 2, None)
+        if marker[0] != 0xFF:
+            raise BadImage("JPEG segment without a marker")
+        while marker[1] == 0xFF:  # fill bytes before a marker
+            marker = b"\xff" + (yield ("read", 1, None))
+        code = marker[1]
+        if 0xD0 <= code <= 0xD7 or code == 0x01:  # parameterless markers
+            out.write(marker)
+            continue
+        size = yield ("read", 2, None)
+        length = struct.unpack(">H", size)[0]
+        if length < 2:
+            raise BadImage("JPEG segment of a negative length")
+        if code == 0xDA:  # start of scan: the rest is entropy-coded data and later scans, copied as they are
+            out.write(marker + size)
+            yield ("copy", None, None)
+            return False
+        body = yield ("read", length - 2, None)
+        if code in JPEG_DROP:
+            orientation = _jpeg_orientation(body) if code == 0xE1 else None
+            if orientation not in (None, 1) and not orientation_written:
+                out.write(_orientation_app1(orientation))
+                orientation_written = True
+            continue
+        out.write(marker + size + body)
 
 
 def _copy(fin: BinaryIO, out: _Out, count: int | None = None) -> None:
@@ -149,55 +457,6 @@ def _read(fin: BinaryIO, n: int) -> bytes:
     if len(data) != n:
         raise BadImage("the file ends early")
     return data
-
-
-def _strip_png(fin: BinaryIO, out: _Out) -> None:
-    out.write(_read(fin, 8))
-    while True:
-        head = fin.read(8)
-        if not head:
-            raise BadImage("PNG without IEND")
-        length, kind = struct.unpack(">I4s", _read_rest(head, fin, 8))
-        if kind in PNG_DROP:
-            fin.seek(length + 4, 1)  # data + CRC
-            continue
-        out.write(head)
-        _copy(fin, out, length + 4)
-        if kind == b"IEND":
-            return
-
-
-def _read_rest(head: bytes, fin: BinaryIO, n: int) -> bytes:
-    return head if len(head) == n else head + _read(fin, n - len(head))
-
-
-def _strip_jpeg(fin: BinaryIO, out: _Out) -> None:
-    out.write(_read(fin, 2))  # SOI
-    orientation_written = False
-    while True:
-        marker = _read(fin, 2)
-        if marker[0] != 0xFF:
-            raise BadImage("JPEG segment without a marker")
-        code = marker[1]
-        if code == 0xFF:  # fill byte before a marker
-            fin.seek(-1, 1)
-            continue
-        if 0xD0 <= code <= 0xD7 or code == 0x01:  # parameterless markers
-            out.write(marker)
-            continue
-        length = struct.unpack(">H", _read(fin, 2))[0]
-        if code == 0xDA:  # start of scan: the rest is entropy-coded data and later scans, copied as they are
-            out.write(marker + struct.pack(">H", length))
-            _copy(fin, out)
-            return
-        body = _read(fin, length - 2)
-        if code in JPEG_DROP:
-            orientation = _jpeg_orientation(body) if code == 0xE1 else None
-            if orientation not in (None, 1) and not orientation_written:
-                out.write(_orientation_app1(orientation))
-                orientation_written = True
-            continue
-        out.write(marker + struct.pack(">H", length) + body)
 
 
 def _jpeg_orientation(app1: bytes) -> int | None:

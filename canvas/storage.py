@@ -1,23 +1,31 @@
 """The images in S3: `<prefix><owner>/<image id>.<ext>` in one bucket, through an injected boto3 client.
 
-Uploads go from a file on disk with boto3's managed transfer (multipart above its threshold), so the service never
-holds a whole image in memory. Direct uploads are presigned S3 POSTs whose policy fixes the key, the content type
-and the largest body S3 accepts (`content-length-range`; boto3 `generate_presigned_post`,
+Uploads go from a file on disk, so the service never holds a whole image in memory: up to `SINGLE_PUT_MAX` bytes
+as one PutObject streamed from the open file, carrying the sha256 already computed while the file was written
+(`ChecksumSHA256`: S3 checks the bytes it got against it, and boto3 reads the file once, to send it, instead of once
+more for a checksum of its own); above that, boto3's managed transfer in parts. Direct uploads are presigned S3
+POSTs whose policy fixes the key, the content type and the largest body S3 accepts (`content-length-range`; boto3
+`generate_presigned_post`,
 https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/s3/client/generate_presigned_post.html).
 Downloads are presigned GETs that live `url_expires_s` seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from .images import TYPES
+
+SINGLE_PUT_MAX = 32 * 1024 * 1024  # larger files go in parts (S3 takes up to 5 GiB in one PutObject)
+PART_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,18 @@ class Storage:
     def key_for(self, owner: uuid.UUID, image_id: uuid.UUID, content_type: str) -> str:
         return f"{self.prefix}{owner}/{image_id}.{TYPES[content_type]}"
 
-    def put_file(self, path: Path, key: str, content_type: str) -> None:
-        self.s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+    def put_file(self, path: Path, key: str, content_type: str, *, sha256: str | None = None) -> None:
+        """`sha256`: the file's hex digest, when known, which S3 then verifies."""
+        size = path.stat().st_size
+        if size > SINGLE_PUT_MAX:
+            config = TransferConfig(multipart_threshold=SINGLE_PUT_MAX, multipart_chunksize=PART_BYTES)
+            self.s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=config)
+            return
+        extra = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()} if sha256 else {}
+        with path.open("rb") as body:
+            self.s3.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentLength=size, ContentType=content_type, **extra
+            )
 
     def get_file(self, key: str, path: Path) -> None:
         self.s3.download_file(self.bucket, key, str(path))

@@ -1,8 +1,8 @@
 """An image's life: stored through the service, or uploaded straight to S3 and confirmed; read; deleted.
 
 The order of the writes keeps every row and object paired (state names: migrations/0002_images.sql):
-- through the service: check and strip the file -> row `pending` -> object -> row `ready`. If the object write
-  fails the row is removed; if the last row write fails the object and the row are removed.
+- through the service: strip the file as it arrives, then check it -> row `pending` -> object -> row `ready`. If
+  the object write fails the row is removed; if the last row write fails the object and the row are removed.
 - direct: row `uploading` -> presigned POST to S3 -> confirm: the object is fetched, checked and stripped like
   an upload, the stripped copy replaces it, the row becomes `ready`; an object that fails the checks is removed
   with its row.
@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .db import ImageRow, NewImage, Repo
 from .errors import ApiError, not_found
-from .images import TYPES, BadImage, NotAnImage, decode, header, inspect, sniff, strip
+from .images import TYPES, BadImage, NotAnImage, Stored, StripStream, check, sniff, strip
 from .storage import Storage
 
 log = logging.getLogger("canvas.uploads")
@@ -42,13 +41,16 @@ def clean_name(raw: str) -> str:
     return cleaned or "image"
 
 
-def checked_copy(src: Path, work: Path, limits: Limits, *, full: bool = True) -> tuple[NewImage, Path]:
-    """The stripped copy of `src`, its header checked (and with `full`, every pixel decoded), as the fields of a
-    new row (id, owner and key unset)."""
+def checked_copy(src: Path, work: Path, limits: Limits) -> tuple[NewImage, Path]:
+    """The stripped copy of `src`, checked (canvas.images.check), as the fields of a new row (id, owner and key
+    unset)."""
     with src.open("rb") as fh:
         content_type = sniff(fh.read(16))
-    stripped = strip(src, work / "stripped", content_type)
-    checked = (inspect if full else header)(stripped.path, max_pixels=limits.max_pixels)
+    return checked_fields(strip(src, work / "stripped", content_type, max_pixels=limits.max_pixels), limits)
+
+
+def checked_fields(stripped: Stored, limits: Limits) -> tuple[NewImage, Path]:
+    checked = check(stripped, max_pixels=limits.max_pixels)
     fields = NewImage(
         id=uuid.UUID(int=0),
         owner=uuid.UUID(int=0),
@@ -75,35 +77,27 @@ class Images:
     storage: Storage
     limits: Limits
 
-    def store(self, owner: str, name: str, src: Path) -> ImageRow:
-        """An image received through POST /images (already on disk, within the byte limit). The full decode runs
-        beside the S3 write (the row is `pending`, so invisible, until both succeeded): the slower of the two sets
-        the time, not their sum."""
-        with tempfile.TemporaryDirectory(prefix="canvas-") as work:
-            try:
-                fields, stripped = checked_copy(src, Path(work), self.limits, full=False)
-            except (NotAnImage, BadImage) as err:
-                raise refused(err) from None
-            image_id = uuid.uuid4()
-            key = self.storage.key_for(uuid.UUID(owner), image_id, fields.content_type)
-            new = _with(fields, image_id, owner, key, clean_name(name))
-            self.repo.insert_image(new, "pending")
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="canvas-decode") as pool:
-                decoded = pool.submit(decode, stripped, new.content_type)
-                try:
-                    self.storage.put_file(stripped, key, new.content_type)
-                    decoded.result()
-                    ready = self.repo.settle_image(image_id, expect="pending")
-                except BadImage as err:
-                    self._forget(image_id, key, "pending")
-                    raise refused(err) from None
-                except Exception:
-                    decoded.cancel()
-                    self._forget(image_id, key, "pending")
-                    raise
-            if ready is None:  # reconcile took it as abandoned in between: nothing of it is left
-                raise ApiError(503, "upload_lost", "the upload took too long and was cleaned up; send it again")
-            return ready
+    def store(self, owner: str, name: str, upload: StripStream) -> ImageRow:
+        """An image received through POST /images: its stripped copy written as it arrived (within the byte
+        limit), finished and checked here, then stored. The copy is in `upload`'s folder, which the caller
+        removes."""
+        try:
+            fields, stripped = checked_fields(upload.finish(), self.limits)
+        except (NotAnImage, BadImage) as err:
+            raise refused(err) from None
+        image_id = uuid.uuid4()
+        key = self.storage.key_for(uuid.UUID(owner), image_id, fields.content_type)
+        new = _with(fields, image_id, owner, key, clean_name(name))
+        self.repo.insert_image(new, "pending")
+        try:
+            self.storage.put_file(stripped, key, new.content_type, sha256=new.sha256)
+            ready = self.repo.settle_image(image_id, expect="pending")
+        except Exception:
+            self._forget(image_id, key, "pending")
+            raise
+        if ready is None:  # reconcile took it as abandoned in between: nothing of it is left
+            raise ApiError(503, "upload_lost", "the upload took too long and was cleaned up; send it again")
+        return ready
 
     def presign(self, owner: str, name: str, size: int, content_type: str) -> dict[str, Any]:
         if content_type not in TYPES:
@@ -154,7 +148,7 @@ class Images:
             except (NotAnImage, BadImage) as err:
                 self._forget(row.id, row.s3_key, "uploading")
                 raise refused(err) from None
-            self.storage.put_file(stripped, row.s3_key, fields.content_type)
+            self.storage.put_file(stripped, row.s3_key, fields.content_type, sha256=fields.sha256)
         ready = self.repo.settle_image(
             row.id, expect="uploading", new=_with(fields, row.id, owner, row.s3_key, row.name)
         )

@@ -4,6 +4,7 @@ AWS in moto and the real orchestrator app, each on 127.0.0.1 (tests/test_canvas_
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import uuid
@@ -59,6 +60,7 @@ def test_upload_get_download_and_delete(canvas_stack: Stack) -> None:
         got = api.get(f"/images/{image['id']}").json()
         body = httpx.get(got["url"], timeout=10).content
         assert len(body) == image["bytes"] and b"CameraMaker" not in body
+        assert hashlib.sha256(body).hexdigest() == image["sha256"]  # computed as the upload streamed in
         with Image.open(io.BytesIO(body)) as stored:
             assert not stored.getexif().get_ifd(0x8825)  # no GPS in what was stored
         (key,) = [k for k in objects(canvas_stack) if image["id"] in k]

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from joserfc.jwk import ECKey
 from PIL import Image
 
 from canvas.auth import JwksCache, Unauthorized, Verifier, bearer_token
-from canvas.images import BadImage, NotAnImage, inspect, sniff, strip
+from canvas.images import ADAM7, BadImage, NotAnImage, Stored, StripStream, check, inspect, sniff, strip
 from canvas.settings import Settings
 from core.contract import SettingError
 from tests.test_canvas_support import HS_SECRET, AuthServer, auth_server, hs_token, jpeg_with_gps, png_bytes, token
@@ -75,6 +77,114 @@ def test_png_text_chunks_and_webp_exif_are_removed(tmp_path: Path) -> None:
     with Image.open(webp.path) as img:
         img.load()
         assert img.size == (20, 10) and img.getpixel((3, 3)) == (255, 0, 0)
+
+
+def streamed(tmp_path: Path, data: bytes, *, piece: int = 1000, max_pixels: int = 10**7) -> Stored:
+    """`data` through a StripStream in pieces of 1..`piece` bytes, as a request body arrives."""
+    stream = StripStream(tmp_path / f"streamed-{uuid.uuid4().hex}", max_pixels=max_pixels)
+    pieces = random.Random(len(data))
+    at = 0
+    while at < len(data):
+        size = pieces.randint(1, piece)
+        stream.write(data[at : at + size])
+        at += size
+    return stream.finish()
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    kinds, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        kinds.append(kind)
+        at += 12 + length
+    return kinds
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_a_png_loses_exif_and_text_chunks_and_keeps_its_pixels_streamed_or_not(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x010F] = "PngMaker"
+    exif.get_ifd(GPS_IFD)[1] = "N"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "shot at 52.52N 13.41E")
+    info.add_text("Place", "Berlin, compressed", zip=True)
+    info.add_itxt("Author", "Someone Identifiable")
+    picture = Image.frombytes("RGB", (90, 70), random.Random(1).randbytes(90 * 70 * 3))
+    out = io.BytesIO()
+    picture.save(out, format="PNG", pnginfo=info, exif=exif.tobytes())
+    data = out.getvalue()
+    assert {b"eXIf", b"tEXt", b"zTXt", b"iTXt"} <= set(png_chunks(data))  # the fixture really carries them
+
+    on_disk = strip(write(tmp_path, data), tmp_path / "out.png", "image/png", max_pixels=10**6)
+    for piece in (1, 7, 4096, len(data)):
+        arrived = streamed(tmp_path, data, piece=piece)
+        assert (arrived.sha256, arrived.bytes, arrived.decoded) == (on_disk.sha256, on_disk.bytes, True)
+        assert arrived.path.read_bytes() == on_disk.path.read_bytes()
+    stored = on_disk.path.read_bytes()
+    assert set(png_chunks(stored)) == {b"IHDR", b"IDAT", b"IEND"}
+    for secret in (b"PngMaker", b"52.52N", b"Identifiable", b"eXIf", b"tEXt", b"zTXt", b"iTXt"):
+        assert secret not in stored
+    with Image.open(on_disk.path) as after:
+        assert not after.getexif() and not after.info.get("Comment")
+        assert after.tobytes() == picture.tobytes()
+    assert check(on_disk, max_pixels=10**6).width == 90
+
+
+def test_a_streamed_jpeg_loses_gps_and_keeps_orientation_and_pixels(tmp_path: Path) -> None:
+    data = jpeg_with_gps(120, 60, orientation=3)
+    with Image.open(io.BytesIO(data)) as before:
+        pixels = before.tobytes()
+    arrived = streamed(tmp_path, data, piece=50)
+    assert arrived.content_type == "image/jpeg" and not arrived.decoded
+    stored = arrived.path.read_bytes()
+    assert b"CameraMaker" not in stored and arrived.bytes == len(stored)
+    with Image.open(arrived.path) as after:
+        exif = after.getexif()
+        assert not exif.get_ifd(GPS_IFD) and exif[0x0112] == 3
+        assert after.tobytes() == pixels
+    assert (check(arrived, max_pixels=10**6).width, check(arrived, max_pixels=10**6).height) == (120, 60)
+
+
+def interlaced_png(width: int, height: int, *, short: int = 0, bad_filter: bool = False) -> tuple[bytes, bytes]:
+    """An Adam7 RGB PNG (Pillow writes none) and its pixels; `short` drops inflated bytes from its end."""
+    pixels = random.Random(width * height).randbytes(width * height * 3)
+    raw = bytearray()
+    for x0, y0, dx, dy in ADAM7:
+        for y in range(y0, height, dy):
+            if x0 < width:
+                raw.append(7 if bad_filter else 0)
+                for x in range(x0, width, dx):
+                    raw += pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3]
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    body = zlib.compress(bytes(raw[: len(raw) - short]))
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+    return png, pixels
+
+
+def test_the_png_pixel_data_is_checked_as_it_streams(tmp_path: Path) -> None:
+    for width, height in ((1, 1), (3, 5), (33, 17)):
+        png, pixels = interlaced_png(width, height)
+        assert streamed(tmp_path, png, piece=5).decoded
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.tobytes() == pixels  # the hand-made interlaced file is a real PNG
+        for broken in (interlaced_png(width, height, short=1)[0], interlaced_png(width, height, bad_filter=True)[0]):
+            with pytest.raises(BadImage, match="scanline"):
+                streamed(tmp_path, broken)
+    data = bytearray(png_bytes(200, 200))
+    data[data.index(b"IDAT") + 10] ^= 0xFF
+    with pytest.raises(BadImage, match="inflate"):
+        streamed(tmp_path, bytes(data))
+    with pytest.raises(BadImage, match="pixel limit"):
+        streamed(tmp_path, png_bytes(4000, 3000), max_pixels=1_000_000)  # refused at IHDR, nothing inflated
+    with pytest.raises(NotAnImage):
+        streamed(tmp_path, b"GIF89a" + b"\x00" * 100)
+    with pytest.raises(BadImage):
+        streamed(tmp_path, png_bytes()[:-12])  # no IEND
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
