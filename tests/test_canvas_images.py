@@ -16,8 +16,9 @@ from joserfc.jwk import ECKey
 from PIL import Image
 
 from canvas.auth import JwksCache, Unauthorized, Verifier, bearer_token
-from canvas.images import ADAM7, BadImage, NotAnImage, Stored, StripStream, check, inspect, sniff, strip
+from canvas.images import BadImage, NotAnImage, Stored, StripStream, check, inspect, sniff, strip
 from canvas.settings import Settings
+from canvas.strip_steps import ADAM7
 from core.contract import SettingError
 from tests.test_canvas_support import HS_SECRET, AuthServer, auth_server, hs_token, jpeg_with_gps, png_bytes, token
 
