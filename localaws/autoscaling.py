@@ -70,6 +70,19 @@ What is modelled here instead, each with the AWS page it follows:
   retrieving-target-lifecycle-state-through-imds.html): `target_lifecycle_state(id)`, the steady state an instance
   is headed for (InService, Terminated, Warmed:Stopped, Warmed:Terminated, Standby), None for an instance no group
   knows (IMDS answers 404); localaws/metadata.py serves it.
+- Health (SetInstanceHealth, https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetInstanceHealth.html):
+  "Set to Unhealthy to have the instance be out of service. Amazon EC2 Auto Scaling terminates and replaces the
+  unhealthy instance": the member leaves as a health replacement does (terminated through the hook, whatever its
+  scale-in protection: protection "does not protect Auto Scaling instances from ... health check replacement",
+  ec2-auto-scaling-instance-protection.html), its replacement from the pool. With ShouldRespectGracePeriod (the
+  default true) a member still within the group's HealthCheckGracePeriod of entering InService keeps its health;
+  Healthy changes nothing else. An instance no group has as a member (a pool instance, an unknown id) is AWS's
+  ValidationError.
+- EC2 instances, as the members and the emulated hosts (localaws/host.py) need them, where moto differs: StartInstances
+  of a stopped instance sets its LaunchTime to that start ("the time that the instance was last launched",
+  https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Instance.html; moto keeps the first launch's); each
+  RebootInstances of a running instance is counted (`reboots`), since moto's changes nothing a caller can see, and
+  one of an instance that is not running is left as it is (moto would set it running; AWS ignores a terminated one).
 - Time: moto is synchronous, AWS is not. Every Auto Scaling or EC2 call (and `target_lifecycle_state`) first
   brings each group up to date with `Settings.clock`, as does `ticking()`, the background tick moto_server owns, so
   a timeout passes even when nothing calls. Tests inject the clock with `settings(clock=...)`.
@@ -100,6 +113,7 @@ from localaws.autoscaling_state import (
     groups,
     model_of,
     now,
+    reboots,
     settings,
 )
 
@@ -118,6 +132,7 @@ __all__ = [
     "interrupt",
     "lifecycle_token",
     "now",
+    "reboots",
     "recommend_rebalance",
     "settings",
     "target_lifecycle_state",

@@ -14,6 +14,8 @@ the two moto 5.2.5 lacks: `install()` patches moto's classes in this process, on
 - UpdateAutoScalingGroup keeps the group's mixed instances policy when the call names none (moto drops it), and
   resizes the pool to a new MaxSize.
 - EC2 TerminateInstances on a member or pool instance: the group forgets it and the model replaces it.
+- SetInstanceHealth: as the model says (moto only stores the status, and fails on an instance of no group).
+- EC2 StartInstances (LaunchTime) and RebootInstances (the reboot count): as the model says.
 - CompleteLifecycleAction and RecordLifecycleActionHeartbeat (absent from moto): by InstanceId or
   LifecycleActionToken; no pending action of that hook for it is AWS's ValidationError "No active Lifecycle Action
   found with instance ID ..." (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CompleteLifecycleAction.html,
@@ -29,11 +31,13 @@ from moto.autoscaling.exceptions import ValidationError
 from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup, InstanceState, TerminateInstanceActivity
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import ActionResult, EmptyResult
+from moto.core.utils import utcnow
+from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses import EC2Response
 
 from localaws import autoscaling as model
 from localaws.autoscaling_group import begin_leave, complete, forget, reconcile
-from localaws.autoscaling_state import model_of, now
+from localaws.autoscaling_state import REBOOTS, model_of, now
 
 _installed = False
 R = TypeVar("R")
@@ -48,13 +52,15 @@ def install() -> None:
             return
         AutoScalingResponse.call_action = _ticked(AutoScalingResponse.call_action)  # type: ignore[method-assign]
         EC2Response.call_action = _ticked(EC2Response.call_action)  # type: ignore[method-assign,assignment]
-        for name in ("set_desired_capacity", "describe_warm_pool", "complete_lifecycle_action"):
+        for name in ("set_desired_capacity", "describe_warm_pool", "complete_lifecycle_action", "set_instance_health"):
             setattr(AutoScalingResponse, name, _RESPONSES[name])
         AutoScalingResponse.record_lifecycle_action_heartbeat = _record_heartbeat  # type: ignore[attr-defined]
         FakeAutoScalingGroup.set_desired_capacity = _group_set_desired_capacity  # type: ignore[method-assign]
         FakeAutoScalingGroup.update = _reconciled_update(FakeAutoScalingGroup.update)  # type: ignore[method-assign]
         for name, function in _BACKEND.items():
             setattr(AutoScalingBackend, name, function)
+        InstanceBackend.start_instances = _started(InstanceBackend.start_instances)  # type: ignore[method-assign]
+        InstanceBackend.reboot_instances = _counted(InstanceBackend.reboot_instances)  # type: ignore[method-assign]
         _installed = True
 
 
@@ -123,6 +129,27 @@ def _complete_lifecycle_action(self: AutoScalingResponse) -> ActionResult:
     return EmptyResult()
 
 
+def _set_instance_health(self: AutoScalingResponse) -> ActionResult:
+    status = self._get_param("HealthStatus")
+    if status not in ("Healthy", "Unhealthy"):
+        raise ValidationError(f"Valid instance health states are: [Healthy, Unhealthy], got {status!r}")
+    respect = self._get_param("ShouldRespectGracePeriod") in (None, True, "true", "True")
+    instance_id = self._get_param("InstanceId")
+    found = model.find(instance_id)
+    if found is None or model.in_pool(*found):
+        raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
+    group, s = found
+    track = model_of(group).tracks.get(instance_id)
+    in_service_for = now() - track.since if track is not None and str(s.lifecycle_state) == "InService" else 0.0
+    if status == "Unhealthy" and respect and in_service_for < float(group.health_check_grace_period or 0):
+        return EmptyResult()  # within the grace period, respected: the health check does not count yet
+    s.health_status = status
+    if status == "Unhealthy":
+        begin_leave(group, s, model.Leave.TERMINATE)
+        reconcile(group)
+    return EmptyResult()
+
+
 def _record_heartbeat(self: AutoScalingResponse) -> ActionResult:
     group, s, hook = _named_action(self)
     model_of(group).tracks[s.instance.id].actions[hook].heartbeat_at = now()
@@ -140,7 +167,32 @@ _RESPONSES: dict[str, Callable[[AutoScalingResponse], ActionResult]] = {
     "set_desired_capacity": _set_desired_capacity,
     "describe_warm_pool": _describe_warm_pool,
     "complete_lifecycle_action": _complete_lifecycle_action,
+    "set_instance_health": _set_instance_health,
 }
+
+
+# -- EC2 instances -----------------------------------------------------------------------------------------------------
+def _started(start: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    def start_instances(self: InstanceBackend, instance_ids: list[str]) -> list[Any]:
+        started = list(start(self, instance_ids))
+        for instance, previous in started:
+            if previous.name == "stopped":  # a start, not a no-op on a running one
+                instance.launch_time = utcnow()
+        return started
+
+    return start_instances
+
+
+def _counted(reboot: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    def reboot_instances(self: InstanceBackend, instance_ids: list[str]) -> list[Any]:
+        running = [i.id for i in self.get_multi_instances_by_id(instance_ids) if i.state == "running"]
+        rebooted = list(reboot(self, running)) if running else []
+        with model.LOCK:
+            for instance in rebooted:
+                REBOOTS[instance.id] = REBOOTS.get(instance.id, 0) + 1
+        return rebooted
+
+    return reboot_instances
 
 
 # -- backend methods ---------------------------------------------------------------------------------------------------

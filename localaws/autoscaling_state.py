@@ -1,5 +1,6 @@
 """The state localaws/autoscaling.py's model keeps beside moto's own objects: lifecycle states, pending lifecycle
-actions, each group's warm pool, the model's settings (clock, phase durations) and its lock."""
+actions, each group's warm pool, the model's settings (clock, phase durations), the instances' reboot counts and its
+lock."""
 
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ class GroupModel:
 
 
 LOCK = threading.RLock()  # moto's server answers in threads; every model change and every patched call holds this
+REBOOTS: dict[str, int] = {}  # instance id -> RebootInstances calls that rebooted it (localaws/autoscaling_api.py)
 _settings = Settings()
 _models: weakref.WeakKeyDictionary[FakeAutoScalingGroup, GroupModel] = weakref.WeakKeyDictionary()
 
@@ -119,6 +121,12 @@ def settings(**changes: Any) -> Iterator[Settings]:
 
 def now() -> float:
     return _settings.clock()
+
+
+def reboots(instance_id: str) -> int:
+    """How many times RebootInstances rebooted `instance_id` (what localaws/host.py's EmulatedHost watches)."""
+    with LOCK:
+        return REBOOTS.get(instance_id, 0)
 
 
 def model_of(group: FakeAutoScalingGroup) -> GroupModel:

@@ -5,7 +5,7 @@ bootstrap exactly as synthesized: the user data its launch template gave it (cre
 cloud-init, which runs a script once per instance), or else the script of the SSM document an association targets it
 with (adopt mode: the SSM agent runs it; localaws/gpu_resources.py records associations). Later boots start the
 units that are enabled, as systemd does. When the instance stops, the units are stopped (SIGTERM to the adapter, as
-at shutdown); the next start boots them again.
+at shutdown); the next start boots them again. A RebootInstances stops the units and boots again (below).
 
 What is emulated, and how:
 - The filesystem: every path the unit, bootstrap.sh and install.sh use lies under `root` (GPU_ADAPTER_SYSROOT for
@@ -15,12 +15,21 @@ What is emulated, and how:
   <root>/var/log/systemctl.calls and implements daemon-reload, enable [--now], start, stop, restart, is-active and
   poweroff (which stops the moto instance). A started unit runs under `supervise()`: Environment= then
   EnvironmentFile= (later files win, missing "-" files skipped), ExecStartPre, then ExecStart with ${VAR}s expanded,
-  in WorkingDirectory; Restart= always after RestartSec; on stop SIGTERM, SIGKILL after TimeoutStopSec.
+  in WorkingDirectory; Restart= always after RestartSec; on stop SIGTERM then SIGCONT to the main process (systemd
+  "will always send SIGCONT, to ensure that even suspended tasks can be terminated cleanly", systemd.kill(5)),
+  SIGKILL after TimeoutStopSec (not to the whole cgroup, as KillMode=mixed would).
+- Reboots: moto's RebootInstances leaves the instance `running` and changes nothing a caller can see; the local AWS
+  counts each reboot of a running instance (localaws/autoscaling_api.py, installed in the moto server's process,
+  which must be this one, as localaws.server.moto_server's is). The host's watcher sees its instance's count move
+  and does what an OS reboot does (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RebootInstances.html):
+  stops the units as at shutdown, then boots again (enabled units start; `boots` and `reboots` count it).
+- The metadata service: each host serves its own while watched (localaws/metadata.py: its instance id, and in a
+  fleet its target lifecycle state); INSTANCE_METADATA_URL in host.env names it, as 169.254.169.254 would on EC2.
 - The instance role: the host's processes inherit `env` (the local AWS endpoint and credentials), in place of the
   credentials the metadata service would hand out.
 - The host's own settings: a drop-in (<unit>.service.d/emulated-host.conf) adds the EnvironmentFile host.env, read
   last: ADAPTER_PYTHON is this interpreter (it has boto3), JOB_USER is empty (no user can be created in a sandbox),
-  then `overrides` (shorter waits for tests and the demo).
+  INSTANCE_METADATA_URL, then `overrides` (shorter waits for tests and the demo); `stop_timeout_s` a TimeoutStopSec.
 Every process it starts is bounded in time and stopped by close().
 """
 
@@ -70,7 +79,8 @@ def bootstrap_script(ec2: Any, ssm: Any, instance_id: str, associations: Iterabl
 
 class EmulatedHost:
     """One GPU host on a moto instance (see the module docstring). `states` lists the instance states seen, `boots`
-    counts boots, `running` says whether the adapter's unit is up; start() begins watching, close() stops all.
+    counts boots (`reboots` those after a RebootInstances), `running` says whether the adapter's unit is up,
+    `metadata` is its metadata service; start() begins watching, close() stops all.
 
     Args:
         ec2: a boto3 EC2 client of the local AWS. instance_id: the moto instance.
@@ -80,6 +90,7 @@ class EmulatedHost:
         root: the sandbox directory standing in for "/". Default: <log_path's dir>/host-<instance_id>.
         ssm, associations: for adopt mode: an SSM client and the created associations' attributes.
         overrides: settings for the adapter that win over its SSM config (host.env).
+        stop_timeout_s: the unit's TimeoutStopSec on this host, when shorter than the unit file's is wanted.
     """
 
     def __init__(
@@ -93,17 +104,31 @@ class EmulatedHost:
         ssm: Any = None,
         associations: Iterable[Mapping[str, Any]] = (),
         overrides: Mapping[str, str] | None = None,
+        stop_timeout_s: float | None = None,
     ) -> None:
+        from functools import partial
+
+        from localaws import autoscaling
+        from localaws.metadata import MetadataServer
+
+        autoscaling.install()  # the reboot counter, among the rest of the model
         self.ec2, self.ssm, self.instance_id, self.log_path = ec2, ssm, instance_id, Path(log_path)
         self.associations = list(associations)
         self.root = Path(root) if root else self.log_path.parent / f"host-{instance_id}"
         self.states: list[str] = []
-        self.boots = 0
+        self.boots = self.reboots = 0
+        self._reboot_count = partial(autoscaling.reboots, instance_id)
+        self._reboots_seen = self._reboot_count()
         self._booted = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"emulated-host-{instance_id}", daemon=True)
         self.env = self._machine_env(env)
-        self._prepare({"ADAPTER_PYTHON": sys.executable, "JOB_USER": "", **(overrides or {})})
+        # Bound now (its URL goes into host.env), serving from start() to close().
+        self.metadata = MetadataServer(
+            instance_id, target_lifecycle_state=partial(autoscaling.target_lifecycle_state, instance_id)
+        )
+        host_env = {"ADAPTER_PYTHON": sys.executable, "JOB_USER": "", "INSTANCE_METADATA_URL": self.metadata.url}
+        self._prepare({**host_env, **(overrides or {})}, stop_timeout_s)
 
     def _machine_env(self, env: Mapping[str, str]) -> dict[str, str]:
         bin_dir = self.root / "usr" / "local" / "sbin"
@@ -116,14 +141,15 @@ class EmulatedHost:
             "EMULATED_JOURNAL": str(self.log_path),
         }
 
-    def _prepare(self, host_env: Mapping[str, str]) -> None:
+    def _prepare(self, host_env: Mapping[str, str], stop_timeout_s: float | None) -> None:
         stub = self.root / "usr" / "local" / "sbin" / "systemctl"
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text(STUB.format(python=sys.executable, repo=str(ROOT)))
         stub.chmod(0o755)
         dropin = self.root / "etc" / "systemd" / "system" / f"{UNIT}.service.d"
         dropin.mkdir(parents=True, exist_ok=True)
-        (dropin / "emulated-host.conf").write_text("[Service]\nEnvironmentFile=/etc/gpu-adapter/host.env\n")
+        stop = f"TimeoutStopSec={stop_timeout_s:g}\n" if stop_timeout_s is not None else ""
+        (dropin / "emulated-host.conf").write_text(f"[Service]\nEnvironmentFile=/etc/gpu-adapter/host.env\n{stop}")
         (self.root / "etc" / "gpu-adapter").mkdir(parents=True, exist_ok=True)
         lines = "".join(f"{k}={v}\n" for k, v in host_env.items())
         (self.root / "etc" / "gpu-adapter" / "host.env").write_text(lines)
@@ -143,6 +169,7 @@ class EmulatedHost:
         return _active(self.root, UNIT)
 
     def start(self) -> None:
+        self.metadata.start()
         self.states.append(self.state())
         self._thread.start()
 
@@ -151,10 +178,17 @@ class EmulatedHost:
             state = self.state()
             if not self.states or self.states[-1] != state:
                 self.states.append(state)
+            rebooted = self._reboot_count()
             if state == "running" and not self._booted:
+                self._reboots_seen = rebooted  # a reboot before this boot changes nothing more
                 self._boot()
             elif state in ("stopping", "stopped") and self._booted:
                 self._shutdown()
+            elif state == "running" and rebooted > self._reboots_seen:
+                self._reboots_seen = rebooted
+                self.reboots += 1
+                self._shutdown()
+                self._boot()
 
     def _boot(self) -> None:
         self._booted = True
@@ -209,6 +243,7 @@ class EmulatedHost:
             self._thread.join(timeout=BOOTSTRAP_TIMEOUT_S + 30)
         if self.running:
             self.systemctl("stop", UNIT)
+        self.metadata.stop()
 
 
 # -- the systemctl stub and the unit supervisor (run in their own processes) -----------------------------------
@@ -385,6 +420,7 @@ def _wait(child: subprocess.Popen[bytes], stopping: threading.Event, stop_timeou
         except subprocess.TimeoutExpired:
             if stopping.is_set():
                 child.send_signal(signal.SIGTERM)  # KillSignal=SIGTERM to the main process (KillMode=mixed)
+                child.send_signal(signal.SIGCONT)  # as systemd: a suspended process gets to handle it too
                 try:
                     return child.wait(timeout=stop_timeout)
                 except subprocess.TimeoutExpired:

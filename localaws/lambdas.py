@@ -17,6 +17,10 @@ What this module models, not moto:
   GetFunctionConfiguration, plus `env` overrides), clients on the local AWS (or `endpoint_url`), the function's
   Timeout as its remaining time, and the trigger and cause the handler derives from the event. Where that
   environment names GPU_FLEET_NAME, the run is the controller's fleet mode (it gets an Auto Scaling client too).
+  Where it names HOSTS_TABLE_NAME, the run records running intervals and recovers stuck workers in that table, and
+  gets, as the handler builds it, the TaskStore (a DynamoDB Table resource on the local AWS, built on first use)
+  that requeues a stuck worker's tasks. Its metric lines (EMF, which the Lambda writes to stdout for CloudWatch Logs
+  to extract) are kept with the run (`Run.metrics`) instead of printed.
 - Serialization: one run at a time, in arrival order. The function's reserved concurrency is 1, and Lambda keeps
   an asynchronous event it cannot run yet (throttled) in its queue and retries it for up to 6 hours
   (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html): here it waits in the FIFO.
@@ -50,6 +54,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
 from core import contract
 from core.observe import Sources
+from core.store import TaskStore
 from functions.shutdown.handler import ShutdownSettings, cause_of, run, trigger_of
 from modules.layout import LAMBDA
 
@@ -68,6 +73,7 @@ class Run:
     trigger: str | None
     record: dict[str, Any] | None
     error: str | None = None
+    metrics: tuple[dict[str, Any], ...] = ()  # the run's EMF documents, in the order written
 
 
 class _Body(io.BytesIO):
@@ -81,6 +87,10 @@ def _response(url: str, status: int, body: bytes = b"", **headers: str) -> AWSRe
     return AWSResponse(
         url, status, {"x-amzn-RequestId": str(uuid.uuid4()), "Content-Length": str(len(body)), **headers}, _Body(body)
     )
+
+
+def _docs(lines: list[str]) -> tuple[dict[str, Any], ...]:
+    return tuple(json.loads(line) for line in lines)
 
 
 def rate_seconds(expression: str) -> float:
@@ -118,6 +128,8 @@ class LocalController:
         self.timeout_s = float(conf["Timeout"])
         self.settings = ShutdownSettings.from_env({**conf["Environment"]["Variables"], **(env or {})})
         self.sources = self._sources(endpoint_url or local.endpoint_url)
+        self._endpoint_url = endpoint_url or local.endpoint_url
+        self._tasks: TaskStore | None = None
         self.clock, self.sleep, self.duplicates = clock, sleep, duplicates
         self.runs: list[Run] = []
         self._events: queue.Queue[Any] = queue.Queue()
@@ -148,6 +160,19 @@ class LocalController:
             instance_ids=self.settings.instance_ids,
             autoscaling=client("autoscaling") if self.settings.fleet_mode else None,
         )
+
+    def tasks(self) -> TaskStore:
+        """The TaskStore the runs requeue through (the function's credentials), built the first time one needs it."""
+        if self._tasks is None:
+            resource = boto3.resource(
+                "dynamodb",
+                endpoint_url=self._endpoint_url,
+                region_name=self.local.region,
+                aws_access_key_id=self.run_as["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=self.run_as["AWS_SECRET_ACCESS_KEY"],
+            )
+            self._tasks = TaskStore(resource.Table(self.settings.table_name), status_index=self.settings.status_index)
+        return self._tasks
 
     def env(self) -> dict[str, str]:
         """What the orchestrator needs to find this controller (contract names)."""
@@ -253,6 +278,7 @@ class LocalController:
 
     def _run_one(self, event: Any) -> None:
         trigger = trigger_of(event)
+        lines: list[str] = []
         try:
             record = run(
                 self.settings,
@@ -262,9 +288,11 @@ class LocalController:
                 remaining_s=self.timeout_s,
                 trigger=trigger,
                 cause=cause_of(event),
+                tasks=self.tasks,
+                metrics=lines.append,
             )
         except Exception as err:  # the run logged it; Lambda would record a failed invocation
-            self.runs.append(Run(event, trigger, None, f"{type(err).__name__}: {err}"))
+            self.runs.append(Run(event, trigger, None, f"{type(err).__name__}: {err}", _docs(lines)))
             return
         # As the log line shows it (tuples become lists): what CloudWatch would hold for this run.
-        self.runs.append(Run(event, trigger, json.loads(json.dumps(record, default=str))))
+        self.runs.append(Run(event, trigger, json.loads(json.dumps(record, default=str)), None, _docs(lines)))

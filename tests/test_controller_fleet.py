@@ -143,19 +143,69 @@ def test_inside_the_window_an_idle_fleet_is_left_as_it_is(stack: FleetStack) -> 
     assert stack.aws.group()["DesiredCapacity"] == 1
 
 
+# -- a stuck member: rebooted, then replaced through SetInstanceHealth ----------------------------------------------
+def test_a_stuck_member_is_rebooted_then_marked_unhealthy_and_replaced_and_its_task_requeued(stack: FleetStack) -> None:
+    """No adapter runs here: the member's liveness and its claim are written as its adapter writes them (HostStore.seen,
+    TaskStore.claim); the controller's clock runs one, then two STUCK_AFTER_SECONDS ahead of them. First the model of
+    SetInstanceHealth itself (localaws/autoscaling.py): within the group's HealthCheckGracePeriod (300 s) of entering
+    InService an Unhealthy that respects the grace period is not applied, and a pool instance is no member."""
+    from botocore.exceptions import ClientError
+
+    from core.hosts import HostStore
+    from localaws import autoscaling
+    from tests._adapter_support import store_for
+    from tests.test_stuck_worker import hosts_table
+
+    stack.aws.set_desired(1)
+    (member,) = stack.aws.members()
+    stack.aws.asg.set_instance_health(InstanceId=member, HealthStatus="Unhealthy")
+    assert stack.aws.members() == {member: "InService"}
+    (pooled, *_) = stack.aws.pool()
+    with pytest.raises(ClientError, match="No managed instance found"):
+        stack.aws.asg.set_instance_health(InstanceId=pooled, HealthStatus="Unhealthy", ShouldRespectGracePeriod=False)
+    table = hosts_table(stack.local)
+    hosts = HostStore(stack.local.client("dynamodb"), table)
+    store = store_for(stack.local)
+    now_ms = int(time.time() * 1000)
+    held = store.create(task_type="noop", params={})
+    store.claim(held.task_id, worker="gpu-m", stale_after_ms=900_000)
+    hosts.seen(member, worker="gpu-m", at_ms=now_ms)
+    stack.submit(1)  # work waits
+    env = {"HOSTS_TABLE_NAME": table, "STUCK_AFTER_SECONDS": "600", "MIN_UPTIME_SECONDS": "0"}
+
+    def steps(record: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(d["instance_id"], d["action"]) for d in record["stuck"]["done"]]
+
+    reboot = stack.run(clock=lambda: time.time() + 601, **env)
+    assert steps(reboot) == [(member, "reboot")] and autoscaling.reboots(member) == 1
+    assert [i["instance_id"] for i in reboot["intervals"]] == [member]  # billed: EC2 reports it running
+    assert stack.aws.members() == {member: "InService"}
+    stop = stack.run(clock=lambda: time.time() + 1202, **env)
+    assert steps(stop) == [(member, "stop")] and stop["stuck"]["done"][0]["health"] == "Unhealthy"
+    members = stack.aws.members()
+    assert members.pop(member) == "Terminating:Wait"  # through the hand-back hook, protection or not
+    assert list(members.values()) == ["InService"] and stack.aws.group()["DesiredCapacity"] == 1  # from the pool
+    requeued = store.get(held.task_id)
+    assert requeued is not None and requeued.status.value == "QUEUED" and requeued.worker is None
+    assert requeued.enqueue_id == stop["stuck"]["done"][0]["requeued"][0]["enqueue_id"] != held.enqueue_id
+
+
 # -- the handler, its settings -----------------------------------------------------------------------------------------
-def test_the_handler_in_fleet_mode_logs_one_json_line_with_the_inputs_and_the_decision(
+def test_the_handler_in_fleet_mode_logs_one_json_line_with_the_inputs_and_the_decision_after_its_metrics(
     stack: FleetStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for key, value in {**stack.local.lambda_env, **stack.env(), "AWS_ENDPOINT_URL": stack.local.endpoint_url}.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HOSTS_TABLE_NAME", raising=False)  # the hosts upkeep has its own test below
     stack.submit(3)
     capsys.readouterr()
     answer = handler({"source": "aws.events"}, None)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    record = json.loads(lines[0])
+    *metrics, record = [json.loads(line) for line in lines]
     assert record["event"] == "gpu_idle_decision" and record["fleet_name"] == GROUP
+    (plain,) = metrics  # one metric line before the decision: no stuck-worker step was taken
+    counts = (plain["InstancesUp"], plain["TasksWaiting"], plain["InstanceStarts"], plain["InstanceStops"])
+    assert counts == (0, 3, 2, 0)
     assert (
         record["observation"]["visible"] == 3 and record["fleet"]["max_size"] == 4 and len(record["fleet"]["warm"]) == 4
     )
@@ -169,6 +219,8 @@ def test_the_handler_in_fleet_mode_logs_one_json_line_with_the_inputs_and_the_de
         ({"GPU_INSTANCE_IDS": "", "GPU_FLEET_NAME": ""}, "neither is set"),
         ({"GPU_INSTANCE_IDS": "", "GPU_FLEET_NAME": GROUP, "GPU_SLOTS": "0"}, "GPU_SLOTS: 0 is not valid"),
         ({"GPU_INSTANCE_IDS": "", "GPU_FLEET_NAME": GROUP, "GPU_SLOTS": "two"}, "GPU_SLOTS: 'two' is not valid"),
+        ({"GPU_FLEET_NAME": GROUP, "STUCK_AFTER_SECONDS": "0"}, "STUCK_AFTER_SECONDS: 0 is not valid"),
+        ({"GPU_FLEET_NAME": GROUP, "STUCK_AFTER_SECONDS": "soon"}, "STUCK_AFTER_SECONDS: 'soon' is not valid"),
     ],
 )
 def test_settings_name_exactly_one_mode_and_a_valid_slot_count(env: dict[str, str], message: str) -> None:
@@ -177,11 +229,14 @@ def test_settings_name_exactly_one_mode_and_a_valid_slot_count(env: dict[str, st
     assert "\n" not in str(caught.value)
 
 
-def test_slots_default_to_one_and_adopt_mode_is_unchanged() -> None:
+def test_slots_default_to_one_and_adopt_mode_is_unchanged_and_the_upkeep_is_off_by_default() -> None:
     fleet = ShutdownSettings.from_env({**BASE_ENV, "GPU_FLEET_NAME": GROUP})
     assert fleet.fleet_mode and fleet.slots == 1
     adopt = ShutdownSettings.from_env({**BASE_ENV, "GPU_INSTANCE_IDS": "i-0f0f6fd680921de5f,i-0f0f6fd680921de60"})
     assert not adopt.fleet_mode and adopt.instance_ids == ("i-0f0f6fd680921de5f", "i-0f0f6fd680921de60")
+    # Without HOSTS_TABLE_NAME no upkeep; the stuck window and the namespace are the contract's defaults.
+    assert adopt.hosts_table_name is None and adopt.stuck.stuck_after_s == 600 and adopt.stuck.quarantine_s == 1800
+    assert adopt.metrics_namespace == "GpuOrchestrator"
 
 
 # -- the synthesized fleet environment ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The idle rule over a table of cases. Each of the seed alarm's four known failures is a row (or a few)."""
+"""The idle rule over a table of cases. Each of the seed alarm's four known failures is a row (or a few). Then the
+stuck-worker rule (functions/shutdown/stuck.py) over a table of its own."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from core.hosts import Liveness
 from core.idle import Action, Decision, Observation, Policy, confirm_stop, decide, idle_blocker
 from core.instances import Instance, InstanceState
+from core.tasks import TaskRecord, TaskStatus
+from functions.shutdown.stuck import QUARANTINE_FACTOR, StuckAction, StuckPolicy, decide_stuck, quarantined
 
 NOW = 1_700_000_000.0
 MIN = 60.0
@@ -292,3 +296,78 @@ def test_idle_blocker_is_the_shared_safety_check() -> None:
 def test_log_form_is_plain_json_values() -> None:
     log = decide(obs(visible=1, instances=(state(InstanceState.STOPPED),)), POLICY).to_log()
     assert log["action"] == "START" and log["instance_ids"] == (GPU,)
+
+
+# -- the stuck-worker rule (functions/shutdown/stuck.py), over its own table -------------------------------------------
+STUCK = StuckPolicy(stuck_after_s=10 * MIN)
+WAITS = "queue holds 1 visible and 0 delayed message(s)"
+UP_1H = running(3600)
+
+
+def live(seen_ago: float | None = 3600, **marks_ago: float) -> Liveness:
+    """GPU's liveness item: seen `seen_ago` s ago (None: never), recovery steps (rebooted_at=..., ...) s ago."""
+    ms = {k: int((NOW - v) * 1000) for k, v in marks_ago.items()}
+    seen = None if seen_ago is None else int((NOW - seen_ago) * 1000)
+    return Liveness(GPU, seen_at=seen, worker="w-gpu", **ms)
+
+
+def task(worker: str, beat_ago: float, task_id: str = "t-1") -> TaskRecord:
+    at = int((NOW - beat_ago) * 1000)
+    return TaskRecord(task_id, TaskStatus.RUNNING, "noop", worker=worker, started_at=at - 1000, heartbeat_at=at)
+
+
+@pytest.mark.parametrize(
+    ("inst", "liveness", "tasks", "waiting", "action", "fragment"),
+    [
+        (UP_1H, None, [], WAITS, StuckAction.NONE, "no liveness"),
+        (UP_1H, live(None), [], WAITS, StuckAction.NONE, "no liveness"),
+        (running(300), live(), [], WAITS, StuckAction.NONE, "not yet 600s"),
+        (UP_1H, live(), [], None, StuckAction.NONE, "no work waits"),
+        (UP_1H, live(30), [], WAITS, StuckAction.NONE, "progress 30s ago"),
+        (UP_1H, live(), [task("w-gpu", 20)], WAITS, StuckAction.NONE, "progress 20s ago"),  # a loop waiting on slots
+        (UP_1H, live(), [task("w-other", 20)], WAITS, StuckAction.REBOOT, "last progress 3600s ago"),
+        (UP_1H, live(), [], WAITS, StuckAction.REBOOT, "stuck: up 3600s"),
+        (UP_1H, live(rebooted_at=120), [], WAITS, StuckAction.NONE, "rebooted 120s ago"),
+        (UP_1H, live(rebooted_at=700), [task("w-gpu", 800)], WAITS, StuckAction.STOP, "after its reboot"),
+        (running(1200), live(rebooted_at=3000), [], WAITS, StuckAction.REBOOT, "reboot"),  # started since: anew
+        (UP_1H, live(100, rebooted_at=700), [], WAITS, StuckAction.CLEAR, "progress 600s after"),
+        (UP_1H, live(rebooted_at=700), [task("w-gpu", 60)], None, StuckAction.CLEAR, "after the last recovery"),
+        (UP_1H, live(100, recovered_stop_at=1000), [], WAITS, StuckAction.CLEAR, "after the last recovery"),
+    ],
+)
+def test_the_stuck_rule(
+    inst: Instance,
+    liveness: Liveness | None,
+    tasks: list[TaskRecord],
+    waiting: str | None,
+    action: StuckAction,
+    fragment: str,
+) -> None:
+    found = {GPU: liveness} if liveness else {}
+    (step,) = decide_stuck([inst], found, tasks, waiting=waiting, now=NOW, policy=STUCK)
+    assert (step.action, step.instance_id) == (action, GPU) and fragment in step.reason, step
+
+
+def test_a_stop_requeues_exactly_the_stuck_workers_tasks() -> None:
+    mine = [task("w-gpu", 900, "t-1"), task("w-gpu", 950, "t-2")]
+    (step,) = decide_stuck(
+        [UP_1H], {GPU: live(rebooted_at=700)}, [*mine, task("w-other", 5, "t-3")], waiting=WAITS, now=NOW, policy=STUCK
+    )
+    assert step.action == StuckAction.STOP and step.requeue == ("t-1", "t-2")
+    assert step.to_log()["requeue"] == ["t-1", "t-2"] and step.progress_at == pytest.approx(NOW - 900)
+
+
+def test_only_running_instances_are_judged_and_an_incomplete_read_acts_on_none() -> None:
+    others = [state(s, f"i-{s.value}") for s in (InstanceState.STOPPED, InstanceState.PENDING, InstanceState.STOPPING)]
+    everyone = {i.instance_id: live() for i in others}
+    assert decide_stuck(others, everyone, [], waiting=WAITS, now=NOW, policy=STUCK) == []
+    (step,) = decide_stuck([UP_1H], {GPU: live()}, [], waiting=WAITS, now=NOW, policy=STUCK, running_complete=False)
+    assert step.action == StuckAction.NONE and "not every RUNNING task was read" in step.reason
+
+
+def test_a_stopped_stuck_instance_is_quarantined_for_three_stuck_windows() -> None:
+    assert STUCK.quarantine_s == QUARANTINE_FACTOR * STUCK.stuck_after_s == 30 * MIN
+    held = quarantined({GPU: live(recovered_stop_at=29 * MIN)}, now=NOW, policy=STUCK)
+    assert held == {GPU: pytest.approx(NOW + MIN)}
+    assert quarantined({GPU: live(recovered_stop_at=31 * MIN)}, now=NOW, policy=STUCK) == {}
+    assert quarantined({GPU: live(rebooted_at=60)}, now=NOW, policy=STUCK) == {}

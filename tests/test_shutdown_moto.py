@@ -8,6 +8,7 @@ a `stopping` state moto does not have, is in test_shutdown_stopping.py.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -86,14 +87,31 @@ def stack(local_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Stack:
 
 
 def invoke(capsys: pytest.CaptureFixture[str], event: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the handler; return its one JSON log line (and check there is exactly one)."""
+    """Run the handler; return its one JSON log line (and check there is exactly one, last, after the run's metric
+    lines: one without a dimension, and one per stuck-worker step kind taken)."""
     capsys.readouterr()
     handler(event or {"source": "aws.events"}, None)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    record: dict[str, Any] = json.loads(lines[0])
+    docs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    *metrics, record = docs
     assert record["event"] == "gpu_idle_decision" and "observation" in record
+    assert metrics and all("_aws" in m for m in metrics), docs
+    (plain,) = [m for m in metrics if "Step" not in m]
+    assert plain["_aws"]["CloudWatchMetrics"][0]["Namespace"] == stack_env_namespace()
+    assert plain["InstancesUp"] == sum(1 for i in record["observation"]["instances"] if i["state"] in UP)
+    assert plain["TasksWaiting"] == record["observation"]["visible"] + record["observation"]["delayed"]
+    moved = sum(1 for o in record["outcome"] if "to" in o)
+    assert (plain["InstanceStarts"], plain["InstanceStops"]) == (
+        (moved, 0) if record["decision"]["action"] == "START" else (0, moved)
+    )
     return record
+
+
+UP = ("pending", "running")
+
+
+def stack_env_namespace() -> str:
+    """The namespace the handler's environment names (the synthesized one, else the contract's default)."""
+    return os.environ.get(contract.METRICS_NAMESPACE.name) or str(contract.METRICS_NAMESPACE.default)
 
 
 def test_running_task_with_empty_visible_queue_is_never_stopped(
@@ -235,3 +253,45 @@ def test_recheck_vetoes_a_stop_when_a_task_arrives_between_the_looks(
     assert record["first_decision"]["action"] == "STOP"
     assert record["decision"]["action"] == "NONE" and "re-check" in record["decision"]["reason"]
     assert record["outcome"] == [] and stack.state() == "running"
+
+
+# -- a stuck worker's task back in the queue (functions/shutdown/recovery.py requeue) ---------------------------------
+def test_a_requeue_sends_a_delayed_fresh_message_and_copes_with_a_slow_write_and_a_task_that_moved_on(
+    stack: Stack, local_aws: Any
+) -> None:
+    from core.hosts import HostStore
+    from core.message import TaskMessage
+    from core.store import TaskStore
+    from core.tasks import TaskStatus
+    from functions.shutdown.recovery import REQUEUE_DELAY_S, Recovery, requeue, stuck_error
+    from tests.test_stuck_worker import hosts_table
+
+    store = TaskStore(local_aws.resource("dynamodb").Table(stack.table), status_index=stack.env["TASK_STATUS_INDEX"])
+    hosts = HostStore(stack.ddb, hosts_table(local_aws))
+    ticks = iter([0.0, 0.1, 10.0, 10.0 + REQUEUE_DELAY_S])  # the second requeue's write takes the whole delay
+
+    def rec(clock: Any) -> Recovery:
+        return Recovery(hosts, stack.ec2, stack.sqs, stack.queue_url, tasks=lambda: store, clock=clock)
+
+    def received(wait_s: int) -> list[tuple[str, str | None]]:
+        got = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
+        return [(b.task_id, b.enqueue_id) for b in (TaskMessage.parse(m["Body"]) for m in got.get("Messages", []))]
+
+    held = [
+        store.claim(store.create(task_type="noop", params={}).task_id, worker="w", stale_after_ms=1).held
+        for _ in range(2)
+    ]
+    quick = requeue(rec(lambda: next(ticks)), held[0], "i-stuck")
+    slow = requeue(rec(lambda: next(ticks)), held[1], "i-stuck")
+    assert "resent" not in quick and slow["resent"] is True
+    for out, task in zip((quick, slow), held, strict=True):
+        item = store.get(task.task_id)
+        assert item is not None and item.status == TaskStatus.QUEUED and item.error == stuck_error("i-stuck")
+        assert item.enqueue_id == out["enqueue_id"] != task.enqueue_id
+    # At once only the slow one's second copy (sent undelayed, after the write); the delayed copies come later.
+    assert received(0) == [(held[1].task_id, slow["enqueue_id"])]
+    time.sleep(REQUEUE_DELAY_S + 0.2)
+    later = received(1) + received(1)
+    assert sorted(later) == sorted([(held[0].task_id, quick["enqueue_id"]), (held[1].task_id, slow["enqueue_id"])])
+    moved = requeue(rec(time.time), held[0], "i-stuck")  # that attempt is no longer RUNNING: rejected, logged
+    assert "rejected" in moved and "enqueue_id" not in moved

@@ -5,7 +5,9 @@ observe (queue + table, as in the other modes) and read the group (core.observe.
 SetDesiredCapacity. AWS owns which instance starts or leaves: a raised desired capacity takes stopped instances from
 the warm pool first, a lowered one picks unprotected instances only (busy adapters hold scale-in protection), and
 returns them to the pool when the pool's reuse policy says so. Logs exactly one JSON line per run (event
-gpu_idle_decision) with the inputs and the decision, as the other modes do.
+gpu_idle_decision) with the inputs and the decision, after its metric lines, as the other modes do; with
+HOSTS_TABLE_NAME set, the hosts upkeep (functions/shutdown/upkeep.py) runs before the decision, a stuck member being
+replaced through SetInstanceHealth (functions/shutdown/recovery.py).
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.fleet import Fleet, FleetAction, FleetDecision, confirm_scale_in, decide_fleet
+from core.fleet import IN_SERVICE, PENDING_STATES, Fleet, FleetAction, FleetDecision, confirm_scale_in, decide_fleet
+from core.idle import Observation, waiting_reason
+from core.instances import read_instances
 from core.observe import Sources, observe, read_fleet
+from core.store import TaskStore
+from core.tasks import TaskRecord
 
 from .record import logged, new_record
+from .recovery import RunningRead, read_running
 from .settings import ShutdownSettings
+from .telemetry import RunCounts, Write, emit_run, overdue, recoveries, type_timeouts
+from .upkeep import Tended, tend
 
 # SetDesiredCapacity's refusals that mean "not now": reported, never raised; the next scheduled run tries again.
 # https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetDesiredCapacity.html (Errors)
@@ -63,9 +72,11 @@ def run_fleet(
     clock: Callable[[], float],
     trigger: str | None = None,
     cause: Mapping[str, Any] | None = None,
+    tasks: Callable[[], TaskStore] | None = None,
+    metrics: Write | None = None,
 ) -> dict[str, Any]:
-    """observe + read the group -> decide_fleet -> (re-read before a SCALE_IN) -> SetDesiredCapacity; returns the
-    logged record."""
+    """observe + read the group -> (hosts upkeep) -> decide_fleet -> (re-read before a SCALE_IN) ->
+    SetDesiredCapacity -> metrics; returns the logged record."""
     assert config.fleet_name is not None, "run_fleet needs fleet mode (GPU_FLEET_NAME)"
     policy = config.policy
     record = new_record(policy, trigger=trigger, cause=cause, fleet_name=config.fleet_name, slots=config.slots)
@@ -73,6 +84,8 @@ def run_fleet(
         obs = observe(src, clock(), policy)
         fleet = read_fleet(src.autoscaling, src.ec2, config.fleet_name)
         record["observation"], record["fleet"] = asdict(obs), asdict(fleet)
+        running = read_running(src)
+        tended = _upkeep(config, src, obs, fleet, running, record, tasks=tasks, clock=clock)
         decision = decide_fleet(obs, policy, fleet, slots=config.slots)
         record["first_decision"] = decision.to_log()
         if decision.action == FleetAction.SCALE_IN:
@@ -83,4 +96,55 @@ def run_fleet(
             decision = confirm_scale_in(decision, decide_fleet(obs, policy, fleet, slots=config.slots))
         record["outcome"] = set_desired(src.autoscaling, fleet, decision)
         record["decision"] = decision.to_log()
+        _publish(config, record, running.tasks, tended, write=metrics)
     return record
+
+
+def _upkeep(
+    config: ShutdownSettings,
+    src: Sources,
+    obs: Observation,
+    fleet: Fleet,
+    running: RunningRead,
+    record: dict[str, Any],
+    *,
+    tasks: Callable[[], TaskStore] | None,
+    clock: Callable[[], float],
+) -> Tended:
+    """The hosts upkeep (functions/shutdown/upkeep.py) when HOSTS_TABLE_NAME is set. The EC2 states of the members
+    and the pool (one DescribeInstances): every running one is billed, pool instances preparing included; the
+    InService members are the ones whose adapters are judged. A stuck member is replaced by the group, not
+    quarantined: it is terminated, never started again."""
+    if config.hosts_table_name is None:
+        return Tended()
+    seen = read_instances(src.ec2, [m.instance_id for m in (*fleet.members, *fleet.warm)])
+    serving = {m.instance_id for m in fleet.members if m.in_service}
+    tended = tend(
+        config, src, seen=seen, judged=[i for i in seen if i.instance_id in serving],
+        waiting=waiting_reason(obs, config.policy), running=running, now=obs.now, tasks=tasks, clock=clock,
+    )  # fmt: skip
+    record["stuck"], record["intervals"] = tended.log, tended.intervals
+    return tended
+
+
+def _publish(
+    config: ShutdownSettings,
+    record: dict[str, Any],
+    running: list[TaskRecord],
+    tended: Tended,
+    *,
+    write: Write | None,
+) -> None:
+    """The run's metric lines (functions/shutdown/telemetry.py): starts and stops are the desired capacity's change."""
+    obs, fleet = record["observation"], record["fleet"]
+    moved = [o["to"] - o["from"] for o in record["outcome"] if "to" in o]
+    up = sum(1 for m in fleet["members"] if m["lifecycle_state"] in (IN_SERVICE, *PENDING_STATES))
+    counts = RunCounts(
+        up=up,
+        waiting=obs["visible"] + obs["delayed"],
+        starts=sum(d for d in moved if d > 0),
+        stops=-sum(d for d in moved if d < 0),
+        overdue=overdue(running, now=obs["now"], timeouts=type_timeouts()),
+        recoveries=recoveries(tended.done),
+    )
+    emit_run(config.metrics_namespace, counts, write=write)

@@ -8,7 +8,10 @@ instance was stopping is started within a minute of it reaching `stopped`). Rese
 decision at a time. Every invocation is idempotent, so Lambda's at-least-once delivery of asynchronous events
 (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html) is harmless: it reads the
 world, decides, re-reads right before a stop, acts, and prints exactly one JSON line with the inputs and the
-decision.
+decision, after the run's metric lines (functions/shutdown/telemetry.py).
+
+With HOSTS_TABLE_NAME set, each run also records the billed running intervals and recovers stuck workers (reboot,
+then stop and requeue their tasks) before the idle rule decides: functions/shutdown/upkeep.py.
 
 In fleet mode (GPU_FLEET_NAME instead of GPU_INSTANCE_IDS) it sets the GPU fleet's desired capacity instead of
 starting and stopping instances itself: functions/shutdown/fleet.py.
@@ -24,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from functools import cache
 from typing import Any
 
 import boto3
@@ -31,13 +35,19 @@ from botocore.config import Config as BotoConfig
 
 from core import contract as c
 from core import logs
-from core.idle import Action, Decision, Observation, confirm_stop, decide
+from core.idle import Action, Decision, Observation, confirm_stop, decide, waiting_reason
 from core.instances import Change, InstanceState, change_state, read_instances
 from core.observe import Sources, observe
+from core.store import TaskStore
+from core.tasks import TaskRecord
 
 from .fleet import run_fleet
 from .record import logged, new_record
+from .recovery import RunningRead, read_running
 from .settings import LOGGER, ShutdownSettings
+from .stuck import StuckAction
+from .telemetry import RunCounts, Write, changed, emit_run, overdue, recoveries, type_timeouts
+from .upkeep import Tended, tend
 
 __all__ = ["ShutdownSettings", "cause_of", "handler", "run", "trigger_of"]
 log = logging.getLogger(LOGGER)
@@ -79,33 +89,90 @@ def run(
     remaining_s: float | None = None,
     trigger: str | None = None,
     cause: Mapping[str, Any] | None = None,
+    tasks: Callable[[], TaskStore] | None = None,
+    metrics: Write | None = None,
 ) -> dict[str, Any]:
-    """observe -> decide -> (re-observe before a stop) -> act -> (wait out `stopping`, re-decide, start) ; returns
-    the logged record. `cause`: what the invoking event said (the API's reason and task id), for the log. In fleet
-    mode: functions/shutdown/fleet.py run_fleet."""
+    """observe -> (hosts upkeep) -> decide -> (re-observe before a stop) -> act -> (wait out `stopping`, re-decide,
+    start) -> metrics; returns the logged record. `cause`: what the invoking event said (the API's reason and task
+    id), for the log. `tasks`: builds the TaskStore a stuck worker's tasks are requeued through (only called when one
+    is); `metrics`: where the metric lines go (default stdout). In fleet mode: functions/shutdown/fleet.py run_fleet."""
     if config.fleet_mode:
-        return run_fleet(config, src, clock=clock, trigger=trigger, cause=cause)
+        return run_fleet(config, src, clock=clock, trigger=trigger, cause=cause, tasks=tasks, metrics=metrics)
     policy = config.policy
     started = clock()
     record = new_record(policy, trigger=trigger, cause=cause, instance_ids=list(config.instance_ids))
     with logged(record):
         first = observe(src, started, policy)
         record["observation"] = _obs_log(first)
-        decision = decide(first, policy)
+        running = read_running(src)
+        tended = _upkeep(config, src, first, running, record, tasks=tasks, clock=clock)
+
+        def look() -> Observation:
+            return tended.for_starts(observe(src, clock(), policy))
+
+        decision = decide(tended.for_starts(first), policy)
         record["first_decision"] = decision.to_log()
         if decision.action == Action.STOP:
             # Something may have arrived while we looked: stop only if a fresh read agrees.
-            second = observe(src, clock(), policy)
+            second = look()
             record["recheck"] = _obs_log(second)
             decision = confirm_stop(decision, decide(second, policy))
         outcome = act(src.ec2, decision)  # the stopped ones start now, before any wait for the stopping ones
         if decision.stopping_ids:
             left = None if remaining_s is None else remaining_s - (clock() - started)
-            decision, more = _after_stopping(config, src, decision, record, left, clock=clock, sleep=sleep)
+            decision, more = _after_stopping(config, src, decision, record, left, look=look, clock=clock, sleep=sleep)
             outcome += more
         record["decision"] = decision.to_log()
         record["outcome"] = outcome
+        _publish(config, first, running.tasks, decision, outcome, tended, write=metrics)
     return record
+
+
+def _upkeep(
+    config: ShutdownSettings,
+    src: Sources,
+    first: Observation,
+    running: RunningRead,
+    record: dict[str, Any],
+    *,
+    tasks: Callable[[], TaskStore] | None,
+    clock: Callable[[], float],
+) -> Tended:
+    """The hosts upkeep (functions/shutdown/upkeep.py) when HOSTS_TABLE_NAME is set; nothing (and nothing logged)
+    otherwise."""
+    if config.hosts_table_name is None:
+        return Tended()
+    waiting = waiting_reason(first, config.policy)
+    tended = tend(
+        config, src, seen=first.instances, judged=first.instances, waiting=waiting, running=running,
+        now=first.now, tasks=tasks, clock=clock,
+    )  # fmt: skip
+    record["stuck"], record["intervals"] = tended.log, tended.intervals
+    return tended
+
+
+def _publish(
+    config: ShutdownSettings,
+    first: Observation,
+    running: list[TaskRecord],
+    decision: Decision,
+    outcome: list[dict[str, Any]],
+    tended: Tended,
+    *,
+    write: Write | None,
+) -> None:
+    """The run's metric lines (functions/shutdown/telemetry.py): a stuck instance stopped counts as a stop too."""
+    moved = changed(outcome)
+    steps = recoveries(tended.done)
+    counts = RunCounts(
+        up=sum(1 for i in first.instances if i.state.up),
+        waiting=first.visible + first.delayed,
+        starts=moved if decision.action == Action.START else 0,
+        stops=(moved if decision.action == Action.STOP else 0) + steps.get(StuckAction.STOP, 0),
+        overdue=overdue(running, now=first.now, timeouts=type_timeouts()),
+        recoveries=steps,
+    )
+    emit_run(config.metrics_namespace, counts, write=write)
 
 
 def _after_stopping(
@@ -115,18 +182,19 @@ def _after_stopping(
     record: dict[str, Any],
     remaining_s: float | None,
     *,
+    look: Callable[[], Observation],
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> tuple[Decision, list[dict[str, Any]]]:
     """Work waits on `stopping` instances: wait for `stopped` within the Lambda's remaining time, then decide again
-    from a fresh read (what was just started counts as up) and act only on a START: a stop always needs its own
-    re-check, which the next run gives it."""
+    from a fresh read (`look`; what was just started counts as up) and act only on a START: a stop always needs its
+    own re-check, which the next run gives it."""
     budget = config.stopping_wait_s
     if remaining_s is not None:
         budget = min(budget, remaining_s - LAMBDA_MARGIN_S)
     if budget <= 0 or not wait_until_stopped(src.ec2, decision.stopping_ids, budget_s=budget, clock=clock, sleep=sleep):
         return decision, []
-    after = observe(src, clock(), config.policy)
+    after = look()
     record["after_wait"] = _obs_log(after)
     again = decide(after, config.policy)
     if again.action == Action.START:
@@ -156,6 +224,17 @@ def cause_of(event: Any) -> dict[str, Any] | None:
     return {k: event[k] for k in ("reason", "task_id") if isinstance(event.get(k), str)}
 
 
+def _task_store(config: ShutdownSettings, boto_cfg: BotoConfig) -> Callable[[], TaskStore]:
+    """The TaskStore a stuck worker's tasks are requeued through, built on first use: most runs requeue nothing."""
+
+    @cache
+    def build() -> TaskStore:
+        table = boto3.resource("dynamodb", config=boto_cfg).Table(config.table_name)
+        return TaskStore(table, status_index=config.status_index)
+
+    return build
+
+
 def handler(event: Any, context: Any) -> dict[str, Any]:
     logs.setup(c.LOG_LEVEL.read(os.environ), loggers=(log.name,))  # the runtime owns the root logger
     config = ShutdownSettings.from_env(os.environ)
@@ -171,7 +250,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         autoscaling=boto3.client("autoscaling", config=boto_cfg) if config.fleet_mode else None,
     )
     remaining = context.get_remaining_time_in_millis() / 1000.0 if context is not None else None
-    record = run(config, src, remaining_s=remaining, trigger=trigger_of(event), cause=cause_of(event))
+    tasks = _task_store(config, boto_cfg) if config.hosts_table_name is not None else None
+    record = run(config, src, remaining_s=remaining, trigger=trigger_of(event), cause=cause_of(event), tasks=tasks)
     return {
         "action": record["decision"]["action"],
         "reason": record["decision"]["reason"],
