@@ -88,8 +88,15 @@ def test_each_artifact_carries_exactly_the_core_it_imports(synthesized) -> None:
     adapter_names = set(zipfile.ZipFile(adapter_zip).namelist())
     assert "shutdown/handler.py" in lambda_names and "core/idle.py" in lambda_names
     assert not {n for n in lambda_names if n.startswith(("adapter/", "orchestrator/"))}
-    assert (
-        "core/store.py" not in lambda_names and "core/task_types.json" not in lambda_names
-    )  # the Lambda needs neither
+    # The controller requeues a stuck worker's tasks (store, message), knows each type's timeout (the registry),
+    # and records liveness-based recovery and billed time (hosts) and metrics; it never needs the webhook rule.
+    assert {
+        "core/store.py",
+        "core/message.py",
+        "core/task_types.json",
+        "core/hosts.py",
+        "core/metrics.py",
+    } <= lambda_names
+    assert "core/webhook.py" not in lambda_names and "core/cost.py" not in lambda_names
     assert "adapter/worker.py" in adapter_names and {"core/store.py", "core/task_types.json"} <= adapter_names
     assert not {n for n in adapter_names if n.startswith(("functions/", "shutdown/", "orchestrator/"))}
