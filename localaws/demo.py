@@ -275,9 +275,19 @@ def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
         status_index=config.status_index,
         instance_ids=config.instance_ids,
     )
+    # A stuck worker's tasks would be requeued through this store; the run's metric lines go to the same log file.
+    def tasks() -> Any:
+        from core.store import TaskStore
+
+        return TaskStore(local.resource("dynamodb").Table(config.table_name))
+
+    def metric_lines(line: str) -> None:
+        with log_path.open("a") as out:
+            out.write(line + "\n")
+
     deadline = time.monotonic() + idle_seconds + 60
     while time.monotonic() < deadline:
-        record = decide_and_act(config, src, trigger="demo")
+        record = decide_and_act(config, src, trigger="demo", tasks=tasks, metrics=metric_lines)
         decision = record["decision"]
         print(f"   lambda decision: {decision['action']} ({decision['reason']})", flush=True)
         if decision["action"] == "STOP":
