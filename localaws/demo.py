@@ -275,6 +275,7 @@ def idle_shutdown(local: Any, idle_seconds: float, log_path: Path) -> bool:
         status_index=config.status_index,
         instance_ids=config.instance_ids,
     )
+
     # A stuck worker's tasks would be requeued through this store; the run's metric lines go to the same log file.
     def tasks() -> Any:
         from core.store import TaskStore
