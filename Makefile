@@ -66,7 +66,7 @@ bootstrap: $(STAMP)
 	$(PY) scripts/tf.py bootstrap --env $(ENV)
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	bash scripts/lint.sh

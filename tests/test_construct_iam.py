@@ -258,7 +258,7 @@ def test_every_runtime_role_trusts_its_service_for_its_account_and_carries_the_b
     """Remote environments: the boundary bootstrap made (modules/bootstrap.py); `local`, never bootstrapped: none."""
     iam = load(synthesized(env))["gpu-orchestrator-iam"]
     roles = list(iam["resource"]["aws_iam_role"].values())
-    assert len(roles) == 3
+    assert len(roles) == 5  # orchestrator, GPU instance, controller, task events, webhooks
     for body in roles:
         (statement,) = json.loads(body["assume_role_policy"])["Statement"]
         service = statement["Principal"]["Service"]

@@ -1,4 +1,4 @@
-"""The three roles: trust principals, and exactly the actions each grant adds, on exactly which resources."""
+"""The five roles: trust principals, and exactly the actions each grant adds, on exactly which resources."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.infra_helpers import actions_by_resource, load, one, policy_statement
 QUEUE = "aws_sqs_queuetasks_queue"
 DLQ = "aws_sqs_queuetasks_dlq"
 TABLE = "aws_dynamodb_tabletasks_table"
+HOSTS = "aws_dynamodb_tablehosts_table"
 BUCKET = "aws_s3_bucketartifacts_bucket"
 
 
@@ -38,7 +39,11 @@ def kind(resource: str) -> str:
         return "logs:" + resource.split(":log-group:", 1)[1]
     if resource.startswith("arn:aws:sqs:"):  # named, not referenced: the queue's stack is applied after the role's
         return "sqs:" + resource.rsplit(":", 1)[1]
-    for marker, name in ((QUEUE, "queue"), (DLQ, "dlq"), (TABLE, "table"), (BUCKET, "bucket")):
+    if resource.startswith("arn:aws:events:"):  # the bus, named: the events stack is applied after the role's
+        return "bus:" + resource.split(":event-bus/", 1)[1]
+    if resource.startswith("arn:aws:secretsmanager:"):
+        return "secret:" + resource.split(":secret:", 1)[1]
+    for marker, name in ((QUEUE, "queue"), (DLQ, "dlq"), (TABLE, "table"), (HOSTS, "hosts"), (BUCKET, "bucket")):
         if marker in resource:
             return name + resource.split("}", 1)[1]
     raise AssertionError(f"unexpected resource {resource}")
@@ -63,6 +68,8 @@ def test_trust_principals(iam: dict[str, Any]) -> None:
         "orchestrator-task-role-local": {"Service": "lambda.amazonaws.com"},  # the API function's
         "gpu-instance-role-local": {"Service": "ec2.amazonaws.com"},
         "lambda-gpu-shutdown-role-local": {"Service": "lambda.amazonaws.com"},
+        "task-events-role-local": {"Service": "lambda.amazonaws.com"},
+        "task-webhooks-role-local": {"Service": "lambda.amazonaws.com"},
     }
     profile = one(iam, "aws_iam_instance_profile")
     assert profile["name"] == "gpu-instance-profile-local" and "gpu-instance_role" in profile["role"]
@@ -82,6 +89,7 @@ def test_orchestrator_grants(iam: dict[str, Any]) -> None:
         "bucket": set(bucket_mod.LIST_ACTIONS),
         "logs:/aws/lambda/gpu-orchestrator-api-local": set(LOG_ACTIONS),
         "logs:/aws/lambda/gpu-orchestrator-api-local:*": set(LOG_ACTIONS),
+        "hosts": {"dynamodb:Scan"},  # gpuq cost: the billed running intervals
     }
 
 
@@ -107,18 +115,49 @@ def test_gpu_instance_grants(iam: dict[str, Any]) -> None:
         # the SSM agent, which runs the bootstrap association (adopt mode), and the one document it runs
         "*": {*gpu.SSM_AGENT_ACTIONS, *gpu.SSM_ASSOCIATION_ACTIONS},
         "document:gpu-adapter-bootstrap-local": set(gpu.SSM_DOCUMENT_ACTIONS),
+        "hosts": {"dynamodb:UpdateItem"},  # its liveness
+        "logs:/gpu-orchestrator/adapter-metrics-local:*": set(gpu.METRICS_LOG_ACTIONS),  # its metrics, shipped itself
     }
 
 
 def test_shutdown_lambda_grants(iam: dict[str, Any]) -> None:
     assert grants(iam, "lambda-gpu-shutdown-role-local") == {
         "*": {"ec2:DescribeInstances"},
-        "instance:i-0f0f6fd680921de5f": {"ec2:StartInstances", "ec2:StopInstances"},
-        "queue": {"sqs:GetQueueAttributes"},
+        "instance:i-0f0f6fd680921de5f": {"ec2:StartInstances", "ec2:StopInstances", "ec2:RebootInstances"},
+        # a stuck worker's tasks go back to the queue: a fresh message, then the item RUNNING -> QUEUED
+        "queue": {"sqs:GetQueueAttributes", "sqs:SendMessage"},
+        "table": set(table.WORKER_ACTIONS),
         "table/index/status-created_at-index": {"dynamodb:Query"},
+        "hosts": {"dynamodb:BatchGetItem", "dynamodb:UpdateItem"},  # liveness, recovery steps, billed intervals
         "logs:/aws/lambda/shutdown-gpu-lambda-local": set(LOG_ACTIONS),
         "logs:/aws/lambda/shutdown-gpu-lambda-local:*": set(LOG_ACTIONS),
         "sqs:shutdown-gpu-lambda-dlq-local": {"sqs:SendMessage"},
+    }
+
+
+def test_events_roles_grants(iam: dict[str, Any]) -> None:
+    assert grants(iam, "task-events-role-local") == {
+        "table/stream/*": set(table.STREAM_READ_ACTIONS),
+        "bus:gpu-orchestrator-tasks-local": {"events:PutEvents"},
+        "sqs:gpu-task-webhooks-local": {"sqs:SendMessage"},
+        "sqs:gpu-task-events-failed-local": {"sqs:SendMessage"},
+        "logs:/aws/lambda/gpu-task-events-local": set(LOG_ACTIONS),
+        "logs:/aws/lambda/gpu-task-events-local:*": set(LOG_ACTIONS),
+    }
+    assert grants(iam, "task-webhooks-role-local") == {
+        "sqs:gpu-task-webhooks-local": {
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:SendMessage",
+        },
+        "table": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "secret:gpu-orchestrator-webhook-key-local-??????": {
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:PutSecretValue",
+        },
+        "logs:/aws/lambda/gpu-task-webhooks-local": set(LOG_ACTIONS),
+        "logs:/aws/lambda/gpu-task-webhooks-local:*": set(LOG_ACTIONS),
     }
 
 
@@ -127,10 +166,10 @@ def test_shutdown_role_can_send_to_exactly_the_functions_dead_letter_queue(synth
     for env, region, account in (("local", "us-east-1", "123456789012"), ("prod", "us-east-1", "333333333333")):
         stacks = load(synthesized(env))
         queue = one(stacks[LAMBDA], "aws_sqs_queue")["name"]
-        sends = [
+        sends = [  # its dead-letter queue, by ARN (the task queue's send, for requeues, is a reference)
             st["Resource"]
             for st in policy_statements(stacks[IAM], f"lambda-gpu-shutdown-role-{env}")
-            if "sqs:SendMessage" in st["Action"]
+            if "sqs:SendMessage" in st["Action"] and st["Resource"][0].startswith("arn:")
         ]
         assert sends == [[f"arn:aws:sqs:{region}:{account}:{queue}"]]
     assert DEAD_LETTER_ACTIONS == ("sqs:SendMessage",)
@@ -205,9 +244,13 @@ def fleet_iam(synthesized: Any) -> dict[str, Any]:
 def test_fleet_controller_sets_the_desired_capacity_and_reads_the_group(fleet_iam: dict[str, Any]) -> None:
     assert grants(fleet_iam, "lambda-gpu-shutdown-role-local-fleet") == {
         "*": {*fleet.CONTROLLER_DESCRIBE_ACTIONS, "ec2:DescribeInstances"},
-        "group:gpu-fleet-local-fleet": {"autoscaling:SetDesiredCapacity"},
-        "queue": {"sqs:GetQueueAttributes"},
+        # the desired capacity; a stuck member: marked unhealthy (the group replaces it), rebooted by the group's tag
+        "group:gpu-fleet-local-fleet": {"autoscaling:SetDesiredCapacity", "autoscaling:SetInstanceHealth"},
+        "instance:*": {"ec2:RebootInstances"},
+        "queue": {"sqs:GetQueueAttributes", "sqs:SendMessage"},
+        "table": set(table.WORKER_ACTIONS),
         "table/index/status-created_at-index": {"dynamodb:Query"},
+        "hosts": {"dynamodb:BatchGetItem", "dynamodb:UpdateItem"},
         "logs:/aws/lambda/shutdown-gpu-lambda-local-fleet": set(LOG_ACTIONS),
         "logs:/aws/lambda/shutdown-gpu-lambda-local-fleet:*": set(LOG_ACTIONS),
         "sqs:shutdown-gpu-lambda-dlq-local-fleet": {"sqs:SendMessage"},

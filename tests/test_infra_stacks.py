@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cdktf import Testing
 
-from modules.layout import ALARM, API, ARTIFACTS, DEPENDENCIES, DYNAMODB, GPU, IAM, LAMBDA, SQS, STACK_ORDER
+from modules.layout import ALARM, API, ARTIFACTS, DEPENDENCIES, DYNAMODB, EVENTS, GPU, IAM, LAMBDA, SQS, STACK_ORDER
 from tests.infra_helpers import load, one, resources
 
 
@@ -28,6 +28,7 @@ def test_stack_names_are_the_seeds_plus_artifacts(stacks: dict[str, Any]) -> Non
         "gpu-orchestrator-artifacts",
         "gpu-orchestrator-gpu",
         "gpu-orchestrator-api",
+        "gpu-orchestrator-events",
     }
 
 
@@ -74,8 +75,8 @@ def test_queue_and_dead_letter_queue(stacks: dict[str, Any]) -> None:
 
 
 def test_task_table(stacks: dict[str, Any]) -> None:
-    table = one(stacks[DYNAMODB], "aws_dynamodb_table")
-    assert table["name"] == "task_store-local"
+    table = one(stacks[DYNAMODB], "aws_dynamodb_table", name="task_store-local")
+    assert table["stream_enabled"] is True and table["stream_view_type"] == "NEW_AND_OLD_IMAGES"  # task events
     assert table["hash_key"] == "task_id" and "range_key" not in table
     assert table["billing_mode"] == "PAY_PER_REQUEST"
     assert table["point_in_time_recovery"] == {"enabled": True}
@@ -213,17 +214,16 @@ def test_local_aws_builds_the_dead_letter_queue_the_role_names_and_the_access_lo
     policy = local_aws.client("iam").get_role_policy(
         RoleName="lambda-gpu-shutdown-role-local", PolicyName="least-privilege"
     )["PolicyDocument"]
-    assert [st["Resource"] for st in policy["Statement"] if "sqs:SendMessage" in st["Action"]] == [
-        [fn["dead_letter_target_arn"]]
-    ]
+    sends = [st["Resource"] for st in policy["Statement"] if "sqs:SendMessage" in st["Action"]]
+    # the function's dead-letter queue, and the task queue (a stuck worker's tasks are requeued)
+    assert sorted(sends) == sorted([[fn["dead_letter_target_arn"]], [queues["gpu_tasks_queue-local"]]])
     (logging,) = local_aws.of_type("aws_s3_bucket_logging").values()
     assert (logging["id"], logging["target_bucket"]) == (local_aws.bucket, f"{local_aws.bucket}-logs")
 
 
 def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[str, Any]) -> None:
     doc = stacks[ALARM]
-    alarm = one(doc, "aws_cloudwatch_metric_alarm")
-    assert alarm["alarm_name"] == "QueueEmptyFor30Min-local"
+    alarm = one(doc, "aws_cloudwatch_metric_alarm", alarm_name="QueueEmptyFor30Min-local")
     assert alarm["evaluation_periods"] == 6 and alarm["datapoints_to_alarm"] == 6
     assert alarm["threshold"] == 0 and alarm["comparison_operator"] == "LessThanOrEqualToThreshold"
     assert alarm["treat_missing_data"] == "breaching"
@@ -237,7 +237,9 @@ def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[s
     (expression,) = [q for q in alarm["metric_query"] if "expression" in q]
     assert expression["return_data"] is True
     assert len(alarm["alarm_actions"]) == 1 and "aws_lambda_function" in alarm["alarm_actions"][0]
-    address = next(iter(doc["resource"]["aws_cloudwatch_metric_alarm"]))
+    (address,) = [
+        a for a, b in doc["resource"]["aws_cloudwatch_metric_alarm"].items() if b["alarm_name"] == alarm["alarm_name"]
+    ]
     perm = one(doc, "aws_lambda_permission")
     assert perm["principal"] == "lambda.alarms.cloudwatch.amazonaws.com"
     assert perm["source_arn"] == f"${{aws_cloudwatch_metric_alarm.{address}.arn}}"
@@ -247,13 +249,21 @@ def test_idle_alarm_invokes_the_function_with_a_scoped_permission(stacks: dict[s
 def test_outputs_per_stack(stacks: dict[str, Any]) -> None:
     expected = {
         SQS: {"QueueUrl", "QueueArn", "DLQUrl"},
-        DYNAMODB: {"TableName", "TableArn"},
+        DYNAMODB: {"TableName", "TableArn", "TableStreamArn", "HostsTableName"},
         ARTIFACTS: {"BucketName", "AdapterBundleUri", "CanvasPolicyArn"},
-        IAM: {"OrchestratorRoleArn", "GpuInstanceRoleArn", "LambdaRoleArn", "InstanceProfileArn"},
+        IAM: {
+            "OrchestratorRoleArn",
+            "GpuInstanceRoleArn",
+            "LambdaRoleArn",
+            "InstanceProfileArn",
+            "TaskEventsRoleArn",
+            "TaskWebhooksRoleArn",
+        },
         GPU: {"GpuInstanceIds", "AttachProfileCommands", "BootstrapDocumentName"},  # adopt mode (local)
         LAMBDA: {"FunctionArn", "FunctionName"},
         API: {"ApiUrl", "AdminApiUrl", "ApiFunctionName", "SubmitPolicyArn", "AdminPolicyArn"},
-        ALARM: {"AlarmName", "AlarmArn"},
+        EVENTS: {"EventBusName", "EventBusArn", "WebhookSecretArn", "WebhookQueueUrl", "WebhookDLQUrl"},
+        ALARM: {"AlarmName", "AlarmArn", "AlarmTopicArn", "DashboardName"},
     }
     for stack, names in expected.items():
         declared = {n for n in stacks[stack].get("output", {}) if not n.startswith("cross-stack-output-")}
@@ -371,6 +381,11 @@ def test_fleet_roles_reach_the_group_by_its_arn_and_never_start_or_stop_an_insta
     on_group: dict[str, set[str]] = {}
     for role in iam["resource"]["aws_iam_role"].values():
         for st in policy_statements(iam, role["name"]):
+            if st["Action"] == ["ec2:RebootInstances"]:  # a stuck member, by the group's tag: never a start or stop
+                assert st["Condition"] == {"StringEquals": {"aws:ResourceTag/aws:autoscaling:groupName": FLEET_NAME}}, (
+                    st
+                )
+                continue
             assert not any(a.startswith("ec2:") and a != "ec2:DescribeInstances" for a in st["Action"]), st
             autoscaling = {a for a in st["Action"] if a.startswith("autoscaling:")}
             if autoscaling and st["Resource"] != ["*"]:
@@ -379,7 +394,7 @@ def test_fleet_roles_reach_the_group_by_its_arn_and_never_start_or_stop_an_insta
             elif autoscaling:
                 assert all(a.split(":")[1].startswith("Describe") for a in autoscaling), st
     assert on_group == {
-        "lambda-gpu-shutdown-role-local-fleet": {"autoscaling:SetDesiredCapacity"},
+        "lambda-gpu-shutdown-role-local-fleet": {"autoscaling:SetDesiredCapacity", "autoscaling:SetInstanceHealth"},
         "gpu-instance-role-local-fleet": {
             "autoscaling:SetInstanceProtection",
             "autoscaling:CompleteLifecycleAction",
