@@ -33,13 +33,18 @@ def service(local_aws: Any, controller: Any, tmp_path: Path) -> Iterator[dict[st
     clients = Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), lambda_=controller.client, table=table)
     app = create_app(settings, clients)
     with serve_in_thread(app) as url:
-        yield {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "ORCHESTRATOR_URL": url,
-            "ORCHESTRATOR_TOKEN": TOKEN,
-            "GPUQ_CONFIG": str(tmp_path / "gpuq.toml"),
-        }
+        yield cli_env(url, tmp_path)
+
+
+def cli_env(url: str, tmp_path: Path, token: str = TOKEN) -> dict[str, str]:
+    """What the CLI process gets: the service's URL and token, and a config file of its own."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO),
+        "ORCHESTRATOR_URL": url,
+        "ORCHESTRATOR_TOKEN": token,
+        "GPUQ_CONFIG": str(tmp_path / "gpuq.toml"),
+    }
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

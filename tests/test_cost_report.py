@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from orchestrator.app import create_app
 from orchestrator.costs import NO_CLIENT, NO_HOSTS, NOT_YOURS, parse_since
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings
+from tests.test_cli import cli, cli_env
 from tests.test_orchestrator_api import ADMINS, ALICE, BOB, CAROL, invoke
 
 S = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -325,17 +324,10 @@ def test_gpuq_cost_prints_a_table_and_json(
     priced = {"ORCHESTRATOR_TOKEN": TOKEN, "HOSTS_TABLE_NAME": hosts.table_name, "GPU_HOURLY_USD": "3.6"}
     app = make_app(local_aws, controller, priced)
     with serve_in_thread(app) as url:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "ORCHESTRATOR_URL": url,
-            "ORCHESTRATOR_TOKEN": TOKEN,
-            "GPUQ_CONFIG": str(tmp_path / "gpuq.toml"),
-        }
+        env = cli_env(url, tmp_path, TOKEN)
 
         def gpuq(*args: str) -> subprocess.CompletedProcess[str]:
-            command = [sys.executable, "-m", "orchestrator", *args]
-            return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+            return cli(env, *args)
 
         shown = gpuq("cost", "--since", iso(since))
         as_json = gpuq("cost", "--since", iso(since), "--json")

@@ -5,9 +5,7 @@ metrics (EMF lines); and `gpuq submit --notify` as a real process against the se
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from localaws.lambdas import LocalController
 from orchestrator.app import create_app
 from orchestrator.server import serve_in_thread
 from orchestrator.settings import Clients, Settings
+from tests.test_cli import cli, cli_env
 from tests.test_orchestrator_api import ADMINS, ALICE, BOB, CAROL, invoke, items, messages, running, store
 
 TOKEN = "notify-test-token-0123456789"
@@ -169,17 +168,10 @@ def test_gpuq_submit_notify_sends_the_webhook_and_refuses_a_bad_one_before_sendi
     table = local_aws.resource("dynamodb").Table(local_aws.table_name)
     clients = Clients(sqs=local_aws.client("sqs"), ec2=local_aws.client("ec2"), lambda_=controller.client, table=table)
     with serve_in_thread(create_app(settings, clients, metrics_out=lines.append)) as url:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO),
-            "ORCHESTRATOR_URL": url,
-            "ORCHESTRATOR_TOKEN": TOKEN,
-            "GPUQ_CONFIG": str(tmp_path / "gpuq.toml"),
-        }
+        env = cli_env(url, tmp_path, TOKEN)
 
         def gpuq(*args: str) -> subprocess.CompletedProcess[str]:
-            command = [sys.executable, "-m", "orchestrator", *args]
-            return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+            return cli(env, *args)
 
         sub = gpuq("submit", "noop", "--notify", HOOK, "--json")
         assert sub.returncode == 0, sub.stderr
