@@ -21,6 +21,7 @@ the group's warm pool holds them, stopped, and the group starts them (`LocalAws.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,15 @@ def _substitute(value: Any, mapping: Mapping[str, str]) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _build_client(service: str, endpoint_url: str, region: str, key_id: str, secret: str) -> Any:
+    """The build's own clients, kept across builds: a test suite rebuilds the environment for every test, and a
+    fresh session loads every service model again (about a second of each build). Only `build()` uses them and it
+    registers no event hooks on them, so one build cannot leave anything on the next one's clients."""
+    session = boto3.session.Session(region_name=region, aws_access_key_id=key_id, aws_secret_access_key=secret)
+    return session.client(service, endpoint_url=endpoint_url)
+
+
 def _configured_instances(stacks: Mapping[str, Any]) -> list[str]:
     """The adopted instances (inputs to the stacks, not resources of them), from the controller's environment; none
     when the stacks create their instances (create mode: `aws_instance` resources)."""
@@ -148,17 +158,9 @@ def build(
     """
     creds = dict(credentials or FAKE_CREDENTIALS)
     stacks = load_stacks(outdir)
-    session = boto3.session.Session(
-        region_name=region,
-        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
-    )
-    clients: dict[str, Any] = {}
 
     def client(service: str) -> Any:
-        if service not in clients:
-            clients[service] = session.client(service, endpoint_url=endpoint_url)
-        return clients[service]
+        return _build_client(service, endpoint_url, region, creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"])
 
     configured = _configured_instances(stacks)
     mapping: dict[str, str] = {}

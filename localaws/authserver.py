@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = str(args.no_auth_count)  # read by moto.settings at import
     from moto.server import ThreadedMotoServer
 
-    from localaws import autoscaling, enforce, streams
+    from localaws import autoscaling, dynamodb_atomic, enforce, streams
 
     enforce.install()
     autoscaling.install()  # the Auto Scaling model (warm pool, hooks) in IAM-enforcing servers too
     streams.install()  # and no event source mapping delivered by moto itself
+    dynamodb_atomic.install()  # and DynamoDB requests applied one at a time
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

@@ -31,7 +31,7 @@ def moto_server(*, quiet: bool = True, port: int = 0, tick_s: float = AUTOSCALIN
     `tick_s`: how often the Auto Scaling model advances by itself (lifecycle hook timeouts, pool preparation)."""
     from moto.server import ThreadedMotoServer
 
-    from localaws import autoscaling, streams
+    from localaws import autoscaling, dynamodb_atomic, streams
 
     if quiet:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per AWS call drowns the output
@@ -39,6 +39,7 @@ def moto_server(*, quiet: bool = True, port: int = 0, tick_s: float = AUTOSCALIN
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     autoscaling.install()
     streams.install()  # moto's own (Docker) delivery off: localaws/streams.py polls the mappings
+    dynamodb_atomic.install()  # transactions and conditional writes applied one at a time, as AWS does
     server.start()
     try:
         with autoscaling.ticking(tick_s):
