@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .message import json_object
 from .tasks import TaskRecord, TaskStatus, is_marker
 
 EVENT_SOURCE = "gpu-orchestrator.tasks"
@@ -43,6 +44,13 @@ def _seconds(start_ms: int | None, end_ms: int | None) -> float | None:
     if start_ms is None or end_ms is None:
         return None
     return max(0, end_ms - start_ms) / 1000.0
+
+
+# The event's fields that are the task record's own, carried as the item holds them.
+_AS_RECORDED = (
+    "task_id", "type", "submitted_by", "attempts", "created_at", "updated_at", "started_at", "finished_at",
+    "result_uri", "gpu_seconds", "cost_usd",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,23 +95,13 @@ class TaskEvent:
                 running = _seconds(claimed, record.finished_at) if status.terminal else None
         return cls(
             event_id=known_id or event_id(record.task_id, status, record.attempts, record.updated_at),
-            task_id=record.task_id,
             status=status,
             previous_status=previous_status,
-            type=record.type,
-            submitted_by=record.submitted_by,
-            attempts=record.attempts,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
             queued_seconds=queued,
             running_seconds=running,
-            result_uri=record.result_uri,
             error=record.error[:EVENT_ERROR_MAX_CHARS] if record.error is not None else None,
-            gpu_seconds=record.gpu_seconds,
-            cost_usd=record.cost_usd,
             notify=record.notify_url is not None,
+            **{name: getattr(record, name) for name in _AS_RECORDED},
         )
 
     @property
@@ -201,11 +199,8 @@ class WebhookMessage:
     @classmethod
     def parse(cls, body: str) -> WebhookMessage:
         """The message in `body`, else ValueError in one line."""
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise ValueError("webhook message is not JSON") from None
-        if not isinstance(doc, dict) or doc.get("v") != WEBHOOK_MESSAGE_VERSION:
+        doc = json_object(body, "webhook message")
+        if doc.get("v") != WEBHOOK_MESSAGE_VERSION:
             raise ValueError(f"webhook message is not version {WEBHOOK_MESSAGE_VERSION}")
         try:
             attempt = doc["attempt"]

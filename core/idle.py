@@ -36,6 +36,7 @@ from typing import Any
 
 from . import contract
 from .instances import Instance, InstanceState
+from .setting_fields import read_fields, setting_field
 
 
 class Action(StrEnum):
@@ -48,19 +49,14 @@ class Action(StrEnum):
 class Policy:
     """The rule's thresholds, in seconds; defaults and meanings are the contract's settings of the same names."""
 
-    idle_window_s: float = contract.IDLE_WINDOW_SECONDS.default or 0.0
-    min_uptime_s: float = contract.MIN_UPTIME_SECONDS.default or 0.0
-    queued_max_age_s: float = contract.QUEUED_TASK_MAX_AGE_SECONDS.default or 0.0
-    heartbeat_stale_s: float = contract.HEARTBEAT_STALE_SECONDS.default or 0.0
+    idle_window_s: float = setting_field(contract.IDLE_WINDOW_SECONDS)
+    min_uptime_s: float = setting_field(contract.MIN_UPTIME_SECONDS)
+    queued_max_age_s: float = setting_field(contract.QUEUED_TASK_MAX_AGE_SECONDS)
+    heartbeat_stale_s: float = setting_field(contract.HEARTBEAT_STALE_SECONDS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Policy:
-        return cls(
-            idle_window_s=contract.IDLE_WINDOW_SECONDS.read(env),
-            min_uptime_s=contract.MIN_UPTIME_SECONDS.read(env),
-            queued_max_age_s=contract.QUEUED_TASK_MAX_AGE_SECONDS.read(env),
-            heartbeat_stale_s=contract.HEARTBEAT_STALE_SECONDS.read(env),
-        )
+        return read_fields(cls, env)
 
 
 @dataclass(frozen=True)

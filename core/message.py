@@ -12,7 +12,9 @@ messages already queued.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .tasks import TaskRecord, is_marker
 
@@ -26,6 +28,17 @@ class MalformedMessage(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def json_object(body: str, what: str, error: Callable[[str], ValueError] = ValueError) -> dict[str, Any]:
+    """`body` parsed as a JSON object, else `error` saying that `what` is not valid JSON or not a JSON object."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise error(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise error(f"{what} is not a JSON object")
+    return doc
 
 
 @dataclass(frozen=True)
@@ -45,12 +58,7 @@ class TaskMessage:
 
     @classmethod
     def parse(cls, body: str) -> TaskMessage:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise MalformedMessage("body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise MalformedMessage("body is not a JSON object")
+        doc = json_object(body, "body", MalformedMessage)
         version = doc.get("v", 0)
         if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= VERSION:
             raise MalformedMessage(f"unknown message version {version!r} (this adapter reads 0..{VERSION})")

@@ -173,25 +173,11 @@ class TaskStore:
 
     def release_enqueue(self, task: TaskRecord) -> None:
         """The send failed: let the next request claim the enqueue at once instead of after the lease."""
-        self._write(
-            task.task_id,
-            "release the enqueue",
-            update="REMOVE enqueue_claimed_at",
-            condition="enqueue_id = :e",
-            values={":e": task.enqueue_id},
-            returns="NONE",
-        )
+        self._on_enqueue(task, "release the enqueue", "REMOVE enqueue_claimed_at")
 
     def mark_enqueued(self, task: TaskRecord) -> None:
         """Record that the message of this enqueue_id was sent (a retried submit re-sends while this is missing)."""
-        self._write(
-            task.task_id,
-            "mark enqueued",
-            update="SET enqueued_at = :t",
-            condition="enqueue_id = :e",
-            values={":t": now_ms(), ":e": task.enqueue_id},
-            returns="NONE",
-        )
+        self._on_enqueue(task, "mark enqueued", "SET enqueued_at = :t", {":t": now_ms()})
 
     def claim(
         self,
@@ -392,6 +378,11 @@ class TaskStore:
             values={**values, **_held_values(held)},
             returns="NONE",
         )
+
+    def _on_enqueue(self, task: TaskRecord, wanted: str, update: str, values: Mapping[str, Any] | None = None) -> None:
+        """`update` the item while its enqueue is still `task`'s own (the same enqueue_id), asking for nothing back."""
+        fenced = {**(values or {}), ":e": task.enqueue_id}
+        self._write(task.task_id, wanted, update=update, condition="enqueue_id = :e", values=fenced, returns="NONE")
 
     def _update(self, *args: Any, **kwargs: Any) -> TaskRecord:
         """`_write` (same arguments) asking for the new item, as a record."""

@@ -165,20 +165,29 @@ def start_services(stack: ExitStack, local: Any, work: Path) -> tuple[str, str, 
     return url, token, gpu
 
 
+def submitted(url: str, token: str, argv: list[str], *, what: str) -> dict[str, Any] | None:
+    """Run `gpuq submit ... --wait --json` (`argv`), echoing its progress lines; the task's final view (its last
+    line), or None if it did not succeed."""
+    done = cli(url, token, *argv)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(f"   {line}")
+    if done.returncode != 0:
+        print(f"   {what} did not succeed (exit {done.returncode}):\n{done.stdout}")
+        return None
+    task: dict[str, Any] = json.loads(lines[-1])
+    return task
+
+
 def submit_tasks(url: str, token: str, count: int, size: int) -> list[dict[str, Any]] | None:
     """`count` matmul tasks through the CLI, each waited for; their final views, or None if one did not succeed."""
     say(f"4/7 submitting {count} matmul task(s) with the CLI (gpuq submit ... --wait)")
     results: list[dict[str, Any]] = []
     for n in range(count):
         argv = ["submit", "matmul", "-p", f"size={size}", "-p", "repeat=2", "--wait", "--interval", "0.5", "--json"]
-        done = cli(url, token, *argv)
-        lines = done.stdout.strip().splitlines()
-        for line in lines[:-1]:
-            print(f"   {line}")
-        if done.returncode != 0:
-            print(f"   task {n + 1} did not succeed (exit {done.returncode}):\n{done.stdout}")
+        task = submitted(url, token, argv, what=f"task {n + 1}")
+        if task is None:
             return None
-        task = json.loads(lines[-1])
         results.append(task)
         print(f"   task {task['task_id']}: {task['status']} after {task.get('attempts')} attempt(s)")
     return results
@@ -192,14 +201,9 @@ def file_in_and_out(url: str, token: str, work: Path) -> dict[str, Any] | None:
     source.write_text("".join(f"line {n} of the demo's input file\n" for n in range(1, 101)))
     out_dir = work / "downloaded"
     argv = ["submit", "digest", "--input", f"input={source}", "--wait", "--interval", "0.5", "--download", str(out_dir)]
-    done = cli(url, token, *argv, "--json")
-    lines = done.stdout.strip().splitlines()
-    for line in lines[:-1]:
-        print(f"   {line}")
-    if done.returncode != 0:
-        print(f"   the digest task did not succeed (exit {done.returncode}):\n{done.stdout}")
+    task = submitted(url, token, [*argv, "--json"], what="the digest task")
+    if task is None:
         return None
-    task = json.loads(lines[-1])
     result = json.loads((out_dir / "result.json").read_text())
     print(f"   task {task['task_id']}: {task['status']} after {task.get('attempts')} attempt(s)")
     print(f"   downloaded into {out_dir}: {sorted(p.name for p in out_dir.iterdir())}")

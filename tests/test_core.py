@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from core import contract
 from core.contract import SettingError
+from core.setting_fields import read_fields, setting_field
 from core.tasks import TaskRecord, TaskStatus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +48,24 @@ def test_settings_read_with_their_declared_defaults_and_name_bad_values() -> Non
         contract.MAX_BODY_BYTES.read({"MAX_BODY_BYTES": "big"})
     with pytest.raises(SettingError, match="must be 0 or 1"):
         contract.ADAPTER_POWEROFF.read({"ADAPTER_POWEROFF": "yes"})
+
+
+@dataclass(frozen=True)
+class _FromEnv:
+    queue_url: str = setting_field(contract.TASK_QUEUE_URL)
+    log_level: str = setting_field(contract.LOG_LEVEL)
+    given: int = 0
+
+
+def test_setting_fields_take_their_settings_defaults_and_read_from_the_environment() -> None:
+    assert _FromEnv("q") == _FromEnv("q", "INFO", 0)  # the contract's default; a REQUIRED one has none
+    with pytest.raises(TypeError):
+        _FromEnv()
+    env = {"TASK_QUEUE_URL": "https://q", "LOG_LEVEL": "DEBUG"}
+    assert read_fields(_FromEnv, env, given=7) == _FromEnv("https://q", "DEBUG", 7)
+    assert read_fields(_FromEnv, {"TASK_QUEUE_URL": "https://q"}).log_level == "INFO"
+    with pytest.raises(SettingError, match=r"^TASK_QUEUE_URL: not set"):
+        read_fields(_FromEnv, {})
 
 
 def test_render_refuses_a_setting_the_program_does_not_read() -> None:

@@ -7,20 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core import contract as c
+from core.setting_fields import read_fields, setting_field
 
 LOGGER = "task-events"  # the function's logger: one JSON line per batch
 
 
 @dataclass(frozen=True)
 class EventsSettings:
-    bus_name: str  # TASK_EVENT_BUS: a bus name or ARN, as PutEvents' EventBusName takes either
-    webhook_queue_url: str
-    log_level: str
+    bus_name: str = setting_field(c.TASK_EVENT_BUS)  # a bus name or ARN, as PutEvents' EventBusName takes either
+    webhook_queue_url: str = setting_field(c.WEBHOOK_QUEUE_URL)
+    log_level: str = setting_field(c.LOG_LEVEL)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EventsSettings:
-        return cls(
-            bus_name=c.TASK_EVENT_BUS.read(env),
-            webhook_queue_url=c.WEBHOOK_QUEUE_URL.read(env),
-            log_level=c.LOG_LEVEL.read(env),
-        )
+        return read_fields(cls, env)

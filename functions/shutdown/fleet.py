@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.fleet import IN_SERVICE, PENDING_STATES, Fleet, FleetAction, FleetDecision, confirm_scale_in, decide_fleet
-from core.idle import Observation, waiting_reason
+from core.idle import Observation
 from core.instances import read_instances
 from core.observe import Sources, observe, read_fleet
 from core.store import TaskStore
@@ -119,12 +119,8 @@ def _upkeep(
         return Tended()
     seen = read_instances(src.ec2, [m.instance_id for m in (*fleet.members, *fleet.warm)])
     serving = {m.instance_id for m in fleet.members if m.in_service}
-    tended = tend(
-        config, src, seen=seen, judged=[i for i in seen if i.instance_id in serving],
-        waiting=waiting_reason(obs, config.policy), running=running, now=obs.now, tasks=tasks, clock=clock,
-    )  # fmt: skip
-    record["stuck"], record["intervals"] = tended.log, tended.intervals
-    return tended
+    judged = [i for i in seen if i.instance_id in serving]
+    return tend(config, src, obs, record, seen=seen, judged=judged, running=running, tasks=tasks, clock=clock)
 
 
 def _publish(

@@ -35,7 +35,7 @@ from botocore.config import Config as BotoConfig
 
 from core import contract as c
 from core import logs
-from core.idle import Action, Decision, Observation, confirm_stop, decide, waiting_reason
+from core.idle import Action, Decision, Observation, confirm_stop, decide
 from core.instances import Change, InstanceState, change_state, read_instances
 from core.observe import Sources, observe
 from core.store import TaskStore
@@ -43,7 +43,7 @@ from core.tasks import TaskRecord
 
 from .fleet import run_fleet
 from .record import logged, new_record
-from .recovery import RunningRead, read_running
+from .recovery import read_running
 from .settings import LOGGER, ShutdownSettings
 from .stuck import StuckAction
 from .telemetry import RunCounts, Write, changed, emit_run, overdue, recoveries, type_timeouts
@@ -105,7 +105,10 @@ def run(
         first = observe(src, started, policy)
         record["observation"] = _obs_log(first)
         running = read_running(src)
-        tended = _upkeep(config, src, first, running, record, tasks=tasks, clock=clock)
+        tended = Tended()  # the hosts upkeep, when HOSTS_TABLE_NAME is set; nothing (and nothing logged) otherwise
+        if config.hosts_table_name is not None:
+            seen = first.instances
+            tended = tend(config, src, first, record, seen=seen, judged=seen, running=running, tasks=tasks, clock=clock)
 
         def look() -> Observation:
             return tended.for_starts(observe(src, clock(), policy))
@@ -126,29 +129,6 @@ def run(
         record["outcome"] = outcome
         _publish(config, first, running.tasks, decision, outcome, tended, write=metrics)
     return record
-
-
-def _upkeep(
-    config: ShutdownSettings,
-    src: Sources,
-    first: Observation,
-    running: RunningRead,
-    record: dict[str, Any],
-    *,
-    tasks: Callable[[], TaskStore] | None,
-    clock: Callable[[], float],
-) -> Tended:
-    """The hosts upkeep (functions/shutdown/upkeep.py) when HOSTS_TABLE_NAME is set; nothing (and nothing logged)
-    otherwise."""
-    if config.hosts_table_name is None:
-        return Tended()
-    waiting = waiting_reason(first, config.policy)
-    tended = tend(
-        config, src, seen=first.instances, judged=first.instances, waiting=waiting, running=running,
-        now=first.now, tasks=tasks, clock=clock,
-    )  # fmt: skip
-    record["stuck"], record["intervals"] = tended.log, tended.intervals
-    return tended
 
 
 def _publish(

@@ -46,21 +46,9 @@ class ShutdownSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ShutdownSettings:
-        instance_ids = c.GPU_INSTANCE_IDS.read(env)
-        fleet_name = c.GPU_FLEET_NAME.read_optional(env)
-        if bool(instance_ids) == (fleet_name is not None):
-            which = "both are set" if instance_ids else "neither is set"
-            raise SettingError(
-                c.GPU_FLEET_NAME.name,
-                f"set exactly one of {c.GPU_INSTANCE_IDS.name} (adopt and create modes) or {c.GPU_FLEET_NAME.name} "
-                f"(fleet mode); {which}",
-            )
-        slots = c.GPU_SLOTS.read(env, DEFAULT_SLOTS)
-        if slots < 1:
-            raise SettingError(c.GPU_SLOTS.name, f"{slots} is not valid: an instance runs at least 1 task")
-        stuck_after_s = c.STUCK_AFTER_SECONDS.read(env)
-        if stuck_after_s <= 0:
-            raise SettingError(c.STUCK_AFTER_SECONDS.name, f"{stuck_after_s:g} is not valid: it must be above 0")
+        instance_ids, fleet_name = _mode(env)
+        slots = _slots(env)
+        stuck_after_s = _stuck_after_s(env)
         return cls(
             instance_ids=instance_ids,
             queue_url=c.TASK_QUEUE_URL.read(env),
@@ -74,3 +62,31 @@ class ShutdownSettings:
             stuck_after_s=stuck_after_s,
             metrics_namespace=c.METRICS_NAMESPACE.read(env),
         )
+
+
+def _mode(env: Mapping[str, str]) -> tuple[tuple[str, ...], str | None]:
+    """GPU_INSTANCE_IDS and GPU_FLEET_NAME, exactly one of them set."""
+    instance_ids = c.GPU_INSTANCE_IDS.read(env)
+    fleet_name = c.GPU_FLEET_NAME.read_optional(env)
+    if bool(instance_ids) == (fleet_name is not None):
+        which = "both are set" if instance_ids else "neither is set"
+        raise SettingError(
+            c.GPU_FLEET_NAME.name,
+            f"set exactly one of {c.GPU_INSTANCE_IDS.name} (adopt and create modes) or {c.GPU_FLEET_NAME.name} "
+            f"(fleet mode); {which}",
+        )
+    return instance_ids, fleet_name
+
+
+def _slots(env: Mapping[str, str]) -> int:
+    slots = c.GPU_SLOTS.read(env, DEFAULT_SLOTS)
+    if slots < 1:
+        raise SettingError(c.GPU_SLOTS.name, f"{slots} is not valid: an instance runs at least 1 task")
+    return slots
+
+
+def _stuck_after_s(env: Mapping[str, str]) -> float:
+    stuck_after_s = c.STUCK_AFTER_SECONDS.read(env)
+    if stuck_after_s <= 0:
+        raise SettingError(c.STUCK_AFTER_SECONDS.name, f"{stuck_after_s:g} is not valid: it must be above 0")
+    return stuck_after_s

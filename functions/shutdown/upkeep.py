@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.hosts import HostStore
-from core.idle import Observation
+from core.idle import Observation, waiting_reason
 from core.instances import Instance
 from core.observe import Sources
 from core.store import TaskStore
@@ -47,17 +47,19 @@ class Tended:
 def tend(
     config: ShutdownSettings,
     src: Sources,
+    obs: Observation,
+    record: dict[str, Any],
     *,
     seen: Sequence[Instance],
     judged: Sequence[Instance],
-    waiting: str | None,
     running: RunningRead,
-    now: float,
     tasks: Callable[[], TaskStore] | None,
     clock: Callable[[], float],
 ) -> Tended:
-    """Record the intervals of `seen` (every instance read), judge `judged` (the ones that run an adapter), act."""
+    """Record the intervals of `seen` (every instance read), judge `judged` (the ones that run an adapter) against
+    the first observation `obs`, act; what it did goes into the run record under "stuck" and "intervals"."""
     assert config.hosts_table_name is not None, "tend needs HOSTS_TABLE_NAME"
+    now, waiting = obs.now, waiting_reason(obs, config.policy)
     hosts = HostStore(src.dynamodb, config.hosts_table_name)
     intervals = record_running(hosts, seen, now=now, slots=config.slots)
     policy = config.stuck
@@ -82,4 +84,5 @@ def tend(
         "done": done,
         "quarantined_until": held,
     }
+    record["stuck"], record["intervals"] = log, intervals
     return Tended(log, intervals, done, frozenset(held) | stopped, stopped)
