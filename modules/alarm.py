@@ -14,8 +14,8 @@ from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import (
 from constructs import Construct
 
 from modules.function import PythonFunction
-from modules.iam import Role, Statement
-from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check, check_actions, check_pattern, check_range
+from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check, check_pattern, check_range
+from modules.resource import ResourceConstruct
 
 PERIOD_SECONDS = 300
 # PutMetricAlarm (CloudWatch API Reference): AlarmName 1-255 characters; Period 10, 20, 30 or a multiple of 60 s;
@@ -36,7 +36,7 @@ DEPTH_METRICS = {
 }
 
 
-class QueueIdleAlarm(Construct):
+class QueueIdleAlarm(ResourceConstruct):
     """ALARM when the queue held no message at all (visible + in flight + delayed) for the whole window.
 
     The seed watched visible messages only, so a running task (its message in flight) looked idle and was killed.
@@ -50,6 +50,8 @@ class QueueIdleAlarm(Construct):
         period_seconds: the metrics' period: 10, 20, 30 or a multiple of 60 (PutMetricAlarm Period). Default 300: the
             5 minutes environments set their idle windows in (modules/config.py).
     """
+
+    SERVICE = "cloudwatch"
 
     def __init__(
         self,
@@ -88,6 +90,8 @@ class QueueIdleAlarm(Construct):
             treat_missing_data="breaching",
             alarm_actions=[target.arn],
         )
+        self.arn = self.alarm.arn
+        self.name = self.alarm.alarm_name
         target.allow_invoke(self, "invoke-from-alarm", principal=ALARM_INVOKE_PRINCIPAL, source_arn=self.alarm.arn)
 
     def _check_window(self, window_minutes: int, period_seconds: int) -> None:
@@ -98,18 +102,6 @@ class QueueIdleAlarm(Construct):
         check_range(self, "window_minutes", window_minutes, max(1, period_seconds // 60), longest // 60, limit)
         whole = window_minutes * 60 % period_seconds == 0
         check(self, "window_minutes", window_minutes, whole, f"is not a whole number of {period_seconds} s periods")
-
-    @property
-    def arn(self) -> str:
-        return self.alarm.arn
-
-    @property
-    def name(self) -> str:
-        return self.alarm.alarm_name
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (cloudwatch:*) on this alarm (`alarm.grant(role, "cloudwatch:DisableAlarmActions")`)."""
-        return [grantee.add(check_actions(self, actions, "cloudwatch"), [self.arn])]
 
 
 def _depth_queries(queue_name: str, period_seconds: int) -> list[CloudwatchMetricAlarmMetricQuery]:
@@ -139,7 +131,7 @@ def _depth_queries(queue_name: str, period_seconds: int) -> list[CloudwatchMetri
     return queries
 
 
-class Schedule(Construct):
+class Schedule(ResourceConstruct):
     """Invoke the function on a fixed rate. Alarm actions run only on a state change, so an alarm that stays in
     ALARM through a short burst of work never fires again; this schedule bounds that miss to one period.
 
@@ -148,6 +140,8 @@ class Schedule(Construct):
         rate_minutes: minutes between invocations, >= 1 (EventBridge's finest rate). Required.
         target: the function invoked. Required.
     """
+
+    SERVICE = "events"
 
     def __init__(self, scope: Construct, id: str, *, name: str, rate_minutes: int, target: PythonFunction) -> None:
         super().__init__(scope, id)
@@ -161,13 +155,6 @@ class Schedule(Construct):
             schedule_expression=f"rate({rate_minutes} {unit})",
             description="Backstop for the idle alarm: re-evaluate the GPU's state on a fixed rate.",
         )
+        self.arn = self.rule.arn
         CloudwatchEventTarget(self, "target", rule=self.rule.name, arn=target.arn, target_id="shutdown-lambda")
         target.allow_invoke(self, "invoke-from-schedule", principal=EVENTS_INVOKE_PRINCIPAL, source_arn=self.rule.arn)
-
-    @property
-    def arn(self) -> str:
-        return self.rule.arn
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (events:*) on this rule (`schedule.grant(role, "events:DisableRule")`)."""
-        return [grantee.add(check_actions(self, actions, "events"), [self.arn])]

@@ -43,7 +43,8 @@ from modules.function import (
 )
 from modules.iam import Role, Statement, arn, policy, render
 from modules.layer import CACHE_DIR, PLATFORMS, DependencyLayer
-from modules.props import check_actions, check_in, check_pattern
+from modules.props import check_in, check_pattern
+from modules.resource import ResourceConstruct
 
 HANDLER = "orchestrator.lambda_handler.handler"
 AUTH_TYPE = "AWS_IAM"
@@ -64,7 +65,7 @@ def code_sources() -> list[tuple[Path, str]]:
     return [(ROOT, "orchestrator"), *core_sources([ROOT / "orchestrator"])]
 
 
-class OrchestratorApi(Construct):
+class OrchestratorApi(ResourceConstruct):
     """The orchestrator API: a Python Lambda with its dependency layer, a plain and an admin function URL (AWS_IAM),
     its log group, and the two managed policies that let people call it.
 
@@ -88,6 +89,8 @@ class OrchestratorApi(Construct):
             account's unreserved pool.
         layer_cache_dir: where the dependency layer's zips are cached (modules/layer.py). Default build/layers.
     """
+
+    SERVICE = "lambda"
 
     def __init__(
         self,
@@ -136,6 +139,8 @@ class OrchestratorApi(Construct):
             log_retention_days=log_retention_days,
             **self._code_and_wiring(architecture),
         )
+        self.arn = self.function.arn
+        self.name = self.function.function_name
         self.function_url, self.alias, self.admin_function_url = self._urls()
         self.submit_policy = self._managed_policy("submit", submit_policy_name, admin=False)
         self.admin_policy = self._managed_policy("admin-policy", admin_policy_name, admin=True)
@@ -199,13 +204,6 @@ class OrchestratorApi(Construct):
         )
 
     # -- attributes ------------------------------------------------------------------------------------------------
-    @property
-    def arn(self) -> str:
-        return self.function.arn
-
-    @property
-    def name(self) -> str:
-        return self.function.function_name
 
     @property
     def version(self) -> str:
@@ -239,9 +237,6 @@ class OrchestratorApi(Construct):
         return f"{self.function_arn}:{ADMIN_ALIAS}"
 
     # -- grants ----------------------------------------------------------------------------------------------------
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (lambda:*) on this function (`api.grant(role, "lambda:GetFunction")`)."""
-        return [grantee.add(check_actions(self, actions, "lambda"), [self.arn])]
 
     def grant_invoke_url(self, grantee: Role, *, admin: bool = False) -> list[Statement]:
         """What the submit (or, with `admin`, the admin) policy allows, in a role's own policy."""

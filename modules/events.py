@@ -19,7 +19,8 @@ from constructs import Construct
 
 from modules.function import PythonFunction
 from modules.iam import Role, Statement, arn
-from modules.props import check, check_actions, check_in, check_pattern, check_range
+from modules.props import check, check_in, check_pattern, check_range
+from modules.resource import ResourceConstruct
 
 # PutEvents on one bus (EventBridge API Reference, PutEvents; the bus is in the entry's EventBusName).
 PUT_EVENTS = ("events:PutEvents",)
@@ -38,7 +39,7 @@ SECRET_INITIALIZE = ("secretsmanager:PutSecretValue",)
 STREAM_POSITIONS = ("TRIM_HORIZON", "LATEST")
 
 
-class EventBus(Construct):
+class EventBus(ResourceConstruct):
     """A custom EventBridge bus: consumers put their rules on it, apart from the account's default bus.
 
     Args:
@@ -46,22 +47,15 @@ class EventBus(Construct):
             (CreateEventBus). Required.
     """
 
+    SERVICE = "events"
+
     def __init__(self, scope: Construct, id: str, *, name: str) -> None:
         super().__init__(scope, id)
         check_pattern(self, "name", name, BUS_NAME, "1-256 characters of .-_A-Za-z0-9 (EventBridge bus name)")
         check(self, "name", name, name != "default" and not name.startswith("aws."), "is reserved (EventBridge)")
         self.bus = CloudwatchEventBus(self, "bus", name=name)
-
-    @property
-    def arn(self) -> str:
-        return self.bus.arn
-
-    @property
-    def name(self) -> str:
-        return self.bus.name
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        return [grantee.add(check_actions(self, actions, "events"), [self.arn])]
+        self.arn = self.bus.arn
+        self.name = self.bus.name
 
     def grant_put_events(self, grantee: Role) -> list[Statement]:
         return self.grant(grantee, *PUT_EVENTS)
@@ -72,7 +66,7 @@ def bus_arn(name: str, *, region: str, account: str) -> str:
     return arn("events", f"event-bus/{name}", region=region, account=account)
 
 
-class SigningSecret(Construct):
+class SigningSecret(ResourceConstruct):
     """A Secrets Manager secret holding one environment's webhook signing key, encrypted with the account's
     aws/secretsmanager key. Terraform creates it empty: the webhook function writes a random key on first use
     (PutSecretValue with a fixed client request token, so two first uses write one key), and ops rotate it with
@@ -82,6 +76,8 @@ class SigningSecret(Construct):
         name: the secret's name, 1-512 characters of A-Za-z0-9/_+=.@- (CreateSecret). Required.
         recovery_window_days: how long a deleted secret can be restored, 7..30 (DeleteSecret). Default 7.
     """
+
+    SERVICE = "secretsmanager"
 
     def __init__(self, scope: Construct, id: str, *, name: str, recovery_window_days: int = 7) -> None:
         super().__init__(scope, id)
@@ -94,13 +90,7 @@ class SigningSecret(Construct):
             description="HMAC-SHA256 key that signs this environment's task webhooks (docs/EVENTS.md)",
             recovery_window_in_days=recovery_window_days,
         )
-
-    @property
-    def arn(self) -> str:
-        return self.secret.arn
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        return [grantee.add(check_actions(self, actions, "secretsmanager"), [self.arn])]
+        self.arn = self.secret.arn
 
 
 def secret_arn(name: str, *, region: str, account: str) -> str:

@@ -25,11 +25,11 @@ from modules.props import (
     QUEUE_NAME,
     QUEUE_NAME_RULE,
     ConstructPropError,
-    check_actions,
     check_in,
     check_pattern,
     check_range,
 )
+from modules.resource import ResourceConstruct
 
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
 DEAD_LETTER_ACTIONS = ("sqs:SendMessage",)
@@ -77,7 +77,7 @@ RESERVED_ENV_KEYS = frozenset(
 )
 
 
-class PythonFunction(Construct):
+class PythonFunction(ResourceConstruct):
     """A Python Lambda whose code is one package under functions/, zipped deterministically, with its log group and
     (optionally) a dead-letter queue for failed asynchronous invocations.
 
@@ -100,6 +100,8 @@ class PythonFunction(Construct):
         dead_letter_queue_name: create an SQS dead-letter queue of this name (1-80 characters of A-Za-z0-9_-) for
             asynchronous invocations that still fail after Lambda's two retries. Default None: no queue.
     """
+
+    SERVICE = "lambda"
 
     def __init__(
         self,
@@ -140,6 +142,8 @@ class PythonFunction(Construct):
             log_retention_days=log_retention_days,
             **self._code_and_wiring(),
         )
+        self.arn = self.function.arn
+        self.name = self.function.function_name
 
     def _check_names(
         self, name: str, handler: str, runtime: str, environment: Mapping[str, str], dead_letter_queue: str | None
@@ -190,18 +194,6 @@ class PythonFunction(Construct):
             message_retention_seconds=DEAD_LETTER_RETENTION_SECONDS,
             sqs_managed_sse_enabled=True,
         )
-
-    @property
-    def arn(self) -> str:
-        return self.function.arn
-
-    @property
-    def name(self) -> str:
-        return self.function.function_name
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (lambda:*) on this function (`fn.grant(role, "lambda:InvokeFunction")`)."""
-        return [grantee.add(check_actions(self, actions, "lambda"), [self.arn])]
 
     def allow_invoke(self, scope: Construct, id: str, *, principal: str, source_arn: str) -> LambdaPermission:
         """Let one AWS service invoke this function, for one source ARN only. The permission is created in the

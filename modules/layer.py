@@ -42,8 +42,8 @@ from constructs import Construct
 from modules.assets import Bundle, build_zip
 from modules.config import ROOT
 from modules.function import PYTHON_RUNTIME
-from modules.iam import Role, Statement
-from modules.props import check_actions, check_in, check_pattern
+from modules.props import check_in, check_pattern
+from modules.resource import ResourceConstruct
 
 FORMAT_VERSION = 1  # part of the cache key: bump when the steps of `_install` or `_normalize` change
 CACHE_DIR = ROOT / "build" / "layers"
@@ -160,7 +160,7 @@ def _check_limits(requirements: Path, built: Path) -> None:
         raise LayerBuildError(f"{requirements}: layer zip is {built.stat().st_size} bytes, over the 50 MB upload")
 
 
-class DependencyLayer(Construct):
+class DependencyLayer(ResourceConstruct):
     """A Lambda layer of pinned third-party packages, built for the function's platform and cached by content.
 
     Args:
@@ -172,6 +172,8 @@ class DependencyLayer(Construct):
         runtime: a python3.N runtime; picks the wheels' Python version and ABI. Default python3.11.
         cache_dir: where built zips are kept, by cache key. Default build/layers.
     """
+
+    SERVICE = "lambda"
 
     def __init__(
         self,
@@ -205,16 +207,5 @@ class DependencyLayer(Construct):
             compatible_runtimes=[runtime],
             compatible_architectures=[architecture],
         )
-
-    @property
-    def arn(self) -> str:
-        """The layer version's ARN (`...:layer:<name>:<version>`): what a function's `layers` lists."""
-        return self.layer.arn
-
-    @property
-    def name(self) -> str:
-        return self.layer.layer_name
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (lambda:*) on this layer version (`layer.grant(role, "lambda:GetLayerVersion")`)."""
-        return [grantee.add(check_actions(self, actions, "lambda"), [self.arn])]
+        self.arn = self.layer.arn
+        self.name = self.layer.layer_name

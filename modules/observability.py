@@ -29,6 +29,7 @@ from modules.alarm import DAY_SECONDS, DEPTH_METRICS, WEEK_SECONDS
 from modules.config import EMAIL
 from modules.iam import ACCOUNT_ID, Role, Statement, arn, policy, render
 from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check, check_actions, check_pattern, check_range, fail
+from modules.resource import ResourceConstruct
 
 # CreateTopic (SNS API Reference): a standard topic's name is 1-256 characters of A-Za-z0-9-_.
 TOPIC_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -68,7 +69,7 @@ FLEET_CHANGES = ((metrics.INSTANCE_STARTS, "starts"), (metrics.INSTANCE_STOPS, "
 STUCK = metrics.STUCK_RECOVERIES.name
 
 
-class AlarmTopic(Construct):
+class AlarmTopic(ResourceConstruct):
     """An SNS topic the operations alarms notify, encrypted, with optional email subscribers.
 
     Its key is a customer managed KMS key of its own, not the AWS managed alias/aws/sns: that key's policy cannot be
@@ -87,6 +88,8 @@ class AlarmTopic(Construct):
 
     Attributes: arn, name, key_arn, topic (the aws_sns_topic), key (the aws_kms_key), subscriptions.
     """
+
+    SERVICE = "sns"
 
     def __init__(
         self, scope: Construct, id: str, *, name: str, region: str, account: str, emails: Sequence[str] = ()
@@ -115,6 +118,8 @@ class AlarmTopic(Construct):
             policy=render(policy(key_policy)),
         )
         self.topic = SnsTopic(self, "topic", name=name, kms_master_key_id=self.key.arn)
+        self.arn = self.topic.arn
+        self.name = self.topic.name
         publish = Statement(PUBLISH_ACTIONS, self.arn, alarms_only, sid="CloudWatchAlarms", principal=ALARM_PRINCIPAL)
         SnsTopicPolicy(self, "policy", arn=self.arn, policy=render(policy([publish])))
         # Named by the address, not its place in the list: reordering the list replaces no subscription.
@@ -124,20 +129,8 @@ class AlarmTopic(Construct):
         ]
 
     @property
-    def arn(self) -> str:
-        return self.topic.arn
-
-    @property
-    def name(self) -> str:
-        return self.topic.name
-
-    @property
     def key_arn(self) -> str:
         return self.key.arn
-
-    def grant(self, grantee: Role, *actions: str) -> list[Statement]:
-        """`actions` (sns:*) on this topic (`topic.grant(role, "sns:ListSubscriptionsByTopic")`)."""
-        return [grantee.add(check_actions(self, actions, "sns"), [self.arn])]
 
     def grant_publish(self, role: Role) -> list[Statement]:
         """Publish, with the use of the key every publisher to an encrypted topic needs."""
