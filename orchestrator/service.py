@@ -42,6 +42,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core import logs
+from core.errors import ApiError
 from core.instances import InstanceState
 from core.message import TaskMessage
 from core.store import TaskStore, TransitionRejected
@@ -69,14 +70,6 @@ INDEX_PAGE = 100  # index items per query of a filtered list
 
 def _no_inputs(_: str) -> Sequence[str]:
     return ()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class InvalidTask(Exception):
