@@ -69,11 +69,8 @@ def built(settings: Settings) -> Iterator[tuple[Deps, Callable[[], Report]]]:
 
         deps = Deps(
             verifier=verifier,
-            repo=repo,
-            storage=storage,
             images=Images(repo, storage, limits),
             tasks=tasks,
-            max_upload_bytes=settings.max_upload_bytes,
             reconcile=reconcile,
             reconcile_every_s=settings.reconcile_every_s,
         )

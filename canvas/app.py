@@ -28,12 +28,11 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
 from .auth import Unauthorized, User, Verifier, bearer_token
-from .db import ImageRow, Repo
+from .db import ImageRow
 from .errors import ApiError, not_found
 from .images import StripStream
 from .multipart import receive_file
 from .reconcile import Periodic
-from .storage import Storage
 from .tasks import ImageTasks
 from .uploads import Images, image_view
 
@@ -44,11 +43,8 @@ PAGE_MAX = 100
 @dataclass(frozen=True)
 class Deps:
     verifier: Verifier
-    repo: Repo
-    storage: Storage
     images: Images
     tasks: ImageTasks
-    max_upload_bytes: int
     reconcile: Callable[[], object] | None = None
     reconcile_every_s: float = 0
 
@@ -114,12 +110,12 @@ def routes(app: FastAPI) -> None:  # noqa: C901 (one small function per route)
                     request.headers.get("content-length"),
                     request.stream(),
                     stream,
-                    deps.max_upload_bytes,
+                    deps.images.limits.max_upload_bytes,
                 )
                 row = await run_in_threadpool(deps.images.store, me.id, got.filename, stream)
             finally:
                 stream.close()
-        return image_view(row, deps.storage, with_url=True)
+        return image_view(row, deps.images.storage, with_url=True)
 
     @app.post("/images/uploads", status_code=201)
     def presign(body: PresignRequest, deps: Ctx, me: Me) -> dict[str, Any]:
@@ -130,7 +126,7 @@ def routes(app: FastAPI) -> None:  # noqa: C901 (one small function per route)
     @app.post("/images/{image_id}/confirm")
     def confirm(image_id: str, deps: Ctx, me: Me) -> dict[str, Any]:
         row = deps.images.confirm(me.id, parse_id(image_id))
-        return image_view(row, deps.storage, with_url=True)
+        return image_view(row, deps.images.storage, with_url=True)
 
     @app.get("/images")
     def list_images(
@@ -140,16 +136,16 @@ def routes(app: FastAPI) -> None:  # noqa: C901 (one small function per route)
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict[str, Any]:
         """The caller's images, newest first, each with a short-lived URL; follow next_cursor until null."""
-        rows = deps.repo.list_images(uuid.UUID(me.id), limit + 1, decode_cursor(cursor) if cursor else None)
+        rows = deps.images.repo.list_images(uuid.UUID(me.id), limit + 1, decode_cursor(cursor) if cursor else None)
         page = rows[:limit]
         return {
-            "items": [image_view(r, deps.storage, with_url=True) for r in page],
+            "items": [image_view(r, deps.images.storage, with_url=True) for r in page],
             "next_cursor": encode_cursor(page[-1]) if len(rows) > limit else None,
         }
 
     @app.get("/images/{image_id}")
     def get_image(image_id: str, deps: Ctx, me: Me) -> dict[str, Any]:
-        return image_view(deps.images.get(me.id, parse_id(image_id)), deps.storage, with_url=True)
+        return image_view(deps.images.get(me.id, parse_id(image_id)), deps.images.storage, with_url=True)
 
     @app.delete("/images/{image_id}", status_code=204)
     def delete_image(image_id: str, deps: Ctx, me: Me) -> Response:

@@ -14,9 +14,9 @@ import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import class_row
@@ -25,8 +25,8 @@ from psycopg_pool import ConnectionPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x63616E766173  # pg_advisory_xact_lock key: two services starting at once migrate one at a time
-IMAGE_COLUMNS = "id, owner, s3_key, name, content_type, bytes, width, height, sha256, state, created_at, deleted_at"
-TASK_COLUMNS = "id, image_id, owner, type, params, task_id, status, result_uri, error, created_at, updated_at"
+
+R = TypeVar("R")  # the row class a query's rows are built as
 
 
 class MigrationError(RuntimeError):
@@ -34,16 +34,24 @@ class MigrationError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ImageRow:
+class NewImage:
+    """The columns an image row is inserted with (the insert names its state)."""
+
     id: uuid.UUID
     owner: uuid.UUID
     s3_key: str
     name: str
     content_type: str
     bytes: int
-    width: int | None
-    height: int | None
-    sha256: str | None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRow(NewImage):
+    """A row as read: the fields it was inserted with, then its state and times."""
+
     state: str
     created_at: dt.datetime
     deleted_at: dt.datetime | None
@@ -64,17 +72,9 @@ class TaskRow:
     updated_at: dt.datetime
 
 
-@dataclass(frozen=True)
-class NewImage:
-    id: uuid.UUID
-    owner: uuid.UUID
-    s3_key: str
-    name: str
-    content_type: str
-    bytes: int
-    width: int | None = None
-    height: int | None = None
-    sha256: str | None = None
+# The columns a query returns, named by the fields of the row class it builds (class_row matches them by name).
+IMAGE_COLUMNS = ", ".join(f.name for f in fields(ImageRow))
+TASK_COLUMNS = ", ".join(f.name for f in fields(TaskRow))
 
 
 def open_pool(database_url: str, *, max_size: int, min_size: int = 1, timeout_s: float = 10.0) -> ConnectionPool:
@@ -131,62 +131,70 @@ class Repo:
         with self.pool.connection() as conn:
             yield conn
 
+    def _rows(self, row: type[R], sql: str, params: Sequence[object]) -> list[R]:
+        """The rows `sql` returns, as `row`s (one transaction)."""
+        with self._conn() as conn, conn.cursor(row_factory=class_row(row)) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def _row(self, row: type[R], sql: str, params: Sequence[object]) -> R | None:
+        """The first row `sql` returns as a `row`, or None (one transaction)."""
+        with self._conn() as conn, conn.cursor(row_factory=class_row(row)) as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()
+
     # -- images ----------------------------------------------------------------------------------------------------
     def insert_image(self, new: NewImage, state: str) -> ImageRow:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            cur.execute(
-                f"insert into canvas_images (id, owner, s3_key, name, content_type, bytes, width, height, sha256,"
-                f" state) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {IMAGE_COLUMNS}",
-                (new.id, new.owner, new.s3_key, new.name, new.content_type, new.bytes, new.width, new.height,
-                 new.sha256, state),
-            )  # fmt: skip
-            return _one(cur.fetchone())
+        columns = [f.name for f in fields(NewImage)]  # the row's columns, by the dataclass's field names
+        placeholders = ", ".join(["%s"] * (len(columns) + 1))
+        return _one(
+            self._row(
+                ImageRow,
+                f"insert into canvas_images ({', '.join(columns)}, state) values ({placeholders})"
+                f" returning {IMAGE_COLUMNS}",
+                (*(getattr(new, name) for name in columns), state),
+            )
+        )
 
     def settle_image(self, image_id: uuid.UUID, *, expect: str, new: NewImage | None = None) -> ImageRow | None:
         """`expect` -> ready (with the checked metadata of `new` when given); None if the row was not `expect`."""
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            if new is None:
-                cur.execute(
-                    f"update canvas_images set state = 'ready' where id = %s and state = %s returning {IMAGE_COLUMNS}",
-                    (image_id, expect),
-                )
-            else:
-                cur.execute(
-                    f"update canvas_images set state = 'ready', content_type = %s, bytes = %s, width = %s,"
-                    f" height = %s, sha256 = %s where id = %s and state = %s returning {IMAGE_COLUMNS}",
-                    (new.content_type, new.bytes, new.width, new.height, new.sha256, image_id, expect),
-                )
-            return cur.fetchone()
+        if new is None:
+            return self._row(
+                ImageRow,
+                f"update canvas_images set state = 'ready' where id = %s and state = %s returning {IMAGE_COLUMNS}",
+                (image_id, expect),
+            )
+        return self._row(
+            ImageRow,
+            f"update canvas_images set state = 'ready', content_type = %s, bytes = %s, width = %s,"
+            f" height = %s, sha256 = %s where id = %s and state = %s returning {IMAGE_COLUMNS}",
+            (new.content_type, new.bytes, new.width, new.height, new.sha256, image_id, expect),
+        )
 
     def get_image(
         self, owner: uuid.UUID, image_id: uuid.UUID, *, states: Sequence[str] = ("ready",)
     ) -> ImageRow | None:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            cur.execute(
-                f"select {IMAGE_COLUMNS} from canvas_images where id = %s and owner = %s and state = any(%s)",
-                (image_id, owner, list(states)),
-            )
-            return cur.fetchone()
+        return self._row(
+            ImageRow,
+            f"select {IMAGE_COLUMNS} from canvas_images where id = %s and owner = %s and state = any(%s)",
+            (image_id, owner, list(states)),
+        )
 
     def list_images(
         self, owner: uuid.UUID, limit: int, after: tuple[dt.datetime, uuid.UUID] | None = None
     ) -> list[ImageRow]:
         """One page of the owner's ready images, newest first: a range scan of canvas_images_owner_page."""
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            if after is None:
-                cur.execute(LIST_FIRST, (owner, limit))
-            else:
-                cur.execute(LIST_AFTER, (owner, after[0], after[1], limit))
-            return cur.fetchall()
+        if after is None:
+            return self._rows(ImageRow, LIST_FIRST, (owner, limit))
+        return self._rows(ImageRow, LIST_AFTER, (owner, after[0], after[1], limit))
 
     def mark_deleting(self, owner: uuid.UUID, image_id: uuid.UUID) -> ImageRow | None:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            cur.execute(
-                f"update canvas_images set state = 'deleting', deleted_at = now() where id = %s and owner = %s"
-                f" and state = 'ready' returning {IMAGE_COLUMNS}",
-                (image_id, owner),
-            )
-            return cur.fetchone()
+        return self._row(
+            ImageRow,
+            f"update canvas_images set state = 'deleting', deleted_at = now() where id = %s and owner = %s"
+            f" and state = 'ready' returning {IMAGE_COLUMNS}",
+            (image_id, owner),
+        )
 
     def mark_deleted(self, image_id: uuid.UUID) -> None:
         with self._conn() as conn:
@@ -203,13 +211,7 @@ class Repo:
             return cur.rowcount == 1
 
     def unsettled(self, older_than: dt.datetime) -> list[ImageRow]:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            cur.execute(
-                f"select {IMAGE_COLUMNS} from canvas_images where state in ('uploading', 'pending', 'deleting')"
-                f" and created_at < %s order by created_at limit 1000",
-                (older_than,),
-            )
-            return cur.fetchall()
+        return self._rows(ImageRow, UNSETTLED, (older_than,))
 
     def live_keys(self, keys: Sequence[str]) -> set[str]:
         """Which of `keys` a row still claims (any state but deleted)."""
@@ -221,22 +223,24 @@ class Repo:
 
     # -- tasks -----------------------------------------------------------------------------------------------------
     def insert_task(self, row_id: uuid.UUID, image: ImageRow, task_type: str, params: dict[str, Any]) -> TaskRow:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(TaskRow)) as cur:
-            cur.execute(
+        return _one(
+            self._row(
+                TaskRow,
                 f"insert into canvas_image_tasks (id, image_id, owner, type, params, status)"
                 f" values (%s, %s, %s, %s, %s, 'SUBMITTING') returning {TASK_COLUMNS}",
                 (row_id, image.id, image.owner, task_type, Jsonb(params)),
             )
-            return _one(cur.fetchone())
+        )
 
     def task_submitted(self, row_id: uuid.UUID, task_id: str, status: str) -> TaskRow:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(TaskRow)) as cur:
-            cur.execute(
+        return _one(
+            self._row(
+                TaskRow,
                 f"update canvas_image_tasks set task_id = %s, status = %s, updated_at = now() where id = %s"
                 f" returning {TASK_COLUMNS}",
                 (task_id, status, row_id),
             )
-            return _one(cur.fetchone())
+        )
 
     def task_status(self, row_id: uuid.UUID, status: str, result_uri: str | None, error: str | None) -> None:
         with self._conn() as conn:
@@ -251,32 +255,32 @@ class Repo:
             conn.execute("delete from canvas_image_tasks where id = %s and status = 'SUBMITTING'", (row_id,))
 
     def tasks_of(self, owner: uuid.UUID, image_id: uuid.UUID, limit: int = 50) -> list[TaskRow]:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(TaskRow)) as cur:
-            cur.execute(
-                f"select {TASK_COLUMNS} from canvas_image_tasks where image_id = %s and owner = %s"
-                f" order by created_at desc, id desc limit %s",
-                (image_id, owner, limit),
-            )
-            return cur.fetchall()
+        return self._rows(
+            TaskRow,
+            f"select {TASK_COLUMNS} from canvas_image_tasks where image_id = %s and owner = %s"
+            f" order by created_at desc, id desc limit %s",
+            (image_id, owner, limit),
+        )
 
     def submitting(self, older_than: dt.datetime) -> list[TaskRow]:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(TaskRow)) as cur:
-            cur.execute(
-                f"select {TASK_COLUMNS} from canvas_image_tasks where status = 'SUBMITTING' and created_at < %s"
-                f" order by created_at limit 1000",
-                (older_than,),
-            )
-            return cur.fetchall()
+        return self._rows(TaskRow, SUBMITTING, (older_than,))
 
     def image_by_id(self, image_id: uuid.UUID) -> ImageRow | None:
-        with self._conn() as conn, conn.cursor(row_factory=class_row(ImageRow)) as cur:
-            cur.execute(f"select {IMAGE_COLUMNS} from canvas_images where id = %s", (image_id,))
-            return cur.fetchone()
+        return self._row(ImageRow, f"select {IMAGE_COLUMNS} from canvas_images where id = %s", (image_id,))
 
 
 LIST_FIRST = (
     f"select {IMAGE_COLUMNS} from canvas_images where owner = %s and state = 'ready'"
     f" order by created_at desc, id desc limit %s"
+)
+# Rows left in a passing state since before %s, oldest first, a bounded batch per reconcile pass.
+UNSETTLED = (
+    f"select {IMAGE_COLUMNS} from canvas_images where state in ('uploading', 'pending', 'deleting')"
+    f" and created_at < %s order by created_at limit 1000"
+)
+SUBMITTING = (
+    f"select {TASK_COLUMNS} from canvas_image_tasks where status = 'SUBMITTING' and created_at < %s"
+    f" order by created_at limit 1000"
 )
 LIST_AFTER = (
     f"select {IMAGE_COLUMNS} from canvas_images where owner = %s and state = 'ready'"

@@ -1,14 +1,11 @@
-"""The one error type handlers raise; the app turns it into `{"error": code, "message": ...}` with its status."""
+"""The one error type handlers raise (core.errors.ApiError, shared with the task API); the app turns it into
+`{"error": code, "message": ...}` with its status."""
 
 from __future__ import annotations
 
+from core.errors import ApiError
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+__all__ = ["ApiError", "not_found"]
 
 
 def not_found(what: str = "image") -> ApiError:

@@ -15,6 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from core import contract as c
 from core.contract import Setting, SettingError
@@ -97,29 +98,35 @@ RECONCILE_EVERY_S = Setting(
     "CANVAS_RECONCILE_EVERY_S", _non_negative, 900, "seconds between reconcile passes in the service; 0: never"
 )
 
+# The fields of Settings that are each one setting's value; `from_env` works out the others (bucket, region, the
+# orchestrator's URL and token) from several.
+FIELDS: dict[str, Setting[Any]] = {
+    "supabase_url": SUPABASE_URL,
+    "jwt_secret": SUPABASE_JWT_SECRET,
+    "jwt_audience": SUPABASE_JWT_AUDIENCE,
+    "jwks_cache_s": JWKS_CACHE_S,
+    "database_url": DATABASE_URL,
+    "pool_max": DATABASE_POOL_MAX,
+    "prefix": S3_PREFIX,
+    "host": HOST,
+    "port": PORT,
+    "max_upload_bytes": MAX_UPLOAD_BYTES,
+    "max_direct_bytes": MAX_DIRECT_BYTES,
+    "max_pixels": MAX_PIXELS,
+    "url_expires_s": URL_EXPIRES_S,
+    "pending_ttl_s": PENDING_TTL_S,
+    "reconcile_every_s": RECONCILE_EVERY_S,
+}
+# Every setting the service reads (AWS_ENDPOINT_URL through boto3).
 ALL = (
-    SUPABASE_URL,
-    SUPABASE_JWT_SECRET,
-    SUPABASE_JWT_AUDIENCE,
-    JWKS_CACHE_S,
-    DATABASE_URL,
-    DATABASE_POOL_MAX,
+    *FIELDS.values(),
     S3_BUCKET,
     c.ARTIFACTS_BUCKET,
-    S3_PREFIX,
     c.AWS_DEFAULT_REGION,
     c.AWS_ENDPOINT_URL,
     c.ORCHESTRATOR_URL,
     c.ORCHESTRATOR_TOKEN,
     c.ORCHESTRATOR_AUTH,
-    HOST,
-    PORT,
-    MAX_UPLOAD_BYTES,
-    MAX_DIRECT_BYTES,
-    MAX_PIXELS,
-    URL_EXPIRES_S,
-    PENDING_TTL_S,
-    RECONCILE_EVERY_S,
 )
 
 
@@ -176,25 +183,11 @@ class Settings:
         if not iam and not token:
             raise SettingError(c.ORCHESTRATOR_TOKEN.name, "not set (the orchestrator's bearer token)")
         settings = cls(
-            supabase_url=SUPABASE_URL.read(env),
-            jwt_secret=SUPABASE_JWT_SECRET.read_optional(env),
-            jwt_audience=SUPABASE_JWT_AUDIENCE.read(env),
-            jwks_cache_s=JWKS_CACHE_S.read(env),
-            database_url=DATABASE_URL.read(env),
-            pool_max=DATABASE_POOL_MAX.read(env),
+            **{field: declared.read(env) for field, declared in FIELDS.items()},
             bucket=bucket,
-            prefix=S3_PREFIX.read(env),
             region=region,
             orchestrator_url=_checked(c.ORCHESTRATOR_URL.name, orchestrator),
             orchestrator_token=None if iam else token,
-            host=HOST.read(env),
-            port=PORT.read(env),
-            max_upload_bytes=MAX_UPLOAD_BYTES.read(env),
-            max_direct_bytes=MAX_DIRECT_BYTES.read(env),
-            max_pixels=MAX_PIXELS.read(env),
-            url_expires_s=URL_EXPIRES_S.read(env),
-            pending_ttl_s=PENDING_TTL_S.read(env),
-            reconcile_every_s=RECONCILE_EVERY_S.read(env),
         )
         settings.check()
         return settings

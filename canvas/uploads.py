@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +184,8 @@ class Images:
 
 
 def _with(fields: NewImage, image_id: uuid.UUID, owner: str, key: str, name: str) -> NewImage:
-    return NewImage(
-        id=image_id,
-        owner=uuid.UUID(owner),
-        s3_key=key,
-        name=name,
-        content_type=fields.content_type,
-        bytes=fields.bytes,
-        width=fields.width,
-        height=fields.height,
-        sha256=fields.sha256,
-    )
+    """The checked `fields` of a copy (canvas.uploads.checked_fields) as the row of one image."""
+    return replace(fields, id=image_id, owner=uuid.UUID(owner), s3_key=key, name=name)
 
 
 def image_view(row: ImageRow, storage: Storage, *, with_url: bool) -> dict[str, Any]:

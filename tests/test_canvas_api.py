@@ -183,7 +183,7 @@ def test_a_failed_s3_write_leaves_no_row(canvas_stack: Stack) -> None:
                 failed = upload(api, png_bytes())
                 assert failed.status_code == 503 and "nothing was kept" in failed.json()["message"]
     finally:
-        deps.repo.pool.close()
+        deps.images.repo.pool.close()
     assert rows(canvas_stack, "select count(*) from canvas_images where owner = %s", user) == [(0,)]
 
 
@@ -206,14 +206,14 @@ def test_reconcile_removes_orphans_of_every_kind(canvas_stack: Stack) -> None:
     rows(canvas_stack, rows_sql, doomed["id"])
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
-    report = run_once(deps.repo, deps.storage, None, pending_ttl_s=3600, now=later)
+    report = run_once(deps.images.repo, deps.images.storage, None, pending_ttl_s=3600, now=later)
     assert (report.abandoned, report.deletes_finished) == (1, 1)
     assert report.orphan_objects >= 1
     left = objects(canvas_stack, f"inputs/canvas/{user}/")
     assert left == [f"inputs/canvas/{user}/{kept['id']}.png"]
     states = dict(rows(canvas_stack, "select id::text, state from canvas_images where owner = %s", user))
     assert states == {kept["id"]: "ready", doomed["id"]: "deleted"}
-    again = run_once(deps.repo, deps.storage, None, pending_ttl_s=3600, now=later)
+    again = run_once(deps.images.repo, deps.images.storage, None, pending_ttl_s=3600, now=later)
     assert (again.abandoned, again.deletes_finished, again.orphan_objects) == (0, 0, 0)
 
 

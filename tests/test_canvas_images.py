@@ -33,6 +33,16 @@ def write(tmp_path: Path, data: bytes, name: str = "in") -> Path:
     return path
 
 
+def test_the_canvas_error_is_the_shared_one() -> None:
+    """Handlers anywhere in the service raise the one ApiError the app turns into its JSON answer."""
+    import canvas.errors
+    import core.errors
+
+    assert canvas.errors.ApiError is core.errors.ApiError
+    missing = canvas.errors.not_found("upload")
+    assert (missing.status, missing.code, missing.message) == (404, "not_found", "no such upload")
+
+
 def test_types_come_from_the_bytes() -> None:
     assert sniff(png_bytes()[:16]) == "image/png"
     assert sniff(jpeg_with_gps()[:16]) == "image/jpeg"

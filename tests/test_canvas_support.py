@@ -137,11 +137,8 @@ def build_deps(aws: Any, database_url: str, auth: AuthServer, orchestrator_url: 
     )
     return Deps(
         verifier=verifier,
-        repo=repo,
-        storage=storage,
         images=Images(repo, storage, limits),
         tasks=tasks,
-        max_upload_bytes=limits.max_upload_bytes,
         reconcile=lambda: run_once(repo, storage, tasks, pending_ttl_s=3600),
         reconcile_every_s=0,
     )
@@ -168,6 +165,6 @@ def canvas_stack(
     with ExitStack() as stack:
         orchestrator_url = stack.enter_context(serve_in_thread(orchestrator_app(aws)))
         deps = build_deps(aws, database_url, auth_server, orchestrator_url)
-        stack.callback(deps.repo.pool.close)
+        stack.callback(deps.images.repo.pool.close)
         canvas_url = stack.enter_context(serve_in_thread(create_app(deps)))
         yield Stack(canvas_url, orchestrator_url, aws, database_url, deps, auth_server)

@@ -96,7 +96,7 @@ def test_an_unreachable_orchestrator_is_503_and_keeps_no_row(canvas_stack: Stack
     down = Client("http://127.0.0.1:9", "x", timeout_s=2)  # the discard port: nothing listens
     types = ImageTypes(down)
     types._cached, types._at = {"thumbnail": "input"}, float("inf")  # known types; only the submit must fail
-    tasks = ImageTasks(deps.repo, down, types)
+    tasks = ImageTasks(deps.images.repo, down, types)
     from canvas.errors import ApiError
 
     try:
@@ -105,7 +105,7 @@ def test_an_unreachable_orchestrator_is_503_and_keeps_no_row(canvas_stack: Stack
         assert err.status == 503
     else:
         raise AssertionError("the submit should have failed")
-    assert deps.repo.tasks_of(uuid.UUID(user), uuid.UUID(image_id)) == []
+    assert deps.images.repo.tasks_of(uuid.UUID(user), uuid.UUID(image_id)) == []
 
 
 def test_the_workload_resizes_up_and_down(tmp_path: Path) -> None:
