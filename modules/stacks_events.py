@@ -122,8 +122,7 @@ class EventsStack(EnvironmentStack):
             package,
             package=package,
             handler=f"{package}.handler.handler",
-            region=config.region,
-            account=config.account,
+            **config.where,
             memory_mb=128,
             timeout_seconds=timeout_seconds,
             **props,  # type: ignore[arg-type]
@@ -163,8 +162,7 @@ class AlarmStack(EnvironmentStack):
             self,
             "topic",
             name=self.name_of(ALARM_TOPIC),
-            region=config.region,
-            account=config.account,
+            **config.where,
             emails=config.alarm_emails,
         )
         self.operations = OperationsAlarms(

@@ -17,6 +17,7 @@ from cdktf_cdktf_provider_aws.dynamodb_table import (
 from constructs import Construct
 
 from core.tasks import STATUS_INDEX  # the index every program queries: one name, declared with the task model
+from modules.forwarded import Forwarded
 from modules.iam import Role, Statement
 from modules.props import check_actions, check_pattern
 
@@ -63,13 +64,8 @@ class RetainedTable(Construct):
             **table,
         )
 
-    @property
-    def arn(self) -> str:
-        return self.table.arn
-
-    @property
-    def name(self) -> str:
-        return self.table.name
+    arn = Forwarded("table", "arn")
+    name = Forwarded("table", "name")
 
 
 class TaskTable(RetainedTable):
