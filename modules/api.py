@@ -44,7 +44,7 @@ from modules.function import (
 from modules.iam import Role, Statement, arn, policy, render
 from modules.layer import CACHE_DIR, PLATFORMS, DependencyLayer
 from modules.props import check_in, check_pattern
-from modules.resource import LambdaResource
+from modules.resource import ResourceConstruct
 
 HANDLER = "orchestrator.lambda_handler.handler"
 AUTH_TYPE = "AWS_IAM"
@@ -65,7 +65,7 @@ def code_sources() -> list[tuple[Path, str]]:
     return [(ROOT, "orchestrator"), *core_sources([ROOT / "orchestrator"])]
 
 
-class OrchestratorApi(LambdaResource):
+class OrchestratorApi(ResourceConstruct):
     """The orchestrator API: a Python Lambda with its dependency layer, a plain and an admin function URL (AWS_IAM),
     its log group, and the two managed policies that let people call it.
 
@@ -88,10 +88,9 @@ class OrchestratorApi(LambdaResource):
         reserved_concurrency: ReservedConcurrentExecutions, >= 0 (0 stops every invocation). Default None: the
             account's unreserved pool.
         layer_cache_dir: where the dependency layer's zips are cached (modules/layer.py). Default build/layers.
-
-    Attributes: arn, name, version, url, admin_url, submit_policy_arn, admin_policy_arn, function_arn, admin_arn;
-    the resources: function, log_group, layer, alias, function_url, admin_function_url, submit_policy, admin_policy.
     """
+
+    SERVICE = "lambda"
 
     def __init__(
         self,
@@ -115,7 +114,13 @@ class OrchestratorApi(LambdaResource):
     ) -> None:
         super().__init__(scope, id)
         self._check(name, runtime, architecture, environment, submit_policy_name, admin_policy_name)
-        check_sizes(self, memory_mb, timeout_seconds, reserved_concurrency, log_retention_days)
+        check_sizes(
+            self,
+            memory_mb=memory_mb,
+            timeout_seconds=timeout_seconds,
+            reserved_concurrency=reserved_concurrency,
+            log_retention_days=log_retention_days,
+        )
         self._name, self._region, self._account = name, region, account
         self.code = ZipAsset(self, "code", name="lambda-orchestrator", sources=code_sources())
         self.layer = DependencyLayer(
@@ -134,13 +139,11 @@ class OrchestratorApi(LambdaResource):
             log_retention_days=log_retention_days,
             **self._code_and_wiring(architecture),
         )
-        self.arn, self.name = self.function.arn, self.function.function_name
-        self.version = self.function.version  # what `publish` made of the current code: the admin alias's version
+        self.arn = self.function.arn
+        self.name = self.function.function_name
         self.function_url, self.alias, self.admin_function_url = self._urls()
-        self.url, self.admin_url = self.function_url.function_url, self.admin_function_url.function_url
         self.submit_policy = self._managed_policy("submit", submit_policy_name, admin=False)
         self.admin_policy = self._managed_policy("admin-policy", admin_policy_name, admin=True)
-        self.submit_policy_arn, self.admin_policy_arn = self.submit_policy.arn, self.admin_policy.arn
 
     def _check(
         self,
@@ -201,6 +204,27 @@ class OrchestratorApi(LambdaResource):
         )
 
     # -- attributes ------------------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        """The version `publish` made of the current code: the one the admin alias points at."""
+        return self.function.version
+
+    @property
+    def url(self) -> str:
+        return self.function_url.function_url
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin_function_url.function_url
+
+    @property
+    def submit_policy_arn(self) -> str:
+        return self.submit_policy.arn
+
+    @property
+    def admin_policy_arn(self) -> str:
+        return self.admin_policy.arn
 
     @property
     def function_arn(self) -> str:

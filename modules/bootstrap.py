@@ -87,7 +87,7 @@ NEVER = ("iam:*", "sts:*")
 
 def boundary_policy(config: EnvironmentConfig, *, prefix: str = BOUNDARY_PREFIX) -> dict[str, Any]:
     """The permissions boundary of `config`'s runtime roles, scoped to that environment's exact resources."""
-    where = config.where
+    where = {"region": config.region, "account": config.account}
     queues = [arn("sqs", config.name_of(q), **where) for q in (*RUNTIME_QUEUES, *EVENT_QUEUES)]
     tables = [arn("dynamodb", f"table/{config.name_of(t)}", **where) for t in TABLE_NAMES]
     hosts = [arn("dynamodb", f"table/{config.name_of(t)}", **where) for t in HOSTS_TABLE_NAMES]
@@ -133,7 +133,7 @@ def _gpu_hosts(config: EnvironmentConfig) -> list[Statement]:
     its members' calls (Auto Scaling itself starts and stops the instances)."""
     if config.gpu_mode == "fleet":
         group = fleet.fleet_for(config)
-        members = arn("ec2", "instance/*", **config.where)
+        members = arn("ec2", "instance/*", region=config.region, account=config.account)
         tagged = {"StringEquals": {f"aws:ResourceTag/{fleet.GROUP_TAG}": group.name}}
         return [
             Statement(FLEET_DESCRIBE_ACTIONS, ("*",), sid="DescribeFleet"),
@@ -149,7 +149,7 @@ def _bootstrap_document(config: EnvironmentConfig) -> list[Statement]:
     name = gpu.bootstrap_document_name(config)
     if name is None:
         return []
-    document = arn("ssm", f"document/{name}", **config.where)
+    document = arn("ssm", f"document/{name}", region=config.region, account=config.account)
     return [
         Statement(gpu.SSM_ASSOCIATION_ACTIONS, ("*",), sid="SsmAssociations"),
         Statement(gpu.SSM_DOCUMENT_ACTIONS, (document,), sid="BootstrapDocument"),

@@ -33,7 +33,6 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import (
 )
 from constructs import Construct
 
-from modules.forwarded import Forwarded
 from modules.iam import Role, Statement, policy, render
 from modules.props import check, check_actions, check_in, check_pattern, check_range, fail
 
@@ -188,8 +187,13 @@ class PrivateBucket(Construct):
             )
         S3BucketLifecycleConfiguration(self, "lifecycle", bucket=self.bucket.id, rule=rules)
 
-    arn = Forwarded("bucket", "arn")
-    name = Forwarded("bucket", "bucket")
+    @property
+    def arn(self) -> str:
+        return self.bucket.arn
+
+    @property
+    def name(self) -> str:
+        return self.bucket.bucket
 
     def arn_for_objects(self, prefix: str = "") -> str:
         return f"{self.bucket.arn}/{prefix}*"

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 # An SNS email endpoint: one address (the alarm topic's subscriptions check the same rule).
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -69,13 +69,6 @@ RANGES: dict[str, tuple[int, int]] = {
 # with multiple instance types and purchase options": https://docs.aws.amazon.com/autoscaling/ec2/userguide/
 # ec2-auto-scaling-mixed-instances-groups.html).
 MAX_SPOT_TYPES = 40
-
-
-class Where(TypedDict):
-    """Where an environment's resources are, as every ARN and grant of it is scoped (`arn(..., **config.where)`)."""
-
-    region: str
-    account: str
 
 
 class ConfigError(ValueError):
@@ -204,10 +197,6 @@ class EnvironmentConfig:
     def spot_types(self) -> tuple[str, ...]:
         """The Spot group's instance types: spot_instance_types, or the instance_type alone."""
         return self.spot_instance_types or (self.instance_type,)
-
-    @property
-    def where(self) -> Where:
-        return Where(region=self.region, account=self.account)
 
     def name_of(self, base: str) -> str:
         """A resource name unique to this environment (two environments can share one account and region)."""

@@ -29,7 +29,7 @@ from modules.props import (
     check_pattern,
     check_range,
 )
-from modules.resource import LambdaResource
+from modules.resource import ResourceConstruct
 
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
 DEAD_LETTER_ACTIONS = ("sqs:SendMessage",)
@@ -77,7 +77,7 @@ RESERVED_ENV_KEYS = frozenset(
 )
 
 
-class PythonFunction(LambdaResource):
+class PythonFunction(ResourceConstruct):
     """A Python Lambda whose code is one package under functions/, zipped deterministically, with its log group and
     (optionally) a dead-letter queue for failed asynchronous invocations.
 
@@ -101,6 +101,8 @@ class PythonFunction(LambdaResource):
             asynchronous invocations that still fail after Lambda's two retries. Default None: no queue.
     """
 
+    SERVICE = "lambda"
+
     def __init__(
         self,
         scope: Construct,
@@ -121,9 +123,8 @@ class PythonFunction(LambdaResource):
         dead_letter_queue_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        check_environment(self, environment)
-        self._check_names(name, handler, runtime, dead_letter_queue_name)
-        check_sizes(self, memory_mb, timeout_seconds, reserved_concurrency, log_retention_days)
+        self._check_names(name, handler, runtime, environment, dead_letter_queue_name)
+        self._check_sizes(memory_mb, timeout_seconds, reserved_concurrency, log_retention_days)
         program = ROOT / "functions" / package
         sources = [(ROOT / "functions", package), *core_sources([program])]
         self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
@@ -144,11 +145,30 @@ class PythonFunction(LambdaResource):
         self.arn = self.function.arn
         self.name = self.function.function_name
 
-    def _check_names(self, name: str, handler: str, runtime: str, dead_letter_queue: str | None) -> None:
+    def _check_names(
+        self, name: str, handler: str, runtime: str, environment: Mapping[str, str], dead_letter_queue: str | None
+    ) -> None:
+        reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
+        if reserved:
+            raise ConstructPropError(
+                self,
+                "environment",
+                f"environment: {', '.join(reserved)} is reserved by the Lambda runtime; do not set it",
+            )
+        for key in environment:
+            check_pattern(
+                self, "environment", key, ENV_KEY, "an environment variable name (Lambda: [A-Za-z][A-Za-z0-9_]*)"
+            )
         check_pattern(self, "name", name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
         check_pattern(self, "handler", handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
         check_pattern(self, "runtime", runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
         check_pattern(self, "dead_letter_queue_name", dead_letter_queue, QUEUE_NAME, QUEUE_NAME_RULE)
+
+    def _check_sizes(self, memory_mb: int, timeout: int, reserved: int | None, log_retention_days: int) -> None:
+        check_range(self, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
+        check_range(self, "timeout_seconds", timeout, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
+        check_range(self, "reserved_concurrency", reserved, 0, None, "Lambda ReservedConcurrentExecutions")
+        check_in(self, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")
 
     def _code_and_wiring(self) -> dict[str, Any]:
         """The function's settings that come from its own parts: the zip and the dead-letter queue."""
@@ -251,7 +271,7 @@ def check_environment(scope: Construct, environment: Mapping[str, str]) -> None:
 
 
 def check_sizes(
-    scope: Construct, memory_mb: int, timeout_seconds: int, reserved_concurrency: int | None, log_retention_days: int
+    scope: Construct, *, memory_mb: int, timeout_seconds: int, reserved_concurrency: int | None, log_retention_days: int
 ) -> None:
     """A function's MemorySize, Timeout, ReservedConcurrentExecutions and its log group's retention."""
     check_range(scope, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")

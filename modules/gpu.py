@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from cdktf import TerraformResourceLifecycle, Token
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
@@ -76,23 +75,6 @@ DOCUMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{3,128}")
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 PROFILE_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 HEREDOC_END = "GPU_ADAPTER_PAYLOAD_END"
-# The config field (modules/config.py) each prop of the GPU hosts comes from (prop -> field), as every mode reads
-# them: GpuHost.from_config and modules/fleet.py GpuFleet.from_config add their own mode's to these.
-HOST_SETTINGS = {
-    "environment": "name",
-    "parameter_prefix": "parameter_prefix",
-    "region": "region",
-    "account": "account",
-    "instance_type": "instance_type",
-    "root_volume_gb": "root_volume_gb",
-    "ami_parameter": "ami_parameter",
-}
-GPU_HOST_SETTINGS = {
-    **HOST_SETTINGS,
-    "mode": "gpu_mode",
-    "instance_ids": "gpu_instance_ids",
-    "instance_count": "gpu_instance_count",
-}
 
 
 def render_bootstrap(*, environment: str, parameter_prefix: str, region: str) -> str:
@@ -118,18 +100,6 @@ def render_bootstrap(*, environment: str, parameter_prefix: str, region: str) ->
     body = (DEPLOY / "bootstrap.sh").read_text().splitlines()[1:]
     lines += [line for line in body if not line.lstrip().startswith("#")]
     return "\n".join(lines) + "\n"
-
-
-def props_from(config: EnvironmentConfig, settings: Mapping[str, str]) -> dict[str, Any]:
-    """The props `settings` names (prop -> config field), with their values in `config`."""
-    return {prop: getattr(config, field) for prop, field in settings.items()}
-
-
-def check_host(scope: Construct, environment: str, parameter_prefix: str, instance_profile_name: str) -> None:
-    """What every mode's hosts are given: the environment (their tag), their release's prefix, their profile."""
-    check_pattern(scope, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
-    check_pattern(scope, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
-    check_pattern(scope, "instance_profile_name", instance_profile_name, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
 
 
 def terraform_literal(text: str) -> str:
@@ -190,9 +160,10 @@ def bootstrap_document_name(config: EnvironmentConfig) -> str | None:
 def instances_for(config: EnvironmentConfig) -> GpuInstances:
     """The environment's GPU instances for grants: by id when adopted, by the environment tag when created (fleet
     mode's instances are Auto Scaling's to start and stop: modules/fleet.py fleet_for)."""
+    where = {"region": config.region, "account": config.account}
     if config.gpu_mode == "adopt":
-        return GpuInstances(instance_ids=config.gpu_instance_ids, **config.where)
-    return GpuInstances(environment=config.name, **config.where)
+        return GpuInstances(instance_ids=config.gpu_instance_ids, **where)
+    return GpuInstances(environment=config.name, **where)
 
 
 class GpuInstances:
@@ -287,7 +258,9 @@ class GpuHost(Construct):
     ) -> None:
         super().__init__(scope, id)
         check_in(self, "mode", mode, HOST_MODES, "GpuHost's modes; fleet mode is GpuFleet")
-        check_host(self, environment, parameter_prefix, instance_profile_name)
+        check_pattern(self, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
+        check_pattern(self, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
+        check_pattern(self, "instance_profile_name", instance_profile_name, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
         self.mode, self.name, self.environment = mode, name, environment
         self.profile_name = instance_profile_name
         self.script = render_bootstrap(environment=environment, parameter_prefix=parameter_prefix, region=region)
@@ -324,9 +297,23 @@ class GpuHost(Construct):
         cls, scope: Construct, id: str, *, config: EnvironmentConfig, instance_profile_name: str
     ) -> GpuHost:
         """The environment's hosts as its config describes them (modules/config.py gpu_mode and its settings)."""
-        name = config.name_of(BOOTSTRAP_DOCUMENT if config.gpu_mode == "adopt" else HOSTS)
-        props = props_from(config, GPU_HOST_SETTINGS)
-        return cls(scope, id, name=name, instance_profile_name=instance_profile_name, **props)
+        adopt = config.gpu_mode == "adopt"
+        return cls(
+            scope,
+            id,
+            mode=config.gpu_mode,
+            name=config.name_of(BOOTSTRAP_DOCUMENT if adopt else HOSTS),
+            environment=config.name,
+            parameter_prefix=config.parameter_prefix,
+            region=config.region,
+            account=config.account,
+            instance_profile_name=instance_profile_name,
+            instance_ids=config.gpu_instance_ids,
+            instance_type=config.instance_type,
+            instance_count=config.gpu_instance_count,
+            root_volume_gb=config.root_volume_gb,
+            ami_parameter=config.ami_parameter,
+        )
 
     def _check_adopt(self, name: str, ids: Sequence[str], *create: object) -> None:
         check_pattern(self, "name", name, DOCUMENT_NAME, "3-128 of A-Za-z0-9_.- (CreateDocument)")

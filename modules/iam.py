@@ -22,7 +22,6 @@ from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from constructs import Construct
 
-from modules.forwarded import Forwarded
 from modules.props import check, check_actions, check_pattern, check_range, fail
 
 POLICY_VERSION = "2012-10-17"
@@ -211,8 +210,13 @@ class Role(Construct):
             else None
         )
 
-    arn = Forwarded("resource", "arn")
-    name = Forwarded("resource", "name")
+    @property
+    def arn(self) -> str:
+        return self.resource.arn
+
+    @property
+    def name(self) -> str:
+        return self.resource.name
 
     def add(
         self,

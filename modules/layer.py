@@ -43,7 +43,7 @@ from modules.assets import Bundle, build_zip
 from modules.config import ROOT
 from modules.function import PYTHON_RUNTIME
 from modules.props import check_in, check_pattern
-from modules.resource import LambdaResource
+from modules.resource import ResourceConstruct
 
 FORMAT_VERSION = 1  # part of the cache key: bump when the steps of `_install` or `_normalize` change
 CACHE_DIR = ROOT / "build" / "layers"
@@ -160,7 +160,7 @@ def _check_limits(requirements: Path, built: Path) -> None:
         raise LayerBuildError(f"{requirements}: layer zip is {built.stat().st_size} bytes, over the 50 MB upload")
 
 
-class DependencyLayer(LambdaResource):
+class DependencyLayer(ResourceConstruct):
     """A Lambda layer of pinned third-party packages, built for the function's platform and cached by content.
 
     Args:
@@ -172,6 +172,8 @@ class DependencyLayer(LambdaResource):
         runtime: a python3.N runtime; picks the wheels' Python version and ABI. Default python3.11.
         cache_dir: where built zips are kept, by cache key. Default build/layers.
     """
+
+    SERVICE = "lambda"
 
     def __init__(
         self,

@@ -27,7 +27,6 @@ from core import metrics
 from core.metrics import STUCK_STEPS, Metric
 from modules.alarm import DAY_SECONDS, DEPTH_METRICS, WEEK_SECONDS
 from modules.config import EMAIL
-from modules.forwarded import Forwarded
 from modules.iam import ACCOUNT_ID, Role, Statement, arn, policy, render
 from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check, check_actions, check_pattern, check_range, fail
 from modules.resource import ResourceConstruct
@@ -307,8 +306,13 @@ class OperationsDashboard(Construct):
         self.body = dashboard_body(self, _rows(name, region, period_seconds, alarms, group_name))
         self.dashboard = CloudwatchDashboard(self, "dashboard", dashboard_name=name, dashboard_body=self.body)
 
-    arn = Forwarded("dashboard", "dashboard_arn")
-    name = Forwarded("dashboard", "dashboard_name")
+    @property
+    def arn(self) -> str:
+        return self.dashboard.dashboard_arn
+
+    @property
+    def name(self) -> str:
+        return self.dashboard.dashboard_name
 
 
 def _rows(name: str, region: str, period: int, alarms: OperationsAlarms, group: str | None) -> list[list[Any]]:

@@ -9,7 +9,6 @@ from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from cdktf_cdktf_provider_aws.sqs_queue_redrive_allow_policy import SqsQueueRedriveAllowPolicy
 from constructs import Construct
 
-from modules.forwarded import Forwarded
 from modules.iam import Role, Statement, render
 from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check_actions, check_pattern, check_range
 
@@ -47,8 +46,6 @@ class TaskQueue(Construct):
             1 day.
         dlq_retention_seconds: the same for dead letters, 60..1209600. Default 14 days, the most SQS keeps.
         max_receive_count: receives before SQS moves a message to the DLQ, 1..1000. Default 3.
-
-    Attributes: arn, url, name (the task queue's), dlq_arn, dlq_url, dlq_name, queue and dlq (the aws_sqs_queues).
     """
 
     def __init__(
@@ -103,12 +100,29 @@ class TaskQueue(Construct):
         for prop, seconds in (("retention_seconds", retention), ("dlq_retention_seconds", dlq_retention)):
             check_range(self, prop, seconds, MIN_RETENTION_SECONDS, MAX_RETENTION_SECONDS, "SQS MessageRetentionPeriod")
 
-    arn = Forwarded("queue", "arn")
-    url = Forwarded("queue", "url")
-    name = Forwarded("queue", "name")
-    dlq_arn = Forwarded("dlq", "arn")
-    dlq_url = Forwarded("dlq", "url")
-    dlq_name = Forwarded("dlq", "name")
+    @property
+    def arn(self) -> str:
+        return self.queue.arn
+
+    @property
+    def url(self) -> str:
+        return self.queue.url
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    @property
+    def dlq_arn(self) -> str:
+        return self.dlq.arn
+
+    @property
+    def dlq_name(self) -> str:
+        return self.dlq.name
+
+    @property
+    def dlq_url(self) -> str:
+        return self.dlq.url
 
     def grant(self, grantee: Role, *actions: str, on: Literal["queue", "dlq", "both"] = "queue") -> list[Statement]:
         """`actions` (sqs:*) on the task queue, the dead-letter queue, or both in one statement."""

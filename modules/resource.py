@@ -23,9 +23,3 @@ class ResourceConstruct(Construct):
     def grant(self, grantee: Role, *actions: str) -> list[Statement]:
         """`actions` (each `SERVICE:*`) on exactly this resource; returns the statement it added to `grantee`."""
         return [grantee.add(check_actions(self, actions, self.SERVICE), [self.arn])]
-
-
-class LambdaResource(ResourceConstruct):
-    """A resource of the Lambda service (a function, a layer version): its grants take lambda:* actions."""
-
-    SERVICE = "lambda"

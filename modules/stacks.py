@@ -13,7 +13,6 @@ from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from constructs import Construct
 
 from core import contract
-from modules import stacks_events  # the events layer: its resource names (its roles are granted them) and roles
 from modules.alarm import Schedule
 from modules.api import OrchestratorApi
 from modules.base import EnvironmentStack
@@ -38,6 +37,17 @@ from modules.iam import Role, arn
 from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
+from modules.stacks_events import (
+    EVENT_BUS,
+    EVENTS_FAILED_QUEUE,
+    EVENTS_FUNCTION,
+    EVENTS_ROLE,
+    SIGNING_SECRET,
+    WEBHOOK_FUNCTION,
+    WEBHOOK_QUEUE,
+    WEBHOOK_ROLE,
+    EventsRoles,
+)
 from modules.table import HostTable, TaskTable
 
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
@@ -103,7 +113,8 @@ class ArtifactsStack(EnvironmentStack):
             "adapter",
             bucket=self.bucket,
             parameter_prefix=config.parameter_prefix,
-            **config.where,
+            region=config.region,
+            account=config.account,
             config=runtime_environment(config, queue=queue, table=table, hosts=hosts, bucket=self.bucket),
         )
         # What the canvas image service may do (canvas/README.md): its image prefix only, for whoever runs it.
@@ -136,7 +147,7 @@ class IamStack(EnvironmentStack):
         hosts.grant_report(self.orchestrator)  # gpuq cost: the billed running intervals
         hosts.grant_liveness(self.gpu_instance)
         hosts.grant_controller(self.shutdown)
-        self.events = stacks_events.EventsRoles(events=self._events_role(table), webhooks=self._webhooks_role(table))
+        self.events = EventsRoles(events=self._events_role(table), webhooks=self._webhooks_role(table))
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role of the orchestrator API function")
         self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
@@ -149,7 +160,9 @@ class IamStack(EnvironmentStack):
         """Each role trusts its service for this account only, and carries the boundary bootstrap made for this
         environment (none in `local`, which has no bootstrap): modules/iam.py Role, modules/bootstrap.py."""
         config = self.config
-        return Role(self, id, **config.where, permissions_boundary=boundary_for(config), **props)
+        return Role(
+            self, id, account=config.account, region=config.region, permissions_boundary=boundary_for(config), **props
+        )
 
     def _orchestrator_role(
         self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable, artifacts: ArtifactsStack
@@ -160,7 +173,7 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The orchestrator API: accepts tasks, asks the controller to start GPUs, presigns files.",
         )
-        where = self.config.where
+        where = {"region": self.config.region, "account": self.config.account}
         queue.grant_send_messages(role)
         queue.grant_read_depth(role, include_dlq=True)  # /healthz reports both depths
         table.grant_submit(role)
@@ -196,7 +209,7 @@ class IamStack(EnvironmentStack):
         artifacts.bucket.grant_read(role, INPUTS_PREFIX)
         artifacts.bucket.grant_write(role, RESULTS_PREFIX)
         artifacts.release.grant_install(role)
-        where = self.config.where
+        where = {"region": self.config.region, "account": self.config.account}
         grant_ssm_agent(role, **where, document_name=bootstrap_document_name(self.config))
         if isinstance(gpu, FleetGroup):
             gpu.grant_member(role)  # scale-in protection while busy, the hand-back hook, leaving when idle
@@ -209,16 +222,15 @@ class IamStack(EnvironmentStack):
         park the positions of batches that failed every retry."""
         role = self._role(
             "task-events",
-            name=self.name_of(stacks_events.EVENTS_ROLE),
+            name=self.name_of(EVENTS_ROLE),
             assumed_by="lambda.amazonaws.com",
             description="The task-events function: the task table's stream to EventBridge and the webhook queue.",
         )
-        where = self.config.where
+        where = {"region": self.config.region, "account": self.config.account}
         table.grant_stream_read(role)
-        role.add(("events:PutEvents",), [bus_arn(self.name_of(stacks_events.EVENT_BUS), **where)])
-        queues = (stacks_events.WEBHOOK_QUEUE, stacks_events.EVENTS_FAILED_QUEUE)
-        role.add(SEND, [arn("sqs", self.name_of(q), **where) for q in queues])
-        grant_logs(role, **where, function_name=self.name_of(stacks_events.EVENTS_FUNCTION))
+        role.add(("events:PutEvents",), [bus_arn(self.name_of(EVENT_BUS), **where)])
+        role.add(SEND, [arn("sqs", self.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
+        grant_logs(role, **where, function_name=self.name_of(EVENTS_FUNCTION))
         return role
 
     def _webhooks_role(self, table: TaskTable) -> Role:
@@ -226,18 +238,18 @@ class IamStack(EnvironmentStack):
         state, read the signing key and write the first one."""
         role = self._role(
             "task-webhooks",
-            name=self.name_of(stacks_events.WEBHOOK_ROLE),
+            name=self.name_of(WEBHOOK_ROLE),
             assumed_by="lambda.amazonaws.com",
             description="The webhook function: signs and delivers task webhooks, records their state on the task.",
         )
-        where = self.config.where
-        queue = arn("sqs", self.name_of(stacks_events.WEBHOOK_QUEUE), **where)
+        where = {"region": self.config.region, "account": self.config.account}
+        queue = arn("sqs", self.name_of(WEBHOOK_QUEUE), **where)
         # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
         role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
         table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
-        secret = secret_arn(self.name_of(stacks_events.SIGNING_SECRET), **where)
+        secret = secret_arn(self.name_of(SIGNING_SECRET), **where)
         role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
-        grant_logs(role, **where, function_name=self.name_of(stacks_events.WEBHOOK_FUNCTION))
+        grant_logs(role, **where, function_name=self.name_of(WEBHOOK_FUNCTION))
         return role
 
     def _shutdown_role(self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable) -> Role:
@@ -247,7 +259,7 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
         )
-        where = self.config.where
+        where = {"region": self.config.region, "account": self.config.account}
         if isinstance(gpu, FleetGroup):
             # The desired capacity only: Auto Scaling starts, stops and terminates the instances with its own
             # service-linked role, so this role has no ec2:StartInstances/StopInstances in fleet mode.
@@ -334,7 +346,8 @@ class LambdaStack(EnvironmentStack):
             package="shutdown",
             handler="shutdown.handler.handler",
             role=iam.shutdown,
-            **config.where,
+            region=config.region,
+            account=config.account,
             memory_mb=128,
             timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
@@ -384,7 +397,8 @@ class ApiStack(EnvironmentStack):
             "api",
             name=self.name_of(API_FUNCTION),
             role=iam.orchestrator,
-            **config.where,
+            region=config.region,
+            account=config.account,
             submit_policy_name=self.name_of(SUBMIT_POLICY),
             admin_policy_name=self.name_of(ADMIN_POLICY),
             environment=contract.render(

@@ -122,7 +122,8 @@ class EventsStack(EnvironmentStack):
             package,
             package=package,
             handler=f"{package}.handler.handler",
-            **config.where,
+            region=config.region,
+            account=config.account,
             memory_mb=128,
             timeout_seconds=timeout_seconds,
             **props,  # type: ignore[arg-type]
@@ -162,7 +163,8 @@ class AlarmStack(EnvironmentStack):
             self,
             "topic",
             name=self.name_of(ALARM_TOPIC),
-            **config.where,
+            region=config.region,
+            account=config.account,
             emails=config.alarm_emails,
         )
         self.operations = OperationsAlarms(

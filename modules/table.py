@@ -17,7 +17,6 @@ from cdktf_cdktf_provider_aws.dynamodb_table import (
 from constructs import Construct
 
 from core.tasks import STATUS_INDEX  # the index every program queries: one name, declared with the task model
-from modules.forwarded import Forwarded
 from modules.iam import Role, Statement
 from modules.props import check_actions, check_pattern
 
@@ -64,8 +63,13 @@ class RetainedTable(Construct):
             **table,
         )
 
-    arn = Forwarded("table", "arn")
-    name = Forwarded("table", "name")
+    @property
+    def arn(self) -> str:
+        return self.table.arn
+
+    @property
+    def name(self) -> str:
+        return self.table.name
 
 
 class TaskTable(RetainedTable):

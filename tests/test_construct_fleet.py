@@ -7,8 +7,6 @@ mode, every grant, and the one-line refusals."""
 from __future__ import annotations
 
 import base64
-import inspect
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from cdktf import TerraformStack
 from modules.config import EnvironmentConfig
 from modules.fleet import (
     CONTROLLER_DESCRIBE_ACTIONS,
-    FLEET_SETTINGS,
     MEMBER_ACTIONS,
     MEMBER_DESCRIBE_ACTIONS,
     FleetGroup,
@@ -318,12 +315,3 @@ def test_from_config_and_fleet_for_name_the_same_group() -> None:
     assert (built.name, built.max_size, built.slots) == ("gpu-fleet-dev", 4, 2)
     group = one(synth(TerraformStack.of(built)), "aws_autoscaling_group")
     assert group["max_size"] == 4 and "warm_pool" in group
-
-
-def test_from_config_reads_a_config_setting_for_every_prop_but_the_named_ones() -> None:
-    """FLEET_SETTINGS is plain strings: each key must be a prop of GpuFleet, each value a setting of the config, and
-    only the name, the profile (the gpu stack's) and the root device (no setting) come from elsewhere."""
-    props = set(inspect.signature(GpuFleet.__init__).parameters) - {"self", "scope", "id"}
-    assert set(FLEET_SETTINGS) == props - {"name", "instance_profile_name", "root_device_name"}
-    settings = {f.name for f in fields(EnvironmentConfig)} | {"parameter_prefix"}  # the one derived setting read
-    assert set(FLEET_SETTINGS.values()) <= settings

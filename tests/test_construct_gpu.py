@@ -6,11 +6,9 @@ launch template is modules/host_template.py's, shared with fleet mode (tests/tes
 from __future__ import annotations
 
 import base64
-import inspect
 import json
 import re
 import subprocess
-from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -19,7 +17,6 @@ from cdktf import TerraformStack
 from modules.config import DEFAULT_AMI_PARAMETER
 from modules.gpu import (
     ENVIRONMENT_TAG,
-    GPU_HOST_SETTINGS,
     SSM_AGENT_ACTIONS,
     SSM_ASSOCIATION_ACTIONS,
     SSM_DOCUMENT_ACTIONS,
@@ -277,14 +274,3 @@ def test_from_config_builds_each_mode_and_scopes_grants_alike() -> None:
         host.instances.arns,
         host.instances.conditions,
     )
-
-
-def test_from_config_reads_a_config_setting_for_every_prop_but_the_named_ones() -> None:
-    """GPU_HOST_SETTINGS is plain strings: each key must be a prop of GpuHost, each value a setting of the config, and
-    only the name, the profile (the gpu stack's) and what no setting holds (root device, VPC) come from elsewhere."""
-    from modules.config import EnvironmentConfig
-
-    props = set(inspect.signature(GpuHost.__init__).parameters) - {"self", "scope", "id"}
-    assert set(GPU_HOST_SETTINGS) == props - {"name", "instance_profile_name", "root_device_name", "vpc_id"}
-    settings = {f.name for f in fields(EnvironmentConfig)} | {"parameter_prefix"}  # the one derived setting read
-    assert set(GPU_HOST_SETTINGS.values()) <= settings
