@@ -204,7 +204,6 @@ class OrchestratorApi(ResourceConstruct):
         )
 
     # -- attributes ------------------------------------------------------------------------------------------------
-
     @property
     def version(self) -> str:
         """The version `publish` made of the current code: the one the admin alias points at."""
@@ -237,7 +236,6 @@ class OrchestratorApi(ResourceConstruct):
         return f"{self.function_arn}:{ADMIN_ALIAS}"
 
     # -- grants ----------------------------------------------------------------------------------------------------
-
     def grant_invoke_url(self, grantee: Role, *, admin: bool = False) -> list[Statement]:
         """What the submit (or, with `admin`, the admin) policy allows, in a role's own policy."""
         return [

@@ -207,5 +207,5 @@ class DependencyLayer(ResourceConstruct):
             compatible_runtimes=[runtime],
             compatible_architectures=[architecture],
         )
-        self.arn = self.layer.arn
+        self.arn = self.layer.arn  # the layer version's ARN (`...:layer:<name>:<version>`): what `layers` lists
         self.name = self.layer.layer_name
