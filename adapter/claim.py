@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from core import logs
@@ -20,27 +21,19 @@ from .queue import QueueClient, receive_count
 log = logging.getLogger("adapter.worker")
 
 
+@dataclass(eq=False)  # a service object: compared by identity
 class Claims:
     """The worker's claims (`stopping`: the worker's stop, which cuts a wait for a dead holder short). `finish`: the
     worker's settle write (TaskStore.finish with the instance's price, and the task's metrics); `ended`: told of a
     task this ends without holding it."""
 
-    def __init__(
-        self,
-        config: AdapterConfig,
-        store: TaskStore,
-        queue: QueueClient,
-        stopping: threading.Event,
-        *,
-        finish: Callable[..., TaskRecord],
-        ended: Callable[[TaskRecord], None],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.queue = queue
-        self.stopping = stopping
-        self.finish = finish
-        self.ended = ended
+    config: AdapterConfig
+    store: TaskStore
+    queue: QueueClient
+    stopping: threading.Event
+    _: KW_ONLY
+    finish: Callable[..., TaskRecord]
+    ended: Callable[[TaskRecord], None]
 
     def claim(self, parsed: TaskMessage, message: dict[str, Any]) -> TaskRecord | None:
         """The claimed record, or None when this message must not run (and has been dealt with)."""

@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from core import contract as c
 from core import logs
 from core.hosts import HostStore
 from core.tasks import now_ms
 
+from .every import Every
 from .metadata import Metadata, MetadataUnavailable
 
 log = logging.getLogger("adapter.liveness")
@@ -42,35 +44,28 @@ def instance_id(metadata: Metadata, why: str) -> str:
         ) from None
 
 
+@dataclass(eq=False)  # a service object: compared by identity
 class Liveness:
     """`tick()` from the loop: a `seen` write when LIVENESS_SECONDS have passed since the last one (or never was)."""
 
-    def __init__(
-        self,
-        hosts: HostStore,
-        *,
-        instance_id: str,
-        worker: str,
-        every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = now_ms,
-    ) -> None:
-        self.hosts = hosts
-        self.instance_id = instance_id
-        self.worker = worker
-        self.every_s = every_s
-        self._clock = clock
-        self._wall_ms = wall_ms
-        self._next: float | None = None  # None: nothing written yet, the first tick writes
+    hosts: HostStore
+    _: KW_ONLY
+    instance_id: str
+    worker: str
+    every_s: float
+    clock: Callable[[], float] = time.monotonic
+    wall_ms: Callable[[], int] = now_ms
+    _due: Every = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._due = Every(self.every_s, clock=self.clock)  # the first tick writes
 
     def tick(self) -> bool:
         """Write if due; True when a write was made and succeeded."""
-        now = self._clock()
-        if self._next is not None and now < self._next:
+        if not self._due.due():
             return False
-        self._next = now + self.every_s  # a failed write waits a whole interval too: at most one call per interval
         try:
-            self.hosts.seen(self.instance_id, worker=self.worker, at_ms=self._wall_ms())
+            self.hosts.seen(self.instance_id, worker=self.worker, at_ms=self.wall_ms())
         except Exception as err:
             logs.event(log, "liveness_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
             return False

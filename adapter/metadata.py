@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from core import logs
@@ -151,6 +151,7 @@ def _json(body: str | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else {"action": str(doc)}
 
 
+@dataclass(eq=False)  # a service object: compared by identity
 class MetadataWatch:
     """A daemon thread that reads the metadata every `every_s` and hands each Reading to `on_reading`.
 
@@ -158,21 +159,17 @@ class MetadataWatch:
     instance is leaving already (a first boot into the warm pool says Warmed:Stopped). A read that fails is logged
     once per run of failures and changes nothing: the last reading stands."""
 
-    def __init__(
-        self,
-        metadata: Metadata,
-        *,
-        every_s: float,
-        in_group: bool,
-        on_reading: Callable[[Reading], None],
-    ) -> None:
-        self.metadata = metadata
-        self.every_s = every_s
-        self.in_group = in_group
-        self.on_reading = on_reading
-        self.last: Reading | None = None
-        self._failing = False
-        self._done = threading.Event()
+    metadata: Metadata
+    _: KW_ONLY
+    every_s: float
+    in_group: bool
+    on_reading: Callable[[Reading], None]
+    last: Reading | None = field(default=None, init=False)
+    _failing: bool = field(default=False, init=False)
+    _done: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._run, name="metadata-watch", daemon=True)
 
     def check(self) -> Reading | None:

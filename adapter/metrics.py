@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from core import logs
@@ -113,31 +114,25 @@ class SlotTime:
             return busy, total
 
 
+@dataclass(eq=False)  # a service object: compared by identity
 class Meter:
     """The worker's metrics. `write`: where EMF lines go (a LogShipper, or stdout by default); `flush`: sends what
     `write` buffered (the shipper's flush; None for stdout)."""
 
-    def __init__(
-        self,
-        *,
-        namespace: str,
-        slots: int,
-        worker: str,
-        write: Callable[[str], Any] | None = None,
-        flush: Callable[[], Any] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = now_ms,
-        gpus: Callable[[], dict[m.Metric, float]] = gpu_readings,
-        every_s: float = METRICS_INTERVAL_S,
-    ) -> None:
-        self.namespace = namespace
-        self.worker = worker
-        self.write = write
-        self._flush = flush
-        self._wall_ms = wall_ms
-        self._gpus = gpus
-        self.every_s = every_s
-        self.slot_time = SlotTime(slots, clock)
+    _: KW_ONLY
+    namespace: str
+    slots: int
+    worker: str
+    write: Callable[[str], Any] | None = None
+    flush: Callable[[], Any] | None = None
+    clock: Callable[[], float] = time.monotonic
+    wall_ms: Callable[[], int] = now_ms
+    gpus: Callable[[], dict[m.Metric, float]] = gpu_readings
+    every_s: float = METRICS_INTERVAL_S
+    slot_time: SlotTime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slot_time = SlotTime(self.slots, self.clock)
 
     @contextmanager
     def occupied(self) -> Iterator[None]:
@@ -153,7 +148,7 @@ class Meter:
         terminal, such as a cancel that found the task running elsewhere, is that worker's to report)."""
         if not record.terminal:
             return
-        at = record.finished_at if record.finished_at is not None else self._wall_ms()
+        at = record.finished_at if record.finished_at is not None else self.wall_ms()
         per_type: dict[m.Metric, float] = {m.ATTEMPTS: record.attempts}
         if record.started_at is not None:
             per_type[m.TIME_QUEUED] = max(0, record.started_at - record.created_at) / 1000
@@ -181,11 +176,11 @@ class Meter:
             m.GPU_IDLE_MINUTES: round(max(0.0, total_s - busy_s) / 60, 4),
         }
         if with_gpus:
-            values.update(self._gpus())
-        self._emit(values, {}, self._wall_ms(), None)
-        if self._flush is not None:
+            values.update(self.gpus())
+        self._emit(values, {}, self.wall_ms(), None)
+        if self.flush is not None:
             try:
-                self._flush()
+                self.flush()
             except Exception as err:
                 logs.event(log, "metrics_flush_failed", logging.WARNING, error=f"{type(err).__name__}: {err}")
 

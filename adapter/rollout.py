@@ -12,9 +12,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from core import logs
+
+from .every import Every
 
 log = logging.getLogger("adapter.rollout")
 
@@ -22,6 +25,7 @@ log = logging.getLogger("adapter.rollout")
 EXIT_NEW_BUNDLE = 75
 
 
+@dataclass(eq=False)  # a service object: compared by identity
 class RolloutWatch:
     """`changed()` is cheap: at most two GetParameter calls per `every_s`; errors keep what runs.
 
@@ -29,34 +33,26 @@ class RolloutWatch:
     (a JSON object of env vars) against the environment this process started with: a config-only change needs the
     same restart, since install.sh writes the env file systemd starts the adapter with."""
 
-    def __init__(
-        self,
-        ssm: Any,
-        *,
-        param_name: str,
-        running_bundle: str,
-        config_param: str | None = None,
-        running_env: Mapping[str, str] | None = None,
-        every_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ssm = ssm
-        self.param_name = param_name
-        self.running_bundle = running_bundle
-        self.config_param = config_param
-        self.running_env = dict(running_env or {})
-        self.every_s = every_s
-        self._clock = clock
+    ssm: Any
+    _: KW_ONLY
+    param_name: str
+    running_bundle: str
+    config_param: str | None = None
+    running_env: Mapping[str, str] = field(default_factory=dict)
+    every_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _due: Every = field(init=False)
+
+    def __post_init__(self) -> None:
         # Not at once: if installing the new bundle keeps failing, install.sh keeps the old one, and this check
         # would restart the unit after every boot; waiting `every_s` caps that loop at one restart per interval.
-        self._next_check = clock() + every_s
+        self._due = Every(self.every_s, clock=self.clock, wait_first=True)
+        self.running_env = dict(self.running_env)  # a snapshot: the environment this process started with
 
     def changed(self) -> str | None:
         """Why a restart is due (a new bundle, or config keys that differ), else None."""
-        now = self._clock()
-        if now < self._next_check:
+        if not self._due.due():
             return None
-        self._next_check = now + self.every_s
         try:
             wanted = self.ssm.get_parameter(Name=self.param_name)["Parameter"]["Value"]
             config = (

@@ -35,10 +35,11 @@ from core import logs
 from core.message import MalformedMessage, TaskMessage
 from core.store import TaskStore, TransitionRejected
 from core.task_types import Registry, TaskTypeError
-from core.tasks import TaskRecord, TaskStatus, new_enqueue_id, now_ms
+from core.tasks import TaskRecord, TaskStatus, new_enqueue_id
 
 from .claim import Claims
 from .config import AdapterConfig
+from .every import Every
 from .fleet import Departure, Membership
 from .heartbeat import Heartbeat
 from .liveness import Liveness
@@ -125,14 +126,14 @@ class Worker:
                 param_name=config.bundle_param,
                 running_bundle=config.running_bundle,
                 config_param=config.config_param,
-                running_env=running_env,
+                running_env=running_env or {},
                 every_s=config.rollout_check_s,
             )
         self.liveness = liveness
         self.meter = meter or Meter(namespace=config.metrics_namespace, slots=config.slots, worker=config.worker_id)
         self.stopping = threading.Event()
         self.claims = Claims(config, store, self.queue, self.stopping, finish=self.finish, ended=self.meter.task_ended)
-        self._next_sweep = 0.0
+        self._sweep = Every(config.dlq_sweep_s)
 
     def request_stop(self) -> None:
         """First SIGTERM: receive nothing new; every running attempt is stopped and handed back by `settle`."""
@@ -227,9 +228,7 @@ class Worker:
     def idle(self) -> int | None:
         if self.rollout is not None and self.rollout.changed() is not None:
             return EXIT_NEW_BUNDLE  # systemd restarts us; ExecStartPre installs what the parameters now name
-        clock = now_ms() / 1000
-        if clock >= self._next_sweep:
-            self._next_sweep = clock + self.config.dlq_sweep_s
+        if self._sweep.due():
             try:
                 sweep_dlq(
                     self.store,
