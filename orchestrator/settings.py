@@ -11,39 +11,43 @@ from botocore.config import Config
 
 from core import contract as c
 from core.contract import SettingError
-from core.tasks import STATUS_INDEX
+from core.setting_fields import read_fields, setting_field
 
 # An Event invoke returns once Lambda has queued the event; this bounds how long a submit can spend on it when Lambda
 # is slow or unreachable (a failed nudge is only logged: the controller's schedule is the backstop).
 NUDGE_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    """The service's settings; each is the contract setting of the same meaning (core/contract.py)."""
+    """The service's settings. A `setting_field` is the contract setting of the same meaning, with its default
+    (core/contract.py); the others are read in `from_env`, where this service reads a setting its own way."""
 
-    queue_url: str
-    dlq_url: str
-    table_name: str
-    instance_ids: tuple[str, ...]
-    token: str | None  # None in insecure local mode and in IAM mode
-    controller_function: str  # the controller Lambda the API nudges after each submit
-    insecure: bool = False
-    status_index: str = STATUS_INDEX
-    region: str | None = None
-    max_body_bytes: int = c.MAX_BODY_BYTES.default or 0
-    auth: str = "token"  # or "iam": behind a Lambda function URL with AWS_IAM auth (orchestrator/identity.py)
-    admin_arns: tuple[str, ...] = ()
-    artifacts_bucket: str | None = None  # None: the file endpoints answer 503, the rest works
-    upload_max_bytes: int = c.UPLOAD_MAX_BYTES.default or 0
-    upload_url_expires_s: int = c.UPLOAD_URL_EXPIRES_S.default or 0
-    result_url_expires_s: int = c.RESULT_URL_EXPIRES_S.default or 0
-    log_tail_bytes: int = c.LOG_TAIL_BYTES.default or 0
-    fleet_name: str | None = None  # fleet mode: /healthz lists the Auto Scaling group's instances
-    hosts_table: str | None = None  # the GPU hosts table (billed intervals); None: /cost's idle overhead is unknown
-    gpu_hourly_usd: float | None = None  # the GPU instance's price per hour; None: /cost prices nothing billed
-    metrics_namespace: str = c.METRICS_NAMESPACE.default or ""
-    webhook_allow_loopback: bool = False  # local environments only: a task's notify_url may name 127.0.0.1 / ::1
+    queue_url: str = setting_field(c.TASK_QUEUE_URL)
+    dlq_url: str = setting_field(c.TASK_DLQ_URL)
+    table_name: str = setting_field(c.TASK_TABLE_NAME)
+    instance_ids: tuple[str, ...] = setting_field(c.GPU_INSTANCE_IDS)
+    token: str | None = setting_field(c.ORCHESTRATOR_TOKEN)  # None in insecure local mode and in IAM mode
+    controller_function: str = setting_field(c.CONTROLLER_FUNCTION_NAME)  # nudged after each submit
+    insecure: bool = False  # ORCHESTRATOR_INSECURE, or the CLI's --insecure-local
+    status_index: str = setting_field(c.TASK_STATUS_INDEX)
+    region: str | None = None  # AWS_REGION (Lambda's), else AWS_DEFAULT_REGION
+    max_body_bytes: int = setting_field(c.MAX_BODY_BYTES)
+    auth: str = setting_field(c.ORCHESTRATOR_AUTH)  # or "iam": behind a function URL with AWS_IAM auth (identity.py)
+    admin_arns: tuple[str, ...] = setting_field(c.ORCHESTRATOR_ADMIN_ARNS)
+    artifacts_bucket: str | None = None  # ARTIFACTS_BUCKET; None: the file endpoints answer 503, the rest works
+    upload_max_bytes: int = setting_field(c.UPLOAD_MAX_BYTES)
+    upload_url_expires_s: int = setting_field(c.UPLOAD_URL_EXPIRES_S)
+    result_url_expires_s: int = setting_field(c.RESULT_URL_EXPIRES_S)
+    log_tail_bytes: int = setting_field(c.LOG_TAIL_BYTES)
+    fleet_name: str | None = setting_field(c.GPU_FLEET_NAME)  # fleet mode: /healthz lists the group's instances
+    # HOSTS_TABLE_NAME: optional here though the contract requires it of the controller; without it only /cost's
+    # idle overhead is missing, and the report says so.
+    hosts_table: str | None = None
+    gpu_hourly_usd: float | None = setting_field(c.GPU_HOURLY_USD)  # None: /cost prices nothing billed
+    metrics_namespace: str = setting_field(c.METRICS_NAMESPACE)
+    # Local environments only: a task's notify_url may name 127.0.0.1 / ::1.
+    webhook_allow_loopback: bool = setting_field(c.WEBHOOK_ALLOW_LOOPBACK)
 
     def __post_init__(self) -> None:
         if self.fleet_name and self.instance_ids:
@@ -92,31 +96,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, insecure: bool | None = None) -> Settings:
         env = os.environ if env is None else env
-        return cls(
-            queue_url=c.TASK_QUEUE_URL.read(env),
-            dlq_url=c.TASK_DLQ_URL.read(env),
-            table_name=c.TASK_TABLE_NAME.read(env),
-            instance_ids=c.GPU_INSTANCE_IDS.read(env),
-            token=c.ORCHESTRATOR_TOKEN.read_optional(env),
-            controller_function=c.CONTROLLER_FUNCTION_NAME.read(env),
+        return read_fields(
+            cls,
+            env,
             insecure=c.ORCHESTRATOR_INSECURE.read(env) if insecure is None else insecure,
-            status_index=c.TASK_STATUS_INDEX.read(env),
             region=c.AWS_REGION.read_optional(env) or c.AWS_DEFAULT_REGION.read_optional(env),
-            max_body_bytes=c.MAX_BODY_BYTES.read(env),
-            auth=c.ORCHESTRATOR_AUTH.read(env),
-            admin_arns=c.ORCHESTRATOR_ADMIN_ARNS.read(env),
             artifacts_bucket=c.ARTIFACTS_BUCKET.read_optional(env),
-            upload_max_bytes=c.UPLOAD_MAX_BYTES.read(env),
-            upload_url_expires_s=c.UPLOAD_URL_EXPIRES_S.read(env),
-            result_url_expires_s=c.RESULT_URL_EXPIRES_S.read(env),
-            log_tail_bytes=c.LOG_TAIL_BYTES.read(env),
-            fleet_name=c.GPU_FLEET_NAME.read_optional(env),
-            # Optional here though the contract requires it of the controller: without it only /cost's idle
-            # overhead is missing, and the report says so.
             hosts_table=c.HOSTS_TABLE_NAME.read_optional(env),
-            gpu_hourly_usd=c.GPU_HOURLY_USD.read_optional(env),
-            metrics_namespace=c.METRICS_NAMESPACE.read(env),
-            webhook_allow_loopback=c.WEBHOOK_ALLOW_LOOPBACK.read(env),
         )
 
 
