@@ -13,15 +13,7 @@ import sys
 import time
 from typing import Any
 
-from _result import write_result  # a sibling module: see _result.py
-
-
-def _torch_cuda() -> Any:
-    try:
-        import torch  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return torch if torch.cuda.is_available() else None
+from _result import torch_cuda, write_result  # a sibling module: see _result.py
 
 
 def run_torch(torch: Any, size: int, repeat: int) -> dict[str, Any]:
@@ -54,7 +46,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
-    torch = _torch_cuda()
+    torch = torch_cuda()
     result = run_torch(torch, args.size, args.repeat) if torch else run_python(args.size, args.repeat)
     flops = 2.0 * args.size**3 * args.repeat
     result.update(

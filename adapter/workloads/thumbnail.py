@@ -15,20 +15,12 @@ import sys
 import time
 from typing import Any
 
-from _result import write_result  # a sibling module: see _result.py
+from _result import torch_cuda, write_result  # a sibling module: see _result.py
 
 OUTPUT = "thumbnail.png"
 NO_PILLOW = (
     "thumbnail: Pillow is not installed for this Python ({python}); install it on the GPU host: pip install pillow"
 )
-
-
-def _torch_cuda() -> Any:
-    try:
-        import torch  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return torch if torch.cuda.is_available() else None
 
 
 def target_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -68,7 +60,7 @@ def main(argv: list[str]) -> int:
         image = ImageOps.exif_transpose(opened)  # upright, as a viewer shows it
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     dims = target_size(image.width, image.height, args.size)
-    torch = _torch_cuda()
+    torch = torch_cuda()
     start = time.perf_counter()
     resized = resize_gpu(torch, image, dims) if torch else resize_cpu(image, dims)
     elapsed = time.perf_counter() - start
