@@ -25,11 +25,11 @@ No I/O and no clock: `now` comes in the Observation, the group in a Fleet (funct
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .idle import Observation, Policy, idle_blocker, task_demand
+from .idle import Observation, Policy, decision_log, idle_blocker, task_demand
 
 # Auto Scaling's LifecycleState values (DescribeAutoScalingGroups Instances[].LifecycleState;
 # https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_Instance.html) this rule reads.
@@ -81,9 +81,7 @@ class FleetDecision:
     reason: str
 
     def to_log(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["action"] = self.action.value
-        return out
+        return decision_log(self)
 
 
 def instances_needed(obs: Observation, policy: Policy, *, slots: int, max_size: int) -> int:

@@ -82,9 +82,15 @@ class Decision:
     stopping_ids: tuple[str, ...] = ()  # work waits on these: start them once they reach `stopped`
 
     def to_log(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["action"] = self.action.value
-        return out
+        return decision_log(self)
+
+
+def decision_log(decision: Any) -> dict[str, Any]:
+    """A decision dataclass (Decision, core.fleet.FleetDecision) as a log record: its fields, the action as its
+    plain value."""
+    out = asdict(decision)
+    out["action"] = decision.action.value
+    return out
 
 
 def waiting_reason(obs: Observation, policy: Policy) -> str | None:
