@@ -14,7 +14,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core import contract as c
@@ -171,8 +171,7 @@ class Settings:
         region = c.AWS_DEFAULT_REGION.read_optional(env) or c.AWS_REGION.read_optional(env)
         if not region:
             raise SettingError(c.AWS_DEFAULT_REGION.name, "not set (region of the S3 bucket)")
-        orchestrator = c.ORCHESTRATOR_URL.read_optional(env)
-        if not orchestrator:
+        if not c.ORCHESTRATOR_URL.read_optional(env):
             raise SettingError(c.ORCHESTRATOR_URL.name, "not set (the orchestrator API the image tasks go to)")
         # ORCHESTRATOR_AUTH=iam: the deployed API behind its function URL (AWS_IAM). The canvas submits for many
         # users, so its identity holds the stack's admin policy and calls the AdminApiUrl (docs/OPERATIONS.md).
@@ -186,7 +185,9 @@ class Settings:
             **{field: declared.read(env) for field, declared in FIELDS.items()},
             bucket=bucket,
             region=region,
-            orchestrator_url=_checked(c.ORCHESTRATOR_URL.name, orchestrator),
+            # The contract declares ORCHESTRATOR_URL as text; the service also needs an http(s) URL, checked here so
+            # that it is reported after the settings read before it.
+            orchestrator_url=replace(c.ORCHESTRATOR_URL, parse=_url).read(env),
             orchestrator_token=None if iam else token,
         )
         settings.check()
@@ -200,10 +201,3 @@ class Settings:
             raise SettingError(MAX_DIRECT_BYTES.name, "must be at most 5 GiB (S3's limit for one POST upload)")
         if self.jwt_secret is not None and len(self.jwt_secret) < 32:
             raise SettingError(SUPABASE_JWT_SECRET.name, "shorter than 32 characters: not a Supabase JWT secret")
-
-
-def _checked(name: str, raw: str) -> str:
-    try:
-        return _url(raw)
-    except ValueError as err:
-        raise SettingError(name, f"{raw!r} is not valid: {err}") from None
