@@ -31,7 +31,7 @@ from typing import Any
 import boto3
 
 from core import contract
-from localaws import fleet_resources, gpu_resources  # noqa: F401  (register the GPU host stack's creators)
+from localaws import fleet_resources, gpu_resources, lambda_resources  # noqa: F401  (register their creators)
 from localaws.gpu_resources import DataResolver, escape_literals
 from localaws.resources import create
 from localaws.tfjson import Stack, load_stacks, resource_order, stack_order
