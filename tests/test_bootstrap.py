@@ -109,7 +109,7 @@ def test_the_boundary_allows_everything_the_runtime_roles_are_granted(
 ) -> None:
     """Each action on each resource of each runtime role's inline policy, as synthesized: inside the boundary (a
     boundary narrower than a grant would break that component in AWS while every moto test passed)."""
-    from localaws.enforce import ALLOW, evaluate
+    from localaws.iam_eval import ALLOW, evaluate
 
     stacks = load(synthesized("dev"))
     iam = stacks["gpu-orchestrator-iam"]
@@ -152,6 +152,6 @@ def test_the_boundary_allows_everything_the_runtime_roles_are_granted(
 def test_the_boundary_caps_whatever_a_role_is_given(boundary: dict[str, Any], action: str, resource: str) -> None:
     """What an `Action: *` inline policy on a runtime role still cannot do: nothing in IAM or STS, nothing outside
     this environment's own resources and actions."""
-    from localaws.enforce import ALLOW, evaluate
+    from localaws.iam_eval import ALLOW, evaluate
 
     assert evaluate([boundary], action, resource) != ALLOW

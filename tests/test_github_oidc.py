@@ -320,10 +320,10 @@ def test_deploy_policy_scopes_resources_to_our_names_and_this_environment(out: d
 
 
 def test_event_source_mappings_and_the_alarm_key_are_held_to_this_environment(out: dict[str, Any]) -> None:
-    """The conditions decide, as IAM evaluates them (localaws.enforce.evaluate): a mapping only for staging's two
+    """The conditions decide, as IAM evaluates them (localaws.iam_eval.evaluate): a mapping only for staging's two
     functions; the key created only with staging's tag, changed and deleted only while it carries it, deleted only
     with the longest wait, and never written past the lockout check."""
-    from localaws.enforce import ALLOW, DENY, evaluate
+    from localaws.iam_eval import ALLOW, DENY, evaluate
 
     doc = policy_of(out, "gpu-orchestrator-deploy-staging")
     account, region = _account(out), "us-east-1"

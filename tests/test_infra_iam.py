@@ -290,7 +290,7 @@ def _fleet_dev() -> Any:
 def test_the_fleet_boundary_allows_the_group_grants_and_nothing_of_another_group_or_instance() -> None:
     """The boundary bootstrap makes for a fleet environment: every Auto Scaling grant of the runtime roles is inside
     it, on this environment's group only, and EC2 starts and stops are outside it (Auto Scaling does those)."""
-    from localaws.enforce import ALLOW, evaluate
+    from localaws.iam_eval import ALLOW, evaluate
     from modules.bootstrap import boundary_policy
 
     config = _fleet_dev()
