@@ -78,11 +78,10 @@ from cdktf_cdktf_provider_aws.data_aws_subnet import DataAwsSubnet
 from constructs import Construct
 
 from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_TYPE, MAX_SPOT_TYPES, RANGES, SUBNET_ID, EnvironmentConfig
-from modules.gpu import DESCRIBE_ACTIONS, ENVIRONMENT_NAME, PROFILE_NAME, REBOOT_ACTIONS, render_bootstrap
+from modules.gpu import DESCRIBE_ACTIONS, REBOOT_ACTIONS, check_host, host_settings, render_bootstrap
 from modules.host_template import ENVIRONMENT_TAG, HostTemplate
 from modules.iam import Role, Statement, arn
 from modules.props import check, check_actions, check_pattern, check_range
-from modules.rollout import PARAMETER_PREFIX
 
 FLEET = "gpu-fleet"  # the group's base name (EnvironmentConfig.name_of adds the suffix); also its template's
 HANDBACK = "handback"  # its termination hook is <group>-handback
@@ -324,9 +323,7 @@ class GpuFleet(Construct):
         spot_types: Sequence[str],
     ) -> None:
         check_pattern(self, "name", hook_name_of(name), HOOK_NAME, "a name whose hook fits A-Za-z0-9-_/ (1-255)")
-        check_pattern(self, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
-        check_pattern(self, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
-        check_pattern(self, "instance_profile_name", profile, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
+        check_host(self, environment=environment, parameter_prefix=parameter_prefix, profile=profile)
         check_range(self, "max_size", max_size, *RANGES["fleet_max_size"], "modules/config.py fleet_max_size")
         check_range(self, "slots", slots, *RANGES["gpus_per_instance"], "GPUs of one instance type")
         check(self, "spot_instance_types", tuple(spot_types), spot or not spot_types, "is for spot=True only")
@@ -382,20 +379,14 @@ class GpuFleet(Construct):
             scope,
             id,
             name=config.name_of(FLEET),
-            environment=config.name,
-            parameter_prefix=config.parameter_prefix,
-            region=config.region,
-            account=config.account,
             instance_profile_name=instance_profile_name,
             max_size=config.fleet_max_size,
             slots=config.gpus_per_instance,
-            instance_type=config.instance_type,
-            root_volume_gb=config.root_volume_gb,
-            ami_parameter=config.ami_parameter,
             spot=config.fleet_spot,
             spot_instance_types=config.spot_instance_types,
             handback_timeout_seconds=config.handback_timeout_seconds,
             subnet_ids=config.fleet_subnet_ids,
+            **host_settings(config),
         )
 
     def grant(self, grantee: Role, *actions: str) -> list[Statement]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 from cdktf import TerraformResourceLifecycle, Token
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
@@ -166,6 +167,40 @@ def instances_for(config: EnvironmentConfig) -> GpuInstances:
     return GpuInstances(environment=config.name, **where)
 
 
+class HostSettings(TypedDict):
+    """What GpuHost and GpuFleet (modules/fleet.py) both take from the environment's config: who the hosts are, and
+    what they run on (a TypedDict, so `**host_settings(config)` is type-checked against each constructor)."""
+
+    environment: str
+    parameter_prefix: str
+    region: str
+    account: str
+    instance_type: str
+    root_volume_gb: int
+    ami_parameter: str
+
+
+def host_settings(config: EnvironmentConfig) -> HostSettings:
+    """The HostSettings of `config`; each `from_config` adds its own mode's settings."""
+    return HostSettings(
+        environment=config.name,
+        parameter_prefix=config.parameter_prefix,
+        region=config.region,
+        account=config.account,
+        instance_type=config.instance_type,
+        root_volume_gb=config.root_volume_gb,
+        ami_parameter=config.ami_parameter,
+    )
+
+
+def check_host(scope: Construct, *, environment: str, parameter_prefix: str, profile: str) -> None:
+    """The props every kind of GPU host shares (GpuHost, modules/fleet.py GpuFleet): its environment's tag value,
+    its release's SSM prefix and its instance profile."""
+    check_pattern(scope, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
+    check_pattern(scope, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
+    check_pattern(scope, "instance_profile_name", profile, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
+
+
 class GpuInstances:
     """Not a Construct: it creates nothing, it only scopes grants to the GPU instances.
 
@@ -258,9 +293,7 @@ class GpuHost(Construct):
     ) -> None:
         super().__init__(scope, id)
         check_in(self, "mode", mode, HOST_MODES, "GpuHost's modes; fleet mode is GpuFleet")
-        check_pattern(self, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
-        check_pattern(self, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
-        check_pattern(self, "instance_profile_name", instance_profile_name, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
+        check_host(self, environment=environment, parameter_prefix=parameter_prefix, profile=instance_profile_name)
         self.mode, self.name, self.environment = mode, name, environment
         self.profile_name = instance_profile_name
         self.script = render_bootstrap(environment=environment, parameter_prefix=parameter_prefix, region=region)
@@ -303,16 +336,10 @@ class GpuHost(Construct):
             id,
             mode=config.gpu_mode,
             name=config.name_of(BOOTSTRAP_DOCUMENT if adopt else HOSTS),
-            environment=config.name,
-            parameter_prefix=config.parameter_prefix,
-            region=config.region,
-            account=config.account,
             instance_profile_name=instance_profile_name,
             instance_ids=config.gpu_instance_ids,
-            instance_type=config.instance_type,
             instance_count=config.gpu_instance_count,
-            root_volume_gb=config.root_volume_gb,
-            ami_parameter=config.ami_parameter,
+            **host_settings(config),
         )
 
     def _check_adopt(self, name: str, ids: Sequence[str], *create: object) -> None:
