@@ -33,14 +33,7 @@ from constructs import Construct
 from core.contract import ADMIN_ALIAS
 from modules.assets import ZipAsset, core_sources
 from modules.config import ROOT
-from modules.function import (
-    FUNCTION_NAME,
-    PYTHON_RUNTIME,
-    check_environment,
-    check_sizes,
-    grant_logs,
-    logged_function,
-)
+from modules.function import FunctionSettings, grant_logs, logged_function
 from modules.iam import Role, Statement, arn, policy, render
 from modules.layer import CACHE_DIR, PLATFORMS, DependencyLayer
 from modules.props import check_in, check_pattern
@@ -113,21 +106,7 @@ class OrchestratorApi(ResourceConstruct):
         layer_cache_dir: Path = CACHE_DIR,
     ) -> None:
         super().__init__(scope, id)
-        self._check(name, runtime, architecture, environment, submit_policy_name, admin_policy_name)
-        check_sizes(
-            self,
-            memory_mb=memory_mb,
-            timeout_seconds=timeout_seconds,
-            reserved_concurrency=reserved_concurrency,
-            log_retention_days=log_retention_days,
-        )
-        self._name, self._region, self._account = name, region, account
-        self.code = ZipAsset(self, "code", name="lambda-orchestrator", sources=code_sources())
-        self.layer = DependencyLayer(
-            self, "deps", name=f"{name}-deps", architecture=architecture, runtime=runtime, cache_dir=layer_cache_dir
-        )
-        self.log_group, self.function = logged_function(
-            self,
+        settings = FunctionSettings(
             name=name,
             role=role,
             runtime=runtime,
@@ -137,29 +116,22 @@ class OrchestratorApi(ResourceConstruct):
             environment=environment,
             reserved_concurrency=reserved_concurrency,
             log_retention_days=log_retention_days,
-            **self._code_and_wiring(architecture),
         )
+        settings.check(self)
+        check_in(self, "architecture", architecture, tuple(PLATFORMS), "Lambda Architectures")
+        check_pattern(self, "submit_policy_name", submit_policy_name, POLICY_NAME, POLICY_NAME_RULE)
+        check_pattern(self, "admin_policy_name", admin_policy_name, POLICY_NAME, POLICY_NAME_RULE)
+        self._name, self._region, self._account = name, region, account
+        self.code = ZipAsset(self, "code", name="lambda-orchestrator", sources=code_sources())
+        self.layer = DependencyLayer(
+            self, "deps", name=f"{name}-deps", architecture=architecture, runtime=runtime, cache_dir=layer_cache_dir
+        )
+        self.log_group, self.function = logged_function(self, settings, **self._code_and_wiring(architecture))
         self.arn = self.function.arn
         self.name = self.function.function_name
         self.function_url, self.alias, self.admin_function_url = self._urls()
         self.submit_policy = self._managed_policy("submit", submit_policy_name, admin=False)
         self.admin_policy = self._managed_policy("admin-policy", admin_policy_name, admin=True)
-
-    def _check(
-        self,
-        name: str,
-        runtime: str,
-        architecture: str,
-        environment: Mapping[str, str],
-        submit_policy_name: str,
-        admin_policy_name: str,
-    ) -> None:
-        check_pattern(self, "name", name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
-        check_pattern(self, "runtime", runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
-        check_in(self, "architecture", architecture, tuple(PLATFORMS), "Lambda Architectures")
-        check_environment(self, environment)
-        check_pattern(self, "submit_policy_name", submit_policy_name, POLICY_NAME, POLICY_NAME_RULE)
-        check_pattern(self, "admin_policy_name", admin_policy_name, POLICY_NAME, POLICY_NAME_RULE)
 
     def _code_and_wiring(self, architecture: str) -> dict[str, Any]:
         """The settings that come from the construct's own parts: the code zip and the layer. `publish` makes each

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
@@ -19,7 +20,7 @@ from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from constructs import Construct
 
 from modules.assets import ZipAsset, core_sources
-from modules.config import ROOT
+from modules.config import ROOT, EnvironmentConfig
 from modules.iam import Role, Statement, arn
 from modules.props import (
     QUEUE_NAME,
@@ -123,14 +124,7 @@ class PythonFunction(ResourceConstruct):
         dead_letter_queue_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        self._check_names(name, handler, runtime, environment, dead_letter_queue_name)
-        self._check_sizes(memory_mb, timeout_seconds, reserved_concurrency, log_retention_days)
-        program = ROOT / "functions" / package
-        sources = [(ROOT / "functions", package), *core_sources([program])]
-        self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
-        self.dead_letters = self._dead_letter_queue(dead_letter_queue_name)
-        self.log_group, self.function = logged_function(
-            self,
+        settings = FunctionSettings(
             name=name,
             role=role,
             runtime=runtime,
@@ -140,35 +134,16 @@ class PythonFunction(ResourceConstruct):
             environment=environment,
             reserved_concurrency=reserved_concurrency,
             log_retention_days=log_retention_days,
-            **self._code_and_wiring(),
         )
+        settings.check(self)
+        check_pattern(self, "dead_letter_queue_name", dead_letter_queue_name, QUEUE_NAME, QUEUE_NAME_RULE)
+        program = ROOT / "functions" / package
+        sources = [(ROOT / "functions", package), *core_sources([program])]
+        self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
+        self.dead_letters = self._dead_letter_queue(dead_letter_queue_name)
+        self.log_group, self.function = logged_function(self, settings, **self._code_and_wiring())
         self.arn = self.function.arn
         self.name = self.function.function_name
-
-    def _check_names(
-        self, name: str, handler: str, runtime: str, environment: Mapping[str, str], dead_letter_queue: str | None
-    ) -> None:
-        reserved = sorted(RESERVED_ENV_KEYS.intersection(environment))
-        if reserved:
-            raise ConstructPropError(
-                self,
-                "environment",
-                f"environment: {', '.join(reserved)} is reserved by the Lambda runtime; do not set it",
-            )
-        for key in environment:
-            check_pattern(
-                self, "environment", key, ENV_KEY, "an environment variable name (Lambda: [A-Za-z][A-Za-z0-9_]*)"
-            )
-        check_pattern(self, "name", name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
-        check_pattern(self, "handler", handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
-        check_pattern(self, "runtime", runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
-        check_pattern(self, "dead_letter_queue_name", dead_letter_queue, QUEUE_NAME, QUEUE_NAME_RULE)
-
-    def _check_sizes(self, memory_mb: int, timeout: int, reserved: int | None, log_retention_days: int) -> None:
-        check_range(self, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
-        check_range(self, "timeout_seconds", timeout, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
-        check_range(self, "reserved_concurrency", reserved, 0, None, "Lambda ReservedConcurrentExecutions")
-        check_in(self, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")
 
     def _code_and_wiring(self) -> dict[str, Any]:
         """The function's settings that come from its own parts: the zip and the dead-letter queue."""
@@ -208,35 +183,68 @@ class PythonFunction(ResourceConstruct):
         )
 
 
+def package_function(scope: Construct, package: str, *, config: EnvironmentConfig, **props: Any) -> PythonFunction:
+    """The function of functions/<package> (construct id `package`, handler `<package>.handler.handler`) in the
+    environment's region and account: how each stack makes its functions (shutdown, events, webhooks)."""
+    return PythonFunction(
+        scope,
+        package,
+        package=package,
+        handler=f"{package}.handler.handler",
+        region=config.region,
+        account=config.account,
+        **props,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionSettings:
+    """What every Python function here is made of beside its code (PythonFunction, modules/api.py OrchestratorApi):
+    `check` runs before any resource exists, `logged_function` builds from it."""
+
+    name: str
+    role: Role
+    runtime: str
+    handler: str
+    memory_mb: int
+    timeout_seconds: int
+    environment: Mapping[str, str]
+    reserved_concurrency: int | None
+    log_retention_days: int
+
+    def check(self, scope: Construct) -> None:
+        check_pattern(scope, "name", self.name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
+        check_pattern(scope, "handler", self.handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
+        check_pattern(scope, "runtime", self.runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
+        check_environment(scope, self.environment)
+        check_range(scope, "memory_mb", self.memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
+        check_range(scope, "timeout_seconds", self.timeout_seconds, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
+        concurrency, retention = self.reserved_concurrency, self.log_retention_days
+        check_range(scope, "reserved_concurrency", concurrency, 0, None, "Lambda ReservedConcurrentExecutions")
+        check_in(scope, "log_retention_days", retention, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")
+
+
 def logged_function(
-    scope: Construct,
-    *,
-    name: str,
-    role: Role,
-    runtime: str,
-    handler: str,
-    memory_mb: int,
-    timeout_seconds: int,
-    environment: Mapping[str, str],
-    reserved_concurrency: int | None,
-    log_retention_days: int,
-    **code: Any,
+    scope: Construct, settings: FunctionSettings, **code: Any
 ) -> tuple[CloudwatchLogGroup, LambdaFunction]:
     """A function (id "function") and its log group `/aws/lambda/<name>` (id "logs"), created first so the runtime
     never creates it without a retention; X-Ray tracing passes through. `code` are the function's own arguments
-    (its zip, layers, architectures, dead-letter queue...). Props are checked by the caller (check_sizes...)."""
-    log_group = CloudwatchLogGroup(scope, "logs", name=f"/aws/lambda/{name}", retention_in_days=log_retention_days)
+    (its zip, layers, architectures, dead-letter queue...). The caller has run `settings.check`."""
+    name = settings.name
+    log_group = CloudwatchLogGroup(
+        scope, "logs", name=f"/aws/lambda/{name}", retention_in_days=settings.log_retention_days
+    )
     function = LambdaFunction(
         scope,
         "function",
         function_name=name,
-        role=role.arn,
-        runtime=runtime,
-        handler=handler,
-        memory_size=memory_mb,
-        timeout=timeout_seconds,
-        environment=LambdaFunctionEnvironment(variables=dict(sorted(environment.items()))),
-        reserved_concurrent_executions=reserved_concurrency,
+        role=settings.role.arn,
+        runtime=settings.runtime,
+        handler=settings.handler,
+        memory_size=settings.memory_mb,
+        timeout=settings.timeout_seconds,
+        environment=LambdaFunctionEnvironment(variables=dict(sorted(settings.environment.items()))),
+        reserved_concurrent_executions=settings.reserved_concurrency,
         tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
         depends_on=[log_group],
         **code,
@@ -268,13 +276,3 @@ def check_environment(scope: Construct, environment: Mapping[str, str]) -> None:
         check_pattern(
             scope, "environment", key, ENV_KEY, "an environment variable name (Lambda: [A-Za-z][A-Za-z0-9_]*)"
         )
-
-
-def check_sizes(
-    scope: Construct, *, memory_mb: int, timeout_seconds: int, reserved_concurrency: int | None, log_retention_days: int
-) -> None:
-    """A function's MemorySize, Timeout, ReservedConcurrentExecutions and its log group's retention."""
-    check_range(scope, "memory_mb", memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
-    check_range(scope, "timeout_seconds", timeout_seconds, 1, MAX_TIMEOUT_SECONDS, "Lambda Timeout")
-    check_range(scope, "reserved_concurrency", reserved_concurrency, 0, None, "Lambda ReservedConcurrentExecutions")
-    check_in(scope, "log_retention_days", log_retention_days, LOG_RETENTION_CHOICES, "CloudWatch Logs retention")

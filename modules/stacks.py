@@ -22,7 +22,7 @@ from modules.canvas import CanvasAccess
 from modules.config import EnvironmentConfig
 from modules.events import bus_arn, secret_arn
 from modules.fleet import FleetGroup, GpuFleet, fleet_for
-from modules.function import PythonFunction, grant_dead_letter, grant_logs
+from modules.function import PythonFunction, grant_dead_letter, grant_logs, package_function
 from modules.gpu import (
     METRICS_LOG_ACTIONS,
     METRICS_LOG_DAYS,
@@ -35,6 +35,7 @@ from modules.gpu import (
 )
 from modules.iam import Role, arn
 from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
+from modules.program_env import gpu_targets, host_records, idle_rule, price, runtime_environment, task_store
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
 from modules.stacks_events import (
@@ -140,6 +141,8 @@ class IamStack(EnvironmentStack):
         artifacts: ArtifactsStack,
     ) -> None:
         super().__init__(scope, IAM, config=config)
+        # Every role and every ARN it is granted by name live in the environment's region and account.
+        self._where = {"region": config.region, "account": config.account}
         gpu = fleet_for(config) if config.gpu_mode == "fleet" else instances_for(config)
         self.orchestrator = self._orchestrator_role(gpu, queue, table, artifacts)
         self.gpu_instance = self._gpu_instance_role(gpu, queue, table, artifacts)
@@ -173,19 +176,18 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The orchestrator API: accepts tasks, asks the controller to start GPUs, presigns files.",
         )
-        where = {"region": self.config.region, "account": self.config.account}
         queue.grant_send_messages(role)
         queue.grant_read_depth(role, include_dlq=True)  # /healthz reports both depths
         table.grant_submit(role)
         gpu.grant_describe(role)  # /healthz; starting is the controller's alone
         # One owner for starts and stops: the API asks the controller to reconcile now (an asynchronous invoke).
         # By name: the function's stack is applied after this one.
-        role.add(CONTROLLER_INVOKE, [arn("lambda", f"function:{self.name_of(SHUTDOWN_FUNCTION)}", **where)])
+        role.add(CONTROLLER_INVOKE, [arn("lambda", f"function:{self.name_of(SHUTDOWN_FUNCTION)}", **self._where)])
         # Exactly what presigning needs: a presigned request carries the signer's rights, nothing more.
         artifacts.bucket.grant_write(role, INPUTS_PREFIX)  # POST /uploads
         artifacts.bucket.grant_read(role, RESULTS_PREFIX)  # GET /tasks/{id}/results and /logs
         artifacts.bucket.grant_list(role, RESULTS_PREFIX)  # one task's results (ListObjectsV2 under results/<id>/)
-        grant_logs(role, **where, function_name=self.name_of(API_FUNCTION))
+        grant_logs(role, **self._where, function_name=self.name_of(API_FUNCTION))
         return role
 
     def _gpu_instance_role(
@@ -209,11 +211,10 @@ class IamStack(EnvironmentStack):
         artifacts.bucket.grant_read(role, INPUTS_PREFIX)
         artifacts.bucket.grant_write(role, RESULTS_PREFIX)
         artifacts.release.grant_install(role)
-        where = {"region": self.config.region, "account": self.config.account}
-        grant_ssm_agent(role, **where, document_name=bootstrap_document_name(self.config))
+        grant_ssm_agent(role, **self._where, document_name=bootstrap_document_name(self.config))
         if isinstance(gpu, FleetGroup):
             gpu.grant_member(role)  # scale-in protection while busy, the hand-back hook, leaving when idle
-        metrics = arn("logs", f"log-group:{adapter_metrics_group(self.config)}", **where)
+        metrics = arn("logs", f"log-group:{adapter_metrics_group(self.config)}", **self._where)
         role.add(METRICS_LOG_ACTIONS, [f"{metrics}:*"])  # its metrics, shipped by itself (core.metrics.LogShipper)
         return role
 
@@ -226,11 +227,10 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The task-events function: the task table's stream to EventBridge and the webhook queue.",
         )
-        where = {"region": self.config.region, "account": self.config.account}
         table.grant_stream_read(role)
-        role.add(("events:PutEvents",), [bus_arn(self.name_of(EVENT_BUS), **where)])
-        role.add(SEND, [arn("sqs", self.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
-        grant_logs(role, **where, function_name=self.name_of(EVENTS_FUNCTION))
+        role.add(("events:PutEvents",), [bus_arn(self.name_of(EVENT_BUS), **self._where)])
+        role.add(SEND, [arn("sqs", self.name_of(q), **self._where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
+        grant_logs(role, **self._where, function_name=self.name_of(EVENTS_FUNCTION))
         return role
 
     def _webhooks_role(self, table: TaskTable) -> Role:
@@ -242,14 +242,13 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The webhook function: signs and delivers task webhooks, records their state on the task.",
         )
-        where = {"region": self.config.region, "account": self.config.account}
-        queue = arn("sqs", self.name_of(WEBHOOK_QUEUE), **where)
+        queue = arn("sqs", self.name_of(WEBHOOK_QUEUE), **self._where)
         # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
         role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
         table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
-        secret = secret_arn(self.name_of(SIGNING_SECRET), **where)
+        secret = secret_arn(self.name_of(SIGNING_SECRET), **self._where)
         role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
-        grant_logs(role, **where, function_name=self.name_of(WEBHOOK_FUNCTION))
+        grant_logs(role, **self._where, function_name=self.name_of(WEBHOOK_FUNCTION))
         return role
 
     def _shutdown_role(self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable) -> Role:
@@ -259,12 +258,11 @@ class IamStack(EnvironmentStack):
             assumed_by="lambda.amazonaws.com",
             description="The shutdown Lambda: stops an idle GPU, starts one with work waiting.",
         )
-        where = {"region": self.config.region, "account": self.config.account}
         if isinstance(gpu, FleetGroup):
             # The desired capacity only: Auto Scaling starts, stops and terminates the instances with its own
             # service-linked role, so this role has no ec2:StartInstances/StopInstances in fleet mode.
             gpu.grant_scale(role)
-            gpu.grant_recover(role, **where)  # a stuck member: reboot it, then have the group replace it
+            gpu.grant_recover(role, **self._where)  # a stuck member: reboot it, then have the group replace it
         else:
             gpu.grant_describe(role)
             gpu.grant_stop(role)
@@ -275,8 +273,8 @@ class IamStack(EnvironmentStack):
         # A stuck worker's tasks go back to the queue: a fresh message, then the item RUNNING -> QUEUED.
         queue.grant(role, *SEND)
         table.grant_worker(role)
-        grant_logs(role, **where, function_name=self.name_of(SHUTDOWN_FUNCTION))
-        grant_dead_letter(role, **where, queue_name=self.name_of(SHUTDOWN_DLQ))
+        grant_logs(role, **self._where, function_name=self.name_of(SHUTDOWN_FUNCTION))
+        grant_dead_letter(role, **self._where, queue_name=self.name_of(SHUTDOWN_DLQ))
         return role
 
 
@@ -339,16 +337,12 @@ class LambdaStack(EnvironmentStack):
         gpu: GpuStack,
     ) -> None:
         super().__init__(scope, LAMBDA, config=config)
-        self.function = PythonFunction(
+        self.function = package_function(
             self,
             "shutdown",
+            config=config,
             name=self.name_of(SHUTDOWN_FUNCTION),
-            package="shutdown",
-            handler="shutdown.handler.handler",
             role=iam.shutdown,
-            region=config.region,
-            account=config.account,
-            memory_mb=128,
             timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
             dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
@@ -356,13 +350,11 @@ class LambdaStack(EnvironmentStack):
                 {
                     **gpu_targets(gpu, contract.LAMBDA),
                     **task_store(queue, table, dlq=False),
-                    contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
-                    contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
+                    **idle_rule(config),
+                    **host_records(config, hosts),
                     # the queue's retention: older QUEUED items lost their message
                     contract.QUEUED_TASK_MAX_AGE_SECONDS: DAY,
-                    contract.HOSTS_TABLE_NAME: hosts.name,
                     contract.STUCK_AFTER_SECONDS: config.stuck_after_seconds,
-                    contract.METRICS_NAMESPACE: config.metrics_namespace,
                 },
                 program=contract.LAMBDA,
             ),
@@ -408,8 +400,7 @@ class ApiStack(EnvironmentStack):
                     contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
                     contract.CONTROLLER_FUNCTION_NAME: controller.name,
                     contract.ORCHESTRATOR_AUTH: "iam",
-                    contract.HOSTS_TABLE_NAME: hosts.name,
-                    contract.METRICS_NAMESPACE: config.metrics_namespace,
+                    **host_records(config, hosts),
                     **price(config),
                     **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
                 },
@@ -421,68 +412,3 @@ class ApiStack(EnvironmentStack):
         self.output("ApiFunctionName", self.api.name, "Name of the orchestrator API function")
         self.output("SubmitPolicyArn", self.api.submit_policy_arn, "Attach to whoever submits tasks (their own only)")
         self.output("AdminPolicyArn", self.api.admin_policy_arn, "Attach to whoever administers every task")
-
-
-def task_store(queue: TaskQueue, table: TaskTable, *, dlq: bool = True) -> dict[contract.Setting[Any], Any]:
-    """Where the tasks are, as every program reads it: the queue (and, with `dlq`, its dead-letter queue), the table
-    and its status index."""
-    found: dict[contract.Setting[Any], Any] = {
-        contract.TASK_QUEUE_URL: queue.url,
-        contract.TASK_TABLE_NAME: table.name,
-        contract.TASK_STATUS_INDEX: table.index_name,
-    }
-    if dlq:
-        found[contract.TASK_DLQ_URL] = queue.dlq_url
-    return found
-
-
-def gpu_targets(gpu: GpuStack, program: tuple[contract.Setting[Any], ...]) -> dict[contract.Setting[Any], Any]:
-    """Which GPUs `program` (contract.LAMBDA or contract.ORCHESTRATOR) works with: the instance ids, or in fleet mode
-    the group's name (and, for the controller, the slots per instance it sizes the group by)."""
-    if gpu.fleet is None:
-        return {contract.GPU_INSTANCE_IDS: gpu.instance_ids}
-    found: dict[contract.Setting[Any], Any] = {contract.GPU_FLEET_NAME: gpu.fleet.name}
-    if program is contract.LAMBDA:
-        found[contract.GPU_SLOTS] = gpu.fleet.slots
-    return found
-
-
-def runtime_environment(
-    config: EnvironmentConfig,
-    *,
-    queue: TaskQueue,
-    table: TaskTable,
-    hosts: HostTable,
-    bucket: PrivateBucket,
-) -> dict[str, str]:
-    """The environment the adapter runs with (published as an SSM parameter): the values known at synth time;
-    every other setting takes its default from core/contract.py. In fleet mode also its group, slots and hand-back
-    hook, by name (this stack comes before the gpu stack)."""
-    fleet: dict[contract.Setting[Any], Any] = {}
-    if config.gpu_mode == "fleet":
-        group = fleet_for(config)
-        fleet = {
-            contract.GPU_FLEET_NAME: group.name,
-            contract.GPU_SLOTS: config.gpus_per_instance,
-            contract.TERMINATION_HOOK_NAME: group.hook_name,
-        }
-    return contract.render(
-        {
-            contract.AWS_DEFAULT_REGION: config.region,
-            **task_store(queue, table),
-            contract.ARTIFACTS_BUCKET: bucket.name,
-            contract.IDLE_WINDOW_SECONDS: config.idle_window_seconds,
-            contract.MIN_UPTIME_SECONDS: config.min_uptime_minutes * 60,
-            contract.HOSTS_TABLE_NAME: hosts.name,
-            contract.METRICS_NAMESPACE: config.metrics_namespace,
-            contract.METRICS_LOG_GROUP: adapter_metrics_group(config),
-            **price(config),
-            **fleet,
-        },
-        program=contract.ADAPTER,
-    )
-
-
-def price(config: EnvironmentConfig) -> dict[contract.Setting[Any], Any]:
-    """GPU_HOURLY_USD where the environment sets one (0 means unknown: no cost is recorded, none is made up)."""
-    return {contract.GPU_HOURLY_USD: config.gpu_hourly_usd} if config.gpu_hourly_usd > 0 else {}

@@ -18,7 +18,7 @@ from modules.base import EnvironmentStack
 from modules.config import EnvironmentConfig
 from modules.events import EventBus, EventSource, SigningSecret
 from modules.fleet import fleet_for
-from modules.function import PythonFunction
+from modules.function import PythonFunction, package_function
 from modules.iam import Role
 from modules.layout import ALARM, EVENTS
 from modules.observability import AlarmTopic, OperationsAlarms, OperationsDashboard
@@ -64,8 +64,10 @@ class EventsStack(EnvironmentStack):
             dlq_name=self.name_of(f"{EVENTS_FAILED_QUEUE}-dlq"),
             retention_seconds=14 * DAY,
         )
-        self.events_function = self._function(
+        self.events_function = package_function(
+            self,
             "events",
+            config=config,
             name=self.name_of(EVENTS_FUNCTION),
             role=roles.events,
             environment=contract.render(
@@ -77,8 +79,10 @@ class EventsStack(EnvironmentStack):
             ),
             timeout_seconds=60,
         )
-        self.webhook_function = self._function(
+        self.webhook_function = package_function(
+            self,
             "webhooks",
+            config=config,
             name=self.name_of(WEBHOOK_FUNCTION),
             role=roles.webhooks,
             environment=contract.render(
@@ -114,20 +118,6 @@ class EventsStack(EnvironmentStack):
         self.output("WebhookSecretArn", self.secret.arn, "Secrets Manager secret holding the webhook signing key")
         self.output("WebhookQueueUrl", self.webhook_queue.url, "Queue of pending webhook deliveries")
         self.output("WebhookDLQUrl", self.webhook_queue.dlq_url, "Webhook deliveries whose function kept failing")
-
-    def _function(self, package: str, *, timeout_seconds: int, **props: object) -> PythonFunction:
-        config = self.config
-        return PythonFunction(
-            self,
-            package,
-            package=package,
-            handler=f"{package}.handler.handler",
-            region=config.region,
-            account=config.account,
-            memory_mb=128,
-            timeout_seconds=timeout_seconds,
-            **props,  # type: ignore[arg-type]
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
