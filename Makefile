@@ -12,6 +12,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CDKTF := node_modules/.bin/cdktf
+# pytest-xdist workers for `make test`: the suite waits on its local servers as much as it computes, so two workers
+# on two cores take it from about 13.5 to about 7 minutes. Each worker has its own session moto server and synth.
+TEST_WORKERS ?= 2
 
 # jsii prints an end-of-life banner for Node 20 on every run; these two switches silence exactly that banner.
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
@@ -66,7 +69,7 @@ bootstrap: $(STAMP)
 	$(PY) scripts/tf.py bootstrap --env $(ENV)
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 lint: $(STAMP)
 	bash scripts/lint.sh
