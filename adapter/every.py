@@ -1,6 +1,6 @@
-"""The timed chores the loop does on its own turns (the liveness write, the rollout check, the DLQ sweep): each is
-due at most once per interval of a monotonic clock, and is done by the loop's thread, never by a thread of its own,
-so a loop that hangs stops doing them."""
+"""The timed chores the loop does on its own turns (the liveness write, the rollout check, the DLQ sweep, the
+termination hook's heartbeat while leaving): each is due at most once per interval of a monotonic clock, and is done
+by the loop's thread, never by a thread of its own, so a loop that hangs stops doing them."""
 
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ from typing import Any
 
 from core import logs
 
+from .every import Every
 from .metadata import Reading
 from .slots import Slots
 
@@ -177,7 +178,7 @@ class Departure:
         self._hook_due = False  # the group is taking the instance away and a termination hook may wait for us
         self._hook_done = False
         self._hook_tries = 0
-        self._next_beat = 0.0
+        self._beat = Every(HOOK_HEARTBEAT_S, clock=clock)  # the hook's heartbeat while slots hand back
 
     def note(self, reading: Reading) -> None:
         why = reading.leaving()
@@ -190,7 +191,7 @@ class Departure:
             return
         if not self.leaving.is_set():
             self.reason = why
-            self._next_beat = self._clock() + HOOK_HEARTBEAT_S
+            self._beat = Every(HOOK_HEARTBEAT_S, clock=self._clock, wait_first=True)
             self.leaving.set()
             logs.event(log, "leaving_service", logging.WARNING, reason=why)
         hook = self.membership is not None and self.membership.hook_name
@@ -203,8 +204,7 @@ class Departure:
         interval."""
         membership = self.membership
         if slots.busy():
-            if self._hook_due and membership is not None and self._clock() >= self._next_beat:
-                self._next_beat = self._clock() + HOOK_HEARTBEAT_S
+            if self._hook_due and membership is not None and self._beat.due():
                 membership.heartbeat_hook()
             slots.wait_idle(1.0)
             return
