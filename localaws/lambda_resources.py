@@ -5,6 +5,8 @@ when its bytes do not match the `source_code_hash` the plan carries, as Terrafor
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,6 @@ from localaws.tfjson import UnsupportedTerraform
 
 def _checked_zip(stack_dir: Path, filename: str, source_code_hash: str, what: str) -> bytes:
     """The asset's bytes, refused (as Terraform would plan a change) when they are not what the hash says."""
-    import base64
-    import hashlib
-
     code = (stack_dir / filename).read_bytes()
     if base64.b64encode(hashlib.sha256(code).digest()).decode() != source_code_hash:
         raise UnsupportedTerraform(f"{what}: source_code_hash does not match {filename}")
