@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
         from .app import create_app
 
-        # httptools and uvloop (pinned beside uvicorn): the C HTTP parser and event loop take about a tenth off the
-        # service's CPU time per upload (bench/canvas.py), most of it spent passing the body through in chunks.
+        # httptools and uvloop (pinned beside uvicorn): the C HTTP parser and event loop took about a tenth off the
+        # service's CPU time per 4 MB upload (bench/canvas.py's setup, paired runs).
         uvicorn.run(
             create_app(deps), host=settings.host, port=settings.port, log_level="info", http="httptools", loop="uvloop"
         )
