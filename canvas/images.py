@@ -23,13 +23,11 @@ the bytes those dimensions need, every scanline with a known filter type: the fa
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .strip_steps import BLOCK, BadImage, Driver, NotAnImage, Out, steps_for, strip_webp
+from .strip_steps import BLOCK, MALFORMED, BadImage, Driver, NotAnImage, Out, steps_for, strip_webp
 
 TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 PILLOW_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
@@ -131,7 +129,7 @@ def strip(src: Path, dst: Path, content_type: str, *, max_pixels: int | None = N
                     if driver.done:
                         break
                 decoded = driver.end()
-        except (struct.error, IndexError, zlib.error) as err:
+        except MALFORMED as err:
             raise BadImage(f"malformed {content_type} container: {err}") from None
     return Stored(dst, out.size, out.digest.hexdigest(), content_type, decoded)
 
@@ -169,7 +167,7 @@ class StripStream:
             self._feed(view)
         except (NotAnImage, BadImage) as err:
             self._error = err
-        except (struct.error, IndexError, zlib.error) as err:
+        except MALFORMED as err:
             self._error = BadImage(f"malformed {self.content_type} container: {err}")
 
     def finish(self) -> Stored:
@@ -187,7 +185,7 @@ class StripStream:
                 self._spool.seek(0)
                 try:
                     strip_webp(self._spool, self._out)
-                except (struct.error, IndexError) as err:
+                except MALFORMED as err:
                     raise BadImage(f"malformed {self.content_type} container: {err}") from None
             elif self._driver is not None:
                 decoded = self._driver.end()

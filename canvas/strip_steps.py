@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from collections.abc import Callable, Generator
-from typing import BinaryIO
+from typing import BinaryIO, cast
+
+# zlib-ng's inflate behind zlib's own API: the PNG pixel check runs on the request's thread while the body arrives,
+# and zlib-ng inflates a 4 MB noise PNG's image data in 0.55 ms against the stdlib zlib's 2.19 ms (best of 10).
+from zlib_ng import zlib_ng
+
+# zlib-ng's stub declares its error as an instance (`error: Exception`); at run time it is the exception class.
+InflateError = cast(type[Exception], zlib_ng.error)
 
 BLOCK = 1 << 20
 
@@ -21,6 +27,10 @@ class NotAnImage(ValueError):
 class BadImage(ValueError):
     """Claims to be an image but does not decode, or is over the pixel limit: HTTP 422."""
 
+
+# What a truncated or malformed container raises from the parsers below (a short struct, an index past the end, a
+# corrupt zlib stream): callers turn these into BadImage.
+MALFORMED = (struct.error, IndexError, InflateError)
 
 ORIENTATION_TAG = 0x0112
 # PNG ancillary chunks that carry metadata rather than image data (PNG spec, 11.3 "Textual information", eXIf).
@@ -171,7 +181,7 @@ class PngPixels:
             cols, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
             if cols > 0 and rows > 0:
                 self.passes.append((rows, 1 + (cols * bits + 7) // 8))
-        self.inflater = zlib.decompressobj()
+        self.inflater = zlib_ng.decompressobj()
         self.pass_index = 0
         self.offset = 0  # into the current pass
 
@@ -182,7 +192,7 @@ class PngPixels:
                 return  # Pillow also ignores what follows the zlib stream; `finish` says if it was too short
             try:
                 inflated = self.inflater.decompress(pending, self.PIECE)
-            except zlib.error as err:
+            except InflateError as err:
                 raise BadImage(f"PNG image data does not inflate: {err}") from None
             pending = self.inflater.unconsumed_tail
             self._scanlines(inflated)
