@@ -56,20 +56,9 @@ def compose(app: Construct, config: EnvironmentConfig) -> None:
     artifacts = stacks.ArtifactsStack(app, config=config, queue=queue, table=table, hosts=hosts)
     iam = stacks.IamStack(app, config=config, queue=queue, table=table, hosts=hosts, artifacts=artifacts)
     gpu = stacks.GpuStack(app, config=config, iam=iam)
-    controller = stacks.LambdaStack(
-        app, config=config, iam=iam, queue=queue, table=table, hosts=hosts, gpu=gpu
-    ).function
-    stacks.ApiStack(
-        app,
-        config=config,
-        iam=iam,
-        queue=queue,
-        table=table,
-        hosts=hosts,
-        artifacts=artifacts,
-        controller=controller,
-        gpu=gpu,
-    )
+    layers = stacks.Layers(iam=iam, queue=queue, table=table, hosts=hosts, gpu=gpu)
+    controller = stacks.LambdaStack(app, config=config, layers=layers).function
+    stacks.ApiStack(app, config=config, layers=layers, artifacts=artifacts, controller=controller)
     stacks_events.EventsStack(app, config=config, table=table, roles=iam.events)
     stacks_events.AlarmStack(app, config=config, function=controller, queue=queue)
 

@@ -21,7 +21,6 @@ with an event it wrote itself, naming any caller ARN.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,10 @@ URL_ONLY_INVOKE = (("lambda:InvokeFunction",), {"Bool": {"lambda:InvokedViaFunct
 # IAM quotas (IAM User Guide, reference_iam-quotas): a managed policy name is 1-128 characters of A-Za-z0-9+=,.@_-.
 POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 POLICY_NAME_RULE = "1-128 characters of A-Za-z0-9+=,.@_- (IAM policy name)"
-# A year of requests (who submitted, cancelled and read which task): the API's audit trail, a few lines per call.
-API_LOG_RETENTION_DAYS = 365
 # Every call is a handful of DynamoDB, SQS, S3-presign and EC2 requests: 29 s bounds what a hung AWS call can cost
 # and ends before the CLI's own 30 s client timeout (orchestrator/client.py), so the CLI sees Lambda's error.
 DEFAULT_TIMEOUT_SECONDS = 29
+DEFAULT_MEMORY_MB = 512
 
 
 def code_sources() -> list[tuple[Path, str]]:
@@ -63,23 +61,16 @@ class OrchestratorApi(ResourceConstruct):
     its log group, and the two managed policies that let people call it.
 
     Args:
-        name: FunctionName: 1-64 characters of A-Za-z0-9_- (Lambda quotas); also names the log group
-            `/aws/lambda/<name>` and, with `-deps`, the layer. Required.
-        role: the execution role. Its log grant is `grant_logs` (modules/function.py), by name. Required.
-        environment: variables for the app (core/contract.py ORCHESTRATOR); keys are letters, digits and underscores,
-            starting with a letter, none the Lambda runtime reserves. Required.
+        settings: what the function runs with (modules/function.py FunctionSettings). Its name also names the layer
+            (`<name>-deps`); its role's log grant is `grant_logs`, by name; its environment is the app's
+            (core/contract.py ORCHESTRATOR); its runtime is the one the layer's wheels are built for. Unset memory_mb
+            is 512 here (CPU share grows with memory, and the cold start imports FastAPI, pydantic and boto3), unset
+            timeout_seconds 29 (a function URL waits up to 900); the default log retention, a year, is the API's audit
+            trail (who submitted, cancelled and read which task). Required.
         region, account: where the function runs; the policies name its ARNs. Required.
         submit_policy_name, admin_policy_name: names of the managed policies allowing the plain URL, and the plain
             and the admin URL (1-128 characters of A-Za-z0-9+=,.@_-). Required.
-        memory_mb: MemorySize, 128..10240 MB (AWS default 128). Default 512: CPU share grows with memory, and
-            the cold start imports FastAPI, pydantic and boto3.
-        timeout_seconds: Timeout, 1..900 s (AWS default 3; a function URL waits up to 900). Default 29.
         architecture: "arm64" or "x86_64" (AWS default x86_64). Default "arm64": cheaper per GB-second.
-        runtime: a python3.N runtime. Default python3.11, the version the layer's wheels are built for.
-        log_retention_days: one of CloudWatch Logs' retention values (1, 3, 5, ... 3653; 0 never expires).
-            Default 365.
-        reserved_concurrency: ReservedConcurrentExecutions, >= 0 (0 stops every invocation). Default None: the
-            account's unreserved pool.
         layer_cache_dir: where the dependency layer's zips are cached (modules/layer.py). Default build/layers.
     """
 
@@ -90,43 +81,33 @@ class OrchestratorApi(ResourceConstruct):
         scope: Construct,
         id: str,
         *,
-        name: str,
-        role: Role,
-        environment: Mapping[str, str],
+        settings: FunctionSettings,
         region: str,
         account: str,
         submit_policy_name: str,
         admin_policy_name: str,
-        memory_mb: int = 512,
-        timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
         architecture: str = "arm64",
-        runtime: str = "python3.11",
-        log_retention_days: int = API_LOG_RETENTION_DAYS,
-        reserved_concurrency: int | None = None,
         layer_cache_dir: Path = CACHE_DIR,
     ) -> None:
         super().__init__(scope, id)
-        settings = FunctionSettings(
-            name=name,
-            role=role,
-            runtime=runtime,
-            handler=HANDLER,
-            memory_mb=memory_mb,
-            timeout_seconds=timeout_seconds,
-            environment=environment,
-            reserved_concurrency=reserved_concurrency,
-            log_retention_days=log_retention_days,
-        )
+        settings = settings.or_defaults(memory_mb=DEFAULT_MEMORY_MB, timeout_seconds=DEFAULT_TIMEOUT_SECONDS)
         settings.check(self)
         check_in(self, "architecture", architecture, tuple(PLATFORMS), "Lambda Architectures")
         check_pattern(self, "submit_policy_name", submit_policy_name, POLICY_NAME, POLICY_NAME_RULE)
         check_pattern(self, "admin_policy_name", admin_policy_name, POLICY_NAME, POLICY_NAME_RULE)
+        name = settings.name
         self._name, self._region, self._account = name, region, account
         self.code = ZipAsset(self, "code", name="lambda-orchestrator", sources=code_sources())
         self.layer = DependencyLayer(
-            self, "deps", name=f"{name}-deps", architecture=architecture, runtime=runtime, cache_dir=layer_cache_dir
+            self,
+            "deps",
+            name=f"{name}-deps",
+            architecture=architecture,
+            runtime=settings.runtime,
+            cache_dir=layer_cache_dir,
         )
-        self.log_group, self.function = logged_function(self, settings, **self._code_and_wiring(architecture))
+        wiring = self._code_and_wiring(architecture)
+        self.log_group, self.function = logged_function(self, settings, handler=HANDLER, **wiring)
         self.arn = self.function.arn
         self.name = self.function.function_name
         self.function_url, self.alias, self.admin_function_url = self._urls()

@@ -77,9 +77,9 @@ from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabi
 from cdktf_cdktf_provider_aws.data_aws_subnet import DataAwsSubnet
 from constructs import Construct
 
-from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_TYPE, MAX_SPOT_TYPES, RANGES, SUBNET_ID, EnvironmentConfig
-from modules.gpu import DESCRIBE_ACTIONS, REBOOT_ACTIONS, check_host, host_settings, render_bootstrap
-from modules.host_template import ENVIRONMENT_TAG, HostTemplate
+from modules.config import INSTANCE_TYPE, MAX_SPOT_TYPES, RANGES, SUBNET_ID, EnvironmentConfig
+from modules.gpu import DESCRIBE_ACTIONS, REBOOT_ACTIONS, render_bootstrap
+from modules.host_template import ENVIRONMENT_TAG, HostSpec, HostTemplate
 from modules.iam import Role, Statement, arn
 from modules.props import check, check_actions, check_pattern, check_range
 
@@ -203,22 +203,17 @@ class GpuFleet(Construct):
     Args:
         name: the group's name, also the launch template's and security group's (3-128 of A-Za-z0-9().-/_,
             CreateLaunchTemplate; the hook `<name>-handback` must fit PutLifecycleHook's A-Za-z0-9-_/). Required.
-        environment: the environment's name, the value of ENVIRONMENT_TAG (1-64 of A-Za-z0-9_.-). Required.
-        parameter_prefix: AdapterRelease's (its release is under <prefix>/adapter/). Required.
-        region, account: where the fleet runs. Required.
-        instance_profile_name: the profile the hosts run with (IAM: 1-128 of A-Za-z0-9+=,.@_-). Required.
+        host: who the hosts are and what they run on (modules/host_template.py HostSpec: environment, release
+            prefix, region, account, instance profile, and the launch template's instance type (the on-demand
+            group's), root volume, AMI parameter and root device). Required.
         max_size: the group's MaxSize, 1..100 (modules/config.py fleet_max_size). Default 1.
         slots: tasks per instance, one per GPU, 1..8 (gpus_per_instance). Default 1.
-        instance_type: the launch template's <family>.<size> (the on-demand group's type). Default "g5.xlarge".
-        root_volume_gb: the encrypted gp3 root, 1..16384 GiB. Default 100.
-        ami_parameter: the SSM parameter naming the AMI. Default DEFAULT_AMI_PARAMETER.
         spot: a Spot mixed instances policy (no warm pool) instead of on demand with a warm pool. Default False.
-        spot_instance_types: spot only: the policy's overrides, 1..40 distinct types. Default (instance_type,).
+        spot_instance_types: spot only: the policy's overrides, 1..40 distinct types. Default (host.instance_type,).
         handback_timeout_seconds: the termination hook's heartbeat timeout, 30..7200 s (PutLifecycleHook).
             Default 300.
         subnet_ids: the subnets to launch into (VPCZoneIdentifier; the security group goes in the first one's VPC),
             each subnet-<hex>. Default (): every available Availability Zone of the region's default VPC.
-        root_device_name: the AMI's root device. Default "/dev/sda1".
 
     Attributes: name, arn (the group's real ARN, a token), hook_name, slots, max_size, spot, group (the
     aws_autoscaling_group), launch_template, security_group, script (the rendered bootstrap), scope (FleetGroup:
@@ -231,52 +226,35 @@ class GpuFleet(Construct):
         id: str,
         *,
         name: str,
-        environment: str,
-        parameter_prefix: str,
-        region: str,
-        account: str,
-        instance_profile_name: str,
+        host: HostSpec,
         max_size: int = 1,
         slots: int = 1,
-        instance_type: str = "g5.xlarge",
-        root_volume_gb: int = 100,
-        ami_parameter: str = DEFAULT_AMI_PARAMETER,
         spot: bool = False,
         spot_instance_types: Sequence[str] = (),
         handback_timeout_seconds: int = 300,
         subnet_ids: Sequence[str] = (),
-        root_device_name: str = "/dev/sda1",
     ) -> None:
         super().__init__(scope, id)
-        self._check(
-            name, environment, parameter_prefix, instance_profile_name, max_size, slots, spot, spot_instance_types
-        )
+        check_pattern(self, "name", hook_name_of(name), HOOK_NAME, "a name whose hook fits A-Za-z0-9-_/ (1-255)")
+        host.check(self)
+        self._check(max_size, slots, spot, spot_instance_types)
         check_range(self, "handback_timeout_seconds", handback_timeout_seconds, 30, 7200, "PutLifecycleHook")
         for subnet in subnet_ids:
             check_pattern(self, "subnet_ids", subnet, SUBNET_ID, "a subnet id (subnet-0123456789abcdef0)")
         check(self, "subnet_ids", tuple(subnet_ids), len(set(subnet_ids)) == len(subnet_ids), "lists a subnet twice")
         self.name, self.hook_name = name, hook_name_of(name)
         self.slots, self.max_size, self.spot = slots, max_size, spot
-        self.scope = FleetGroup(name=name, region=region, account=account)
-        self.script = render_bootstrap(environment=environment, parameter_prefix=parameter_prefix, region=region)
-        vpc_id = DataAwsSubnet(self, "subnet", id=subnet_ids[0]).vpc_id if subnet_ids else None
-        template = HostTemplate(
-            self,
-            name=name,
-            environment=environment,
-            instance_profile_name=instance_profile_name,
-            user_data=self.script,
-            instance_type=instance_type,
-            root_volume_gb=root_volume_gb,
-            ami_parameter=ami_parameter,
-            root_device_name=root_device_name,
-            vpc_id=vpc_id,
+        self.scope = FleetGroup(name=name, region=host.region, account=host.account)
+        self.script = render_bootstrap(
+            environment=host.environment, parameter_prefix=host.parameter_prefix, region=host.region
         )
+        vpc_id = DataAwsSubnet(self, "subnet", id=subnet_ids[0]).vpc_id if subnet_ids else None
+        template = HostTemplate(self, name=name, host=host, user_data=self.script, vpc_id=vpc_id)
         self.launch_template, self.security_group = template.launch_template, template.security_group
         version = Token.as_string(self.launch_template.latest_version)
         where = self._placement(subnet_ids)
         if spot:
-            purchase = self._spot(version, tuple(spot_instance_types) or (instance_type,))
+            purchase = self._spot(version, tuple(spot_instance_types) or (host.instance_type,))
         else:
             purchase = self._on_demand(version)
         self.group = AutoscalingGroup(
@@ -305,25 +283,13 @@ class GpuFleet(Construct):
             ],
             tag=[
                 AutoscalingGroupTag(key=key, value=value, propagate_at_launch=True)
-                for key, value in ((ENVIRONMENT_TAG, environment), ("Name", name))
+                for key, value in ((ENVIRONMENT_TAG, host.environment), ("Name", name))
             ],
             lifecycle=TerraformResourceLifecycle(ignore_changes=["desired_capacity"]),
         )
         self.arn: str = self.group.arn
 
-    def _check(
-        self,
-        name: str,
-        environment: str,
-        parameter_prefix: str,
-        profile: str,
-        max_size: int,
-        slots: int,
-        spot: bool,
-        spot_types: Sequence[str],
-    ) -> None:
-        check_pattern(self, "name", hook_name_of(name), HOOK_NAME, "a name whose hook fits A-Za-z0-9-_/ (1-255)")
-        check_host(self, environment=environment, parameter_prefix=parameter_prefix, profile=profile)
+    def _check(self, max_size: int, slots: int, spot: bool, spot_types: Sequence[str]) -> None:
         check_range(self, "max_size", max_size, *RANGES["fleet_max_size"], "modules/config.py fleet_max_size")
         check_range(self, "slots", slots, *RANGES["gpus_per_instance"], "GPUs of one instance type")
         check(self, "spot_instance_types", tuple(spot_types), spot or not spot_types, "is for spot=True only")
@@ -379,14 +345,13 @@ class GpuFleet(Construct):
             scope,
             id,
             name=config.name_of(FLEET),
-            instance_profile_name=instance_profile_name,
+            host=HostSpec.from_config(config, instance_profile_name=instance_profile_name),
             max_size=config.fleet_max_size,
             slots=config.gpus_per_instance,
             spot=config.fleet_spot,
             spot_instance_types=config.spot_instance_types,
             handback_timeout_seconds=config.handback_timeout_seconds,
             subnet_ids=config.fleet_subnet_ids,
-            **host_settings(config),
         )
 
     def grant(self, grantee: Role, *actions: str) -> list[Statement]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
@@ -83,21 +83,11 @@ class PythonFunction(ResourceConstruct):
     (optionally) a dead-letter queue for failed asynchronous invocations.
 
     Args:
-        name: FunctionName: 1-64 characters of A-Za-z0-9_- (Lambda quotas); also names the log group
-            `/aws/lambda/<name>`. Required.
+        settings: what the function runs with (FunctionSettings: name, role, environment, memory, timeout, runtime,
+            reserved concurrency, log retention); unset memory_mb is 128 here, unset timeout_seconds 60. Required.
         package: the folder under functions/ that is zipped as the code. Required.
-        handler: `module.function` inside the package, up to 128 non-space characters. Required.
-        role: the execution role. Required.
-        environment: variables for the code; keys are letters, digits and underscores, starting with a letter, and
-            none the Lambda runtime reserves (AWS_REGION, ...). Required.
+        handler: `module.function` inside the package, up to 128 non-space characters (Lambda Handler). Required.
         region, account: where the function runs. Required; the resources take both from the provider.
-        memory_mb: MemorySize, 128..10240 MB (AWS default 128). Default 128.
-        timeout_seconds: Timeout, 1..900 s (AWS default 3). Default 60.
-        runtime: a python3.N runtime. Default python3.11.
-        reserved_concurrency: ReservedConcurrentExecutions, >= 0 (0 stops every invocation). Default None: the
-            function shares the account's unreserved pool.
-        log_retention_days: one of CloudWatch Logs' retention values (1, 3, 5, ... 3653; 0 never expires). Default
-            365: a year of the function's decisions (every stop and start, and why) costs cents.
         dead_letter_queue_name: create an SQS dead-letter queue of this name (1-80 characters of A-Za-z0-9_-) for
             asynchronous invocations that still fail after Lambda's two retries. Default None: no queue.
     """
@@ -109,39 +99,23 @@ class PythonFunction(ResourceConstruct):
         scope: Construct,
         id: str,
         *,
-        name: str,
+        settings: FunctionSettings,
         package: str,
         handler: str,
-        role: Role,
-        environment: Mapping[str, str],
         region: str,
         account: str,
-        memory_mb: int = 128,
-        timeout_seconds: int = 60,
-        runtime: str = "python3.11",
-        reserved_concurrency: int | None = None,
-        log_retention_days: int = LOG_RETENTION_DAYS,
         dead_letter_queue_name: str | None = None,
     ) -> None:
         super().__init__(scope, id)
-        settings = FunctionSettings(
-            name=name,
-            role=role,
-            runtime=runtime,
-            handler=handler,
-            memory_mb=memory_mb,
-            timeout_seconds=timeout_seconds,
-            environment=environment,
-            reserved_concurrency=reserved_concurrency,
-            log_retention_days=log_retention_days,
-        )
+        settings = settings.or_defaults(memory_mb=128, timeout_seconds=60)
         settings.check(self)
+        check_pattern(self, "handler", handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
         check_pattern(self, "dead_letter_queue_name", dead_letter_queue_name, QUEUE_NAME, QUEUE_NAME_RULE)
         program = ROOT / "functions" / package
         sources = [(ROOT / "functions", package), *core_sources([program])]
         self.code = ZipAsset(self, "code", name=f"lambda-{package}", sources=sources)
         self.dead_letters = self._dead_letter_queue(dead_letter_queue_name)
-        self.log_group, self.function = logged_function(self, settings, **self._code_and_wiring())
+        self.log_group, self.function = logged_function(self, settings, handler=handler, **self._code_and_wiring())
         self.arn = self.function.arn
         self.name = self.function.function_name
 
@@ -183,38 +157,70 @@ class PythonFunction(ResourceConstruct):
         )
 
 
-def package_function(scope: Construct, package: str, *, config: EnvironmentConfig, **props: Any) -> PythonFunction:
+def package_function(
+    scope: Construct,
+    package: str,
+    *,
+    config: EnvironmentConfig,
+    settings: FunctionSettings,
+    dead_letter_queue_name: str | None = None,
+) -> PythonFunction:
     """The function of functions/<package> (construct id `package`, handler `<package>.handler.handler`) in the
     environment's region and account: how each stack makes its functions (shutdown, events, webhooks)."""
     return PythonFunction(
         scope,
         package,
+        settings=settings,
         package=package,
         handler=f"{package}.handler.handler",
         region=config.region,
         account=config.account,
-        **props,
+        dead_letter_queue_name=dead_letter_queue_name,
     )
 
 
 @dataclass(frozen=True, kw_only=True)
 class FunctionSettings:
-    """What every Python function here is made of beside its code (PythonFunction, modules/api.py OrchestratorApi):
-    `check` runs before any resource exists, `logged_function` builds from it."""
+    """What a Python function here runs with, beside its code: the props PythonFunction and modules/api.py
+    OrchestratorApi share. The construct that takes them runs `check` before any resource exists, so a refusal
+    names it; `logged_function` builds from them.
+
+    Fields:
+        name: FunctionName: 1-64 characters of A-Za-z0-9_- (Lambda quotas); also names the log group
+            `/aws/lambda/<name>`. Required.
+        role: the execution role. Required.
+        environment: variables for the code; keys are letters, digits and underscores, starting with a letter, and
+            none the Lambda runtime reserves (AWS_REGION, ...). Required.
+        memory_mb: MemorySize, 128..10240 MB (AWS default 128). Default None: the construct's (PythonFunction 128,
+            OrchestratorApi 512).
+        timeout_seconds: Timeout, 1..900 s (AWS default 3). Default None: the construct's (PythonFunction 60,
+            OrchestratorApi 29).
+        runtime: a python3.N runtime. Default python3.11 (the API's layer is built for it).
+        reserved_concurrency: ReservedConcurrentExecutions, >= 0 (0 stops every invocation). Default None: the
+            function shares the account's unreserved pool.
+        log_retention_days: one of CloudWatch Logs' retention values (1, 3, 5, ... 3653; 0 never expires). Default
+            365: a year of the function's decisions (every stop and start, and why) costs cents.
+    """
 
     name: str
     role: Role
-    runtime: str
-    handler: str
-    memory_mb: int
-    timeout_seconds: int
     environment: Mapping[str, str]
-    reserved_concurrency: int | None
-    log_retention_days: int
+    memory_mb: int | None = None
+    timeout_seconds: int | None = None
+    runtime: str = "python3.11"
+    reserved_concurrency: int | None = None
+    log_retention_days: int = LOG_RETENTION_DAYS
+
+    def or_defaults(self, *, memory_mb: int, timeout_seconds: int) -> FunctionSettings:
+        """These settings with a construct's own defaults where memory_mb or timeout_seconds is unset."""
+        return replace(
+            self,
+            memory_mb=memory_mb if self.memory_mb is None else self.memory_mb,
+            timeout_seconds=timeout_seconds if self.timeout_seconds is None else self.timeout_seconds,
+        )
 
     def check(self, scope: Construct) -> None:
         check_pattern(scope, "name", self.name, FUNCTION_NAME, "1-64 characters of A-Za-z0-9_- (Lambda FunctionName)")
-        check_pattern(scope, "handler", self.handler, HANDLER, "up to 128 non-space characters (Lambda Handler)")
         check_pattern(scope, "runtime", self.runtime, PYTHON_RUNTIME, "a Python runtime (python3.N)")
         check_environment(scope, self.environment)
         check_range(scope, "memory_mb", self.memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, "Lambda MemorySize")
@@ -225,11 +231,12 @@ class FunctionSettings:
 
 
 def logged_function(
-    scope: Construct, settings: FunctionSettings, **code: Any
+    scope: Construct, settings: FunctionSettings, *, handler: str, **code: Any
 ) -> tuple[CloudwatchLogGroup, LambdaFunction]:
     """A function (id "function") and its log group `/aws/lambda/<name>` (id "logs"), created first so the runtime
-    never creates it without a retention; X-Ray tracing passes through. `code` are the function's own arguments
-    (its zip, layers, architectures, dead-letter queue...). The caller has run `settings.check`."""
+    never creates it without a retention; X-Ray tracing passes through. `handler` and `code` are the function's own
+    arguments (its handler, zip, layers, architectures, dead-letter queue...). The caller has run `settings.check`
+    (and `or_defaults`)."""
     name = settings.name
     log_group = CloudwatchLogGroup(
         scope, "logs", name=f"/aws/lambda/{name}", retention_in_days=settings.log_retention_days
@@ -240,7 +247,7 @@ def logged_function(
         function_name=name,
         role=settings.role.arn,
         runtime=settings.runtime,
-        handler=settings.handler,
+        handler=handler,
         memory_size=settings.memory_mb,
         timeout=settings.timeout_seconds,
         environment=LambdaFunctionEnvironment(variables=dict(sorted(settings.environment.items()))),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
 
 from cdktf import TerraformResourceLifecycle, Token
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
@@ -24,11 +23,10 @@ from cdktf_cdktf_provider_aws.ssm_association import SsmAssociation, SsmAssociat
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_ID, ROOT, EnvironmentConfig
-from modules.host_template import ENVIRONMENT_TAG, USER_DATA_LIMIT, HostTemplate
+from modules.config import INSTANCE_ID, ROOT, EnvironmentConfig
+from modules.host_template import ENVIRONMENT_TAG, USER_DATA_LIMIT, HostSpec, HostTemplate
 from modules.iam import Role, Statement, arn, render
 from modules.props import check, check_actions, check_in, check_pattern, check_range, fail
-from modules.rollout import PARAMETER_PREFIX
 
 __all__ = ["ENVIRONMENT_TAG", "USER_DATA_LIMIT"]  # re-exported: the hosts' tag and EC2's user data limit
 
@@ -73,8 +71,6 @@ SSM_ASSOCIATION_ACTIONS = (
 SSM_DOCUMENT_ACTIONS = ("ssm:GetDocument", "ssm:DescribeDocument")
 # CreateDocument: 3-128 characters of a-zA-Z0-9_-. ; AWS reserves the prefixes aws, amazon and amzn (any case).
 DOCUMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{3,128}")
-ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-PROFILE_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
 HEREDOC_END = "GPU_ADAPTER_PAYLOAD_END"
 
 
@@ -167,40 +163,6 @@ def instances_for(config: EnvironmentConfig) -> GpuInstances:
     return GpuInstances(environment=config.name, **where)
 
 
-class HostSettings(TypedDict):
-    """What GpuHost and GpuFleet (modules/fleet.py) both take from the environment's config: who the hosts are, and
-    what they run on (a TypedDict, so `**host_settings(config)` is type-checked against each constructor)."""
-
-    environment: str
-    parameter_prefix: str
-    region: str
-    account: str
-    instance_type: str
-    root_volume_gb: int
-    ami_parameter: str
-
-
-def host_settings(config: EnvironmentConfig) -> HostSettings:
-    """The HostSettings of `config`; each `from_config` adds its own mode's settings."""
-    return HostSettings(
-        environment=config.name,
-        parameter_prefix=config.parameter_prefix,
-        region=config.region,
-        account=config.account,
-        instance_type=config.instance_type,
-        root_volume_gb=config.root_volume_gb,
-        ami_parameter=config.ami_parameter,
-    )
-
-
-def check_host(scope: Construct, *, environment: str, parameter_prefix: str, profile: str) -> None:
-    """The props every kind of GPU host shares (GpuHost, modules/fleet.py GpuFleet): its environment's tag value,
-    its release's SSM prefix and its instance profile."""
-    check_pattern(scope, "environment", environment, ENVIRONMENT_NAME, "1-64 of A-Za-z0-9_.- (tag value)")
-    check_pattern(scope, "parameter_prefix", parameter_prefix, PARAMETER_PREFIX, '"/"-separated SSM levels')
-    check_pattern(scope, "instance_profile_name", profile, PROFILE_NAME, "1-128 of A-Za-z0-9+=,.@_-")
-
-
 class GpuInstances:
     """Not a Construct: it creates nothing, it only scopes grants to the GPU instances.
 
@@ -252,23 +214,16 @@ class GpuHost(Construct):
         name: base name of what it creates: the document (adopt; CreateDocument: 3-128 of A-Za-z0-9_.-, not starting
             with aws/amazon/amzn), the security group and launch template (create; 3-128 of A-Za-z0-9().-/_), the
             instances' Name tags (<name>-<n>). Required.
-        environment: the environment's name, the value of ENVIRONMENT_TAG (1-64 of A-Za-z0-9_.-). Required.
-        parameter_prefix: AdapterRelease's (its release is under <prefix>/adapter/; SSM parameter name rules).
-            Required.
-        region, account: where the hosts run. Required.
-        instance_profile_name: the profile the hosts run with (IAM: 1-128 of A-Za-z0-9+=,.@_-). Required.
+        host: who the hosts are and what they run on (modules/host_template.py HostSpec: environment, release
+            prefix, region, account, instance profile; the launch settings, which adopt mode refuses changed from
+            their defaults: it launches nothing). Required.
         instance_ids: adopt only: the instances, 1..20 ids of the form i-0123456789abcdef0. Required in adopt mode.
-        instance_type: create only: <family>.<size>. Default "g5.xlarge".
         instance_count: create only: 1..20 (the config's range). Default 1.
-        root_volume_gb: create only: the encrypted gp3 root, 1..16384 GiB (EBS gp3). Default 100.
-        ami_parameter: create only: the SSM parameter naming the AMI. Default DEFAULT_AMI_PARAMETER.
-        root_device_name: create only: the AMI's root device, resized to root_volume_gb. Default "/dev/sda1" (the
-            Ubuntu Deep Learning AMIs'; Amazon Linux uses /dev/xvda).
         vpc_id: create only: the security group's VPC. Default None: the region's default VPC (and its default
             subnet for the instances).
 
-    Attributes: instance_ids (tokens in create mode), instances (GpuInstances, for grants), script (the rendered
-    bootstrap), attach_profile_commands (adopt: one command per instance; create: none).
+    Attributes: spec (the HostSpec), instance_ids (tokens in create mode), instances (GpuInstances, for grants),
+    script (the rendered bootstrap), attach_profile_commands (adopt: one command per instance; create: none).
     """
 
     def __init__(
@@ -278,52 +233,35 @@ class GpuHost(Construct):
         *,
         mode: str,
         name: str,
-        environment: str,
-        parameter_prefix: str,
-        region: str,
-        account: str,
-        instance_profile_name: str,
+        host: HostSpec,
         instance_ids: Sequence[str] = (),
-        instance_type: str = "g5.xlarge",
         instance_count: int = 1,
-        root_volume_gb: int = 100,
-        ami_parameter: str = DEFAULT_AMI_PARAMETER,
-        root_device_name: str = "/dev/sda1",
         vpc_id: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         check_in(self, "mode", mode, HOST_MODES, "GpuHost's modes; fleet mode is GpuFleet")
-        check_host(self, environment=environment, parameter_prefix=parameter_prefix, profile=instance_profile_name)
-        self.mode, self.name, self.environment = mode, name, environment
-        self.profile_name = instance_profile_name
-        self.script = render_bootstrap(environment=environment, parameter_prefix=parameter_prefix, region=region)
+        host.check(self)
+        self.mode, self.name, self.spec = mode, name, host
+        where = {"region": host.region, "account": host.account}
+        self.script = render_bootstrap(
+            environment=host.environment, parameter_prefix=host.parameter_prefix, region=host.region
+        )
         if mode == "adopt":
-            self._check_adopt(name, instance_ids, instance_type, instance_count, root_volume_gb, ami_parameter)
+            self._check_adopt(name, instance_ids, instance_count)
             self.instance_ids: tuple[str, ...] = tuple(instance_ids)
-            self.instances = GpuInstances(instance_ids=instance_ids, region=region, account=account)
+            self.instances = GpuInstances(instance_ids=instance_ids, **where)
             self._adopt()
         else:
             check(self, "instance_ids", tuple(instance_ids), not instance_ids, "is for adopt mode (create launches)")
             check_range(self, "instance_count", instance_count, 1, 20, "modules/config.py gpu_instance_count")
-            template = HostTemplate(
-                self,
-                name=name,
-                environment=environment,
-                instance_profile_name=instance_profile_name,
-                user_data=self.script,
-                instance_type=instance_type,
-                root_volume_gb=root_volume_gb,
-                ami_parameter=ami_parameter,
-                root_device_name=root_device_name,
-                vpc_id=vpc_id,
-            )
+            template = HostTemplate(self, name=name, host=host, user_data=self.script, vpc_id=vpc_id)
             self.security_group, self.ami = template.security_group, template.ami
             self.launch_template = template.launch_template
-            self.instances = GpuInstances(environment=environment, region=region, account=account)
+            self.instances = GpuInstances(environment=host.environment, **where)
             self.attach_profile_commands: tuple[str, ...] = ()
-            tags = {ENVIRONMENT_TAG: environment}
+            tags = {ENVIRONMENT_TAG: host.environment}
             self.hosts = [self._instance(n, tags) for n in range(instance_count)]
-            self.instance_ids = tuple(host.id for host in self.hosts)
+            self.instance_ids = tuple(instance.id for instance in self.hosts)
 
     @classmethod
     def from_config(
@@ -336,13 +274,12 @@ class GpuHost(Construct):
             id,
             mode=config.gpu_mode,
             name=config.name_of(BOOTSTRAP_DOCUMENT if adopt else HOSTS),
-            instance_profile_name=instance_profile_name,
+            host=HostSpec.from_config(config, instance_profile_name=instance_profile_name),
             instance_ids=config.gpu_instance_ids,
             instance_count=config.gpu_instance_count,
-            **host_settings(config),
         )
 
-    def _check_adopt(self, name: str, ids: Sequence[str], *create: object) -> None:
+    def _check_adopt(self, name: str, ids: Sequence[str], instance_count: int) -> None:
         check_pattern(self, "name", name, DOCUMENT_NAME, "3-128 of A-Za-z0-9_.- (CreateDocument)")
         check(self, "name", name, not name.lower().startswith(("aws", "amazon", "amzn")), "has a prefix AWS reserves")
         check(self, "instance_ids", tuple(ids), bool(ids), "is empty: adopt mode needs the instances")
@@ -350,11 +287,10 @@ class GpuHost(Construct):
         for instance in ids:
             check_pattern(self, "instance_ids", instance, INSTANCE_ID, "an EC2 instance id (i-0123456789abcdef0)")
         check(self, "instance_ids", tuple(ids), len(set(ids)) == len(ids), "lists an instance twice")
-        defaults = ("g5.xlarge", 1, 100, DEFAULT_AMI_PARAMETER)
-        for prop, value, default in zip(
-            ("instance_type", "instance_count", "root_volume_gb", "ami_parameter"), create, defaults, strict=True
-        ):
-            check(self, prop, value, value == default, "is for create mode (adopt launches nothing)")
+        create_only = "is for create mode (adopt launches nothing)"
+        check(self, "instance_count", instance_count, instance_count == 1, create_only)
+        for prop in self.spec.launch_settings_set():
+            check(self, prop, getattr(self.spec, prop), False, create_only)
 
     def _adopt(self) -> None:
         self.document = SsmDocument(
@@ -378,7 +314,8 @@ class GpuHost(Construct):
             document_version=self.document.latest_version,
             targets=[SsmAssociationTargets(key="InstanceIds", values=list(self.instance_ids))],
         )
-        self.attach_profile_commands = tuple(attach_profile_command(i, self.profile_name) for i in self.instance_ids)
+        profile = self.spec.instance_profile_name
+        self.attach_profile_commands = tuple(attach_profile_command(i, profile) for i in self.instance_ids)
 
     def _instance(self, n: int, tags: Mapping[str, str]) -> Instance:
         """One host from the template's version of today. The controller only starts and stops hosts, which changes

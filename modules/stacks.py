@@ -7,6 +7,7 @@ Each takes the constructs it builds on; cdktf turns those references into output
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
@@ -20,9 +21,8 @@ from modules.bootstrap import boundary_for
 from modules.bucket import INPUTS_PREFIX, RESULTS_PREFIX, PrivateBucket
 from modules.canvas import CanvasAccess
 from modules.config import EnvironmentConfig
-from modules.events import bus_arn, secret_arn
 from modules.fleet import FleetGroup, GpuFleet, fleet_for
-from modules.function import PythonFunction, grant_dead_letter, grant_logs, package_function
+from modules.function import FunctionSettings, PythonFunction, grant_dead_letter, grant_logs, package_function
 from modules.gpu import (
     METRICS_LOG_ACTIONS,
     METRICS_LOG_DAYS,
@@ -38,17 +38,7 @@ from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.program_env import gpu_targets, host_records, idle_rule, price, runtime_environment, task_store
 from modules.queue import DAY, TaskQueue
 from modules.rollout import AdapterRelease
-from modules.stacks_events import (
-    EVENT_BUS,
-    EVENTS_FAILED_QUEUE,
-    EVENTS_FUNCTION,
-    EVENTS_ROLE,
-    SIGNING_SECRET,
-    WEBHOOK_FUNCTION,
-    WEBHOOK_QUEUE,
-    WEBHOOK_ROLE,
-    EventsRoles,
-)
+from modules.stacks_events import EventsRoles
 from modules.table import HostTable, TaskTable
 
 SHUTDOWN_FUNCTION = "shutdown-gpu-lambda"
@@ -126,9 +116,10 @@ class ArtifactsStack(EnvironmentStack):
 
 
 class IamStack(EnvironmentStack):
-    """The three roles, each built from the grants of the constructs it uses. The GPU hosts are granted by what the
-    roles' stack can know before the gpu stack exists: the instance ids (adopt), the environment tag (create), the
-    group's name (fleet: modules/fleet.py FleetGroup)."""
+    """The three roles, each built from the grants of the constructs it uses, and the events layer's two, granted by
+    modules/stacks_events.py EventsRoles.create. The GPU hosts are granted by what the roles' stack can know before
+    the gpu stack exists: the instance ids (adopt), the environment tag (create), the group's name (fleet:
+    modules/fleet.py FleetGroup)."""
 
     def __init__(
         self,
@@ -150,7 +141,7 @@ class IamStack(EnvironmentStack):
         hosts.grant_report(self.orchestrator)  # gpuq cost: the billed running intervals
         hosts.grant_liveness(self.gpu_instance)
         hosts.grant_controller(self.shutdown)
-        self.events = EventsRoles(events=self._events_role(table), webhooks=self._webhooks_role(table))
+        self.events = EventsRoles.create(self._role, config=config, table=table)
         assert self.gpu_instance.profile is not None
         self.output("OrchestratorRoleArn", self.orchestrator.arn, "Role of the orchestrator API function")
         self.output("GpuInstanceRoleArn", self.gpu_instance.arn, "Role of the GPU instance")
@@ -216,39 +207,6 @@ class IamStack(EnvironmentStack):
             gpu.grant_member(role)  # scale-in protection while busy, the hand-back hook, leaving when idle
         metrics = arn("logs", f"log-group:{adapter_metrics_group(self.config)}", **self._where)
         role.add(METRICS_LOG_ACTIONS, [f"{metrics}:*"])  # its metrics, shipped by itself (core.metrics.LogShipper)
-        return role
-
-    def _events_role(self, table: TaskTable) -> Role:
-        """The task-events function: read the table's stream, publish to the bus, queue webhook deliveries, and
-        park the positions of batches that failed every retry."""
-        role = self._role(
-            "task-events",
-            name=self.name_of(EVENTS_ROLE),
-            assumed_by="lambda.amazonaws.com",
-            description="The task-events function: the task table's stream to EventBridge and the webhook queue.",
-        )
-        table.grant_stream_read(role)
-        role.add(("events:PutEvents",), [bus_arn(self.name_of(EVENT_BUS), **self._where)])
-        role.add(SEND, [arn("sqs", self.name_of(q), **self._where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
-        grant_logs(role, **self._where, function_name=self.name_of(EVENTS_FUNCTION))
-        return role
-
-    def _webhooks_role(self, table: TaskTable) -> Role:
-        """The webhook function: consume (and re-send, with a delay) its queue, read a task and write its delivery
-        state, read the signing key and write the first one."""
-        role = self._role(
-            "task-webhooks",
-            name=self.name_of(WEBHOOK_ROLE),
-            assumed_by="lambda.amazonaws.com",
-            description="The webhook function: signs and delivers task webhooks, records their state on the task.",
-        )
-        queue = arn("sqs", self.name_of(WEBHOOK_QUEUE), **self._where)
-        # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
-        role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
-        table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
-        secret = secret_arn(self.name_of(SIGNING_SECRET), **self._where)
-        role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
-        grant_logs(role, **self._where, function_name=self.name_of(WEBHOOK_FUNCTION))
         return role
 
     def _shutdown_role(self, gpu: GpuInstances | FleetGroup, queue: TaskQueue, table: TaskTable) -> Role:
@@ -324,40 +282,42 @@ class GpuStack(EnvironmentStack):
             self.output("SecurityGroupId", self.host.security_group.id, "The GPU hosts' security group (no ingress)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Layers:
+    """What both function stacks (LambdaStack, ApiStack) build on, each layer made once (main.py compose): the roles,
+    the task queue, the task and hosts tables, and the GPU hosts their programs target."""
+
+    iam: IamStack
+    queue: TaskQueue
+    table: TaskTable
+    hosts: HostTable
+    gpu: GpuStack
+
+
 class LambdaStack(EnvironmentStack):
-    def __init__(
-        self,
-        scope: Construct,
-        *,
-        config: EnvironmentConfig,
-        iam: IamStack,
-        queue: TaskQueue,
-        table: TaskTable,
-        hosts: HostTable,
-        gpu: GpuStack,
-    ) -> None:
+    def __init__(self, scope: Construct, *, config: EnvironmentConfig, layers: Layers) -> None:
         super().__init__(scope, LAMBDA, config=config)
-        self.function = package_function(
-            self,
-            "shutdown",
-            config=config,
+        environment = contract.render(
+            {
+                **gpu_targets(layers.gpu, contract.LAMBDA),
+                **task_store(layers.queue, layers.table, dlq=False),
+                **idle_rule(config),
+                **host_records(config, layers.hosts),
+                # the queue's retention: older QUEUED items lost their message
+                contract.QUEUED_TASK_MAX_AGE_SECONDS: DAY,
+                contract.STUCK_AFTER_SECONDS: config.stuck_after_seconds,
+            },
+            program=contract.LAMBDA,
+        )
+        settings = FunctionSettings(
             name=self.name_of(SHUTDOWN_FUNCTION),
-            role=iam.shutdown,
+            role=layers.iam.shutdown,
+            environment=environment,
             timeout_seconds=60,
             reserved_concurrency=1,  # one decision at a time: two runs can never race to start/stop
-            dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ),
-            environment=contract.render(
-                {
-                    **gpu_targets(gpu, contract.LAMBDA),
-                    **task_store(queue, table, dlq=False),
-                    **idle_rule(config),
-                    **host_records(config, hosts),
-                    # the queue's retention: older QUEUED items lost their message
-                    contract.QUEUED_TASK_MAX_AGE_SECONDS: DAY,
-                    contract.STUCK_AFTER_SECONDS: config.stuck_after_seconds,
-                },
-                program=contract.LAMBDA,
-            ),
+        )
+        self.function = package_function(
+            self, "shutdown", config=config, settings=settings, dead_letter_queue_name=self.name_of(SHUTDOWN_DLQ)
         )
         Schedule(
             self, "schedule", name=self.name_of("gpu-orchestrator-idle-check"), rate_minutes=1, target=self.function
@@ -375,37 +335,34 @@ class ApiStack(EnvironmentStack):
         scope: Construct,
         *,
         config: EnvironmentConfig,
-        iam: IamStack,
-        queue: TaskQueue,
-        table: TaskTable,
-        hosts: HostTable,
+        layers: Layers,
         artifacts: ArtifactsStack,
         controller: PythonFunction,
-        gpu: GpuStack,
     ) -> None:
         super().__init__(scope, API, config=config)
+        environment = contract.render(
+            {
+                **task_store(layers.queue, layers.table),
+                **gpu_targets(layers.gpu, contract.ORCHESTRATOR),
+                contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
+                contract.CONTROLLER_FUNCTION_NAME: controller.name,
+                contract.ORCHESTRATOR_AUTH: "iam",
+                **host_records(config, layers.hosts),
+                **price(config),
+                **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
+            },
+            program=contract.ORCHESTRATOR,
+        )
         self.api = OrchestratorApi(
             self,
             "api",
-            name=self.name_of(API_FUNCTION),
-            role=iam.orchestrator,
+            settings=FunctionSettings(
+                name=self.name_of(API_FUNCTION), role=layers.iam.orchestrator, environment=environment
+            ),
             region=config.region,
             account=config.account,
             submit_policy_name=self.name_of(SUBMIT_POLICY),
             admin_policy_name=self.name_of(ADMIN_POLICY),
-            environment=contract.render(
-                {
-                    **task_store(queue, table),
-                    **gpu_targets(gpu, contract.ORCHESTRATOR),
-                    contract.ARTIFACTS_BUCKET: artifacts.bucket.name,
-                    contract.CONTROLLER_FUNCTION_NAME: controller.name,
-                    contract.ORCHESTRATOR_AUTH: "iam",
-                    **host_records(config, hosts),
-                    **price(config),
-                    **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
-                },
-                program=contract.ORCHESTRATOR,
-            ),
         )
         self.output("ApiUrl", self.api.url, "Function URL of the orchestrator API (AWS_IAM: callers sign with SigV4)")
         self.output("AdminApiUrl", self.api.admin_url, "Function URL of the API's admin alias (the admin policy only)")

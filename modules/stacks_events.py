@@ -3,11 +3,13 @@ table's stream, and the webhooks tasks name, delivered from a queue: docs/EVENTS
 alarm that wakes the controller, the operations alarms, their topic and the dashboard: docs/OBSERVABILITY.md).
 
 The events layer's two roles live in the iam stack, like every role; they are granted this stack's resources by name
-(the iam stack is applied first), which is why the names are declared here, once.
+(the iam stack is applied first), which is why the names are declared here, once, and the grants written here too
+(`EventsRoles.create`, which the iam stack calls).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from constructs import Construct
@@ -16,10 +18,10 @@ from core import contract
 from modules.alarm import QueueIdleAlarm
 from modules.base import EnvironmentStack
 from modules.config import EnvironmentConfig
-from modules.events import EventBus, EventSource, SigningSecret
+from modules.events import EventBus, EventSource, SigningSecret, bus_arn, secret_arn
 from modules.fleet import fleet_for
-from modules.function import PythonFunction, package_function
-from modules.iam import Role
+from modules.function import FunctionSettings, PythonFunction, grant_logs, package_function
+from modules.iam import Role, arn
 from modules.layout import ALARM, EVENTS
 from modules.observability import AlarmTopic, OperationsAlarms, OperationsDashboard
 from modules.queue import DAY, TaskQueue
@@ -64,38 +66,30 @@ class EventsStack(EnvironmentStack):
             dlq_name=self.name_of(f"{EVENTS_FAILED_QUEUE}-dlq"),
             retention_seconds=14 * DAY,
         )
-        self.events_function = package_function(
-            self,
-            "events",
-            config=config,
+        events_environment = {
+            contract.TASK_EVENT_BUS: self.bus.name,
+            contract.WEBHOOK_QUEUE_URL: self.webhook_queue.url,
+        }
+        events = FunctionSettings(
             name=self.name_of(EVENTS_FUNCTION),
             role=roles.events,
-            environment=contract.render(
-                {
-                    contract.TASK_EVENT_BUS: self.bus.name,
-                    contract.WEBHOOK_QUEUE_URL: self.webhook_queue.url,
-                },
-                program=contract.EVENTS,
-            ),
+            environment=contract.render(events_environment, program=contract.EVENTS),
             timeout_seconds=60,
         )
-        self.webhook_function = package_function(
-            self,
-            "webhooks",
-            config=config,
+        self.events_function = package_function(self, "events", config=config, settings=events)
+        webhooks_environment = {
+            contract.WEBHOOK_QUEUE_URL: self.webhook_queue.url,
+            contract.WEBHOOK_SECRET_ARN: self.secret.arn,
+            contract.TASK_TABLE_NAME: table.name,
+            **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
+        }
+        webhooks = FunctionSettings(
             name=self.name_of(WEBHOOK_FUNCTION),
             role=roles.webhooks,
-            environment=contract.render(
-                {
-                    contract.WEBHOOK_QUEUE_URL: self.webhook_queue.url,
-                    contract.WEBHOOK_SECRET_ARN: self.secret.arn,
-                    contract.TASK_TABLE_NAME: table.name,
-                    **({contract.WEBHOOK_ALLOW_LOOPBACK: True} if config.emulated else {}),
-                },
-                program=contract.WEBHOOKS,
-            ),
+            environment=contract.render(webhooks_environment, program=contract.WEBHOOKS),
             timeout_seconds=WEBHOOK_TIMEOUT_S,
         )
+        self.webhook_function = package_function(self, "webhooks", config=config, settings=webhooks)
         EventSource(
             self,
             "stream",
@@ -120,12 +114,58 @@ class EventsStack(EnvironmentStack):
         self.output("WebhookDLQUrl", self.webhook_queue.dlq_url, "Webhook deliveries whose function kept failing")
 
 
+SEND = ("sqs:SendMessage",)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EventsRoles:
     """The events layer's two roles (made by the iam stack): `events` (the stream function) and `webhooks`."""
 
     events: Role
     webhooks: Role
+
+    @classmethod
+    def create(cls, make_role: Callable[..., Role], *, config: EnvironmentConfig, table: TaskTable) -> EventsRoles:
+        """Both roles, each granted this layer's resources by the names above. `make_role(id, **props)` makes a role
+        in the iam stack (modules/stacks.py IamStack._role: its trust and permissions boundary)."""
+        return cls(events=_events_role(make_role, config, table), webhooks=_webhooks_role(make_role, config, table))
+
+
+def _events_role(make_role: Callable[..., Role], config: EnvironmentConfig, table: TaskTable) -> Role:
+    """The task-events function: read the table's stream, publish to the bus, queue webhook deliveries, and park the
+    positions of batches that failed every retry."""
+    where = {"region": config.region, "account": config.account}
+    role = make_role(
+        "task-events",
+        name=config.name_of(EVENTS_ROLE),
+        assumed_by="lambda.amazonaws.com",
+        description="The task-events function: the task table's stream to EventBridge and the webhook queue.",
+    )
+    table.grant_stream_read(role)
+    role.add(("events:PutEvents",), [bus_arn(config.name_of(EVENT_BUS), **where)])
+    role.add(SEND, [arn("sqs", config.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
+    grant_logs(role, **where, function_name=config.name_of(EVENTS_FUNCTION))
+    return role
+
+
+def _webhooks_role(make_role: Callable[..., Role], config: EnvironmentConfig, table: TaskTable) -> Role:
+    """The webhook function: consume (and re-send, with a delay) its queue, read a task and write its delivery state,
+    read the signing key and write the first one."""
+    where = {"region": config.region, "account": config.account}
+    role = make_role(
+        "task-webhooks",
+        name=config.name_of(WEBHOOK_ROLE),
+        assumed_by="lambda.amazonaws.com",
+        description="The webhook function: signs and delivers task webhooks, records their state on the task.",
+    )
+    queue = arn("sqs", config.name_of(WEBHOOK_QUEUE), **where)
+    # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
+    role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
+    table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
+    secret = secret_arn(config.name_of(SIGNING_SECRET), **where)
+    role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
+    grant_logs(role, **where, function_name=config.name_of(WEBHOOK_FUNCTION))
+    return role
 
 
 class AlarmStack(EnvironmentStack):

@@ -52,18 +52,18 @@ def test_lambda_zip_layout_matches_its_handler(tmp_path: Path) -> None:
 def test_reserved_lambda_environment_keys_are_refused() -> None:
     from cdktf import App, TerraformStack
 
-    from modules.function import PythonFunction
+    from modules.function import FunctionSettings, PythonFunction
 
     stack = TerraformStack(App(), "reserved")
     with pytest.raises(ValueError, match="AWS_REGION is reserved"):
         PythonFunction(
             stack,
             "fn",
-            name="f",
+            settings=FunctionSettings(
+                name="f", role="arn:aws:iam::123456789012:role/r", environment={"AWS_REGION": "x"}
+            ),
             package="shutdown",
             handler="shutdown.handler.handler",
-            role="arn:aws:iam::123456789012:role/r",
-            environment={"AWS_REGION": "us-east-1"},
             region="us-east-1",
             account="123456789012",
         )

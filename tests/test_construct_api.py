@@ -14,6 +14,7 @@ import shutil
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from localaws.resources import create
 from localaws.tfjson import Resolver, UnsupportedTerraform, load_stacks, resource_order
 from modules.api import HANDLER, OrchestratorApi, code_sources
 from modules.assets import build_zip
-from modules.function import LOG_ACTIONS
+from modules.function import LOG_ACTIONS, FunctionSettings
 from modules.iam import Role
 from modules.layer import REQUIREMENTS, cache_key, hashed
 from tests.infra_helpers import assert_grant, fresh_stack, one, policy_statements, refusal, resources, synth
@@ -44,22 +45,24 @@ def layer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+SETTINGS = {f.name for f in fields(FunctionSettings)}
+
+
 def api_in(stack: TerraformStack, cache: Path, **props: Any) -> OrchestratorApi:
+    """The API; `props` are OrchestratorApi's or its FunctionSettings' (by field name)."""
     role = Role(stack, "api-role", name="api-role", assumed_by="lambda.amazonaws.com", description="The API's")
-    return OrchestratorApi(
-        stack,
-        "api",
-        **{
-            "name": "orchestrator-test",
-            "role": role,
-            "environment": {"ORCHESTRATOR_AUTH": "iam", "TASK_QUEUE_URL": "https://sqs.example/q"},
-            **WHERE,
-            "submit_policy_name": "orchestrator-test-submit",
-            "admin_policy_name": "orchestrator-test-admin",
-            "layer_cache_dir": cache,
-            **props,
-        },
-    )
+    props = {
+        "name": "orchestrator-test",
+        "role": role,
+        "environment": {"ORCHESTRATOR_AUTH": "iam", "TASK_QUEUE_URL": "https://sqs.example/q"},
+        **WHERE,
+        "submit_policy_name": "orchestrator-test-submit",
+        "admin_policy_name": "orchestrator-test-admin",
+        "layer_cache_dir": cache,
+        **props,
+    }
+    settings = FunctionSettings(**{k: v for k, v in props.items() if k in SETTINGS})
+    return OrchestratorApi(stack, "api", settings=settings, **{k: v for k, v in props.items() if k not in SETTINGS})
 
 
 @pytest.fixture(scope="module")

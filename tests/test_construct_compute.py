@@ -3,13 +3,21 @@ grants through the shared aws-cdk-style helper, and the AWS limits it refuses, w
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import pytest
 from cdktf import TerraformStack
 
 from modules.alarm import QueueIdleAlarm, Schedule
-from modules.function import DEAD_LETTER_ACTIONS, LOG_ACTIONS, PythonFunction, grant_dead_letter, grant_logs
+from modules.function import (
+    DEAD_LETTER_ACTIONS,
+    LOG_ACTIONS,
+    FunctionSettings,
+    PythonFunction,
+    grant_dead_letter,
+    grant_logs,
+)
 from modules.iam import Role
 from tests.infra_helpers import assert_grant, fresh_stack, one, refusal, synth
 
@@ -24,20 +32,22 @@ def role_in(stack: TerraformStack) -> Role:
     return Role(stack, "fn-role", name="fn-role", assumed_by="lambda.amazonaws.com", description="The function's")
 
 
+SETTINGS = {f.name for f in fields(FunctionSettings)}
+
+
 def function_in(stack: TerraformStack, id: str = "fn", **props: Any) -> PythonFunction:
-    return PythonFunction(
-        stack,
-        id,
-        **{
-            "name": "shutdown-test",
-            "package": "shutdown",
-            "handler": "shutdown.handler.handler",
-            "role": role_in(stack),
-            "environment": {"TASK_QUEUE_URL": "https://sqs.example/q"},
-            **WHERE,
-            **props,
-        },
-    )
+    """A function of functions/shutdown; `props` are PythonFunction's or its FunctionSettings' (by field name)."""
+    props = {
+        "name": "shutdown-test",
+        "package": "shutdown",
+        "handler": "shutdown.handler.handler",
+        "role": role_in(stack),
+        "environment": {"TASK_QUEUE_URL": "https://sqs.example/q"},
+        **WHERE,
+        **props,
+    }
+    settings = FunctionSettings(**{k: v for k, v in props.items() if k in SETTINGS})
+    return PythonFunction(stack, id, settings=settings, **{k: v for k, v in props.items() if k not in SETTINGS})
 
 
 @pytest.fixture(scope="module")

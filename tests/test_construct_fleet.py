@@ -7,6 +7,7 @@ mode, every grant, and the one-line refusals."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,28 +23,33 @@ from modules.fleet import (
     fleet_for,
     group_arn,
 )
-from modules.host_template import ENVIRONMENT_TAG
+from modules.host_template import ENVIRONMENT_TAG, HostSpec
 from tests.infra_helpers import assert_grant, fresh_stack, one, reference, refusal, resources, synth
 
 WHERE = {"region": "us-east-1", "account": "123456789012"}
-COMMON = {
-    "name": "gpu-fleet-dev",
-    "environment": "dev",
-    "parameter_prefix": "/gpu-orchestrator/dev",
-    "instance_profile_name": "gpu-instance-profile-dev",
+HOST = HostSpec(
+    environment="dev",
+    parameter_prefix="/gpu-orchestrator/dev",
+    instance_profile_name="gpu-instance-profile-dev",
     **WHERE,
-}
+)
 GROUP_ARN = "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/gpu-fleet-dev"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
 
 
+def spec(**changes: Any) -> HostSpec:
+    return replace(HOST, **changes)
+
+
 def fleet(stack: TerraformStack, **props: Any) -> GpuFleet:
-    return GpuFleet(stack, "gpu", **{**COMMON, **props})
+    return GpuFleet(stack, "gpu", **{"name": "gpu-fleet-dev", "host": HOST, **props})
 
 
 @pytest.fixture(scope="module")
 def on_demand() -> tuple[GpuFleet, dict[str, Any]]:
-    built = fleet(fresh_stack(), max_size=4, slots=2, instance_type="g5.12xlarge", handback_timeout_seconds=600)
+    built = fleet(
+        fresh_stack(), max_size=4, slots=2, host=spec(instance_type="g5.12xlarge"), handback_timeout_seconds=600
+    )
     return built, synth(TerraformStack.of(built))
 
 
@@ -179,7 +185,7 @@ def test_given_subnets_place_the_group_and_its_security_group_in_their_vpc(spot:
 
 
 def test_spot_types_default_to_the_instance_type() -> None:
-    built = fleet(fresh_stack(), spot=True, instance_type="g6.xlarge")
+    built = fleet(fresh_stack(), spot=True, host=spec(instance_type="g6.xlarge"))
     group = one(synth(TerraformStack.of(built)), "aws_autoscaling_group")
     assert group["mixed_instances_policy"]["launch_template"]["override"] == [{"instance_type": "g6.xlarge"}]
 
@@ -283,12 +289,12 @@ def _role(stack: TerraformStack) -> Any:
         (lambda s: fleet(s, subnet_ids=[SUBNETS[0], SUBNETS[0]]), "subnet_ids"),
         (lambda s: fleet(s, name="gpu.fleet.dev"), "name"),  # its hook name would break PutLifecycleHook's rule
         (lambda s: fleet(s, name="no spaces allowed"), "name"),
-        (lambda s: fleet(s, instance_type="G5"), "instance_type"),
-        (lambda s: fleet(s, root_volume_gb=16385), "root_volume_gb"),
-        (lambda s: fleet(s, ami_parameter="ami-0123456789abcdef0"), "ami_parameter"),
-        (lambda s: fleet(s, environment="dev env"), "environment"),
-        (lambda s: fleet(s, parameter_prefix="gpu-orchestrator/dev"), "parameter_prefix"),
-        (lambda s: fleet(s, instance_profile_name="no spaces"), "instance_profile_name"),
+        (lambda s: fleet(s, host=spec(instance_type="G5")), "instance_type"),
+        (lambda s: fleet(s, host=spec(root_volume_gb=16385)), "root_volume_gb"),
+        (lambda s: fleet(s, host=spec(ami_parameter="ami-0123456789abcdef0")), "ami_parameter"),
+        (lambda s: fleet(s, host=spec(environment="dev env")), "environment"),
+        (lambda s: fleet(s, host=spec(parameter_prefix="gpu-orchestrator/dev")), "parameter_prefix"),
+        (lambda s: fleet(s, host=spec(instance_profile_name="no spaces")), "instance_profile_name"),
     ],
 )
 def test_refusals_name_the_prop_in_one_line(build: Any, prop: str) -> None:

@@ -9,6 +9,7 @@ import base64
 import json
 import re
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,26 +27,33 @@ from modules.gpu import (
     grant_ssm_agent,
     render_bootstrap,
 )
+from modules.host_template import HostSpec
 from tests.infra_helpers import assert_grant, fresh_stack, one, policy_statements, reference, refusal, resources, synth
 
 WHERE = {"region": "us-east-1", "account": "123456789012"}
 IDS = ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]
-COMMON = {
-    "environment": "dev",
-    "parameter_prefix": "/gpu-orchestrator/dev",
-    "instance_profile_name": "gpu-instance-profile-dev",
+HOST = HostSpec(
+    environment="dev",
+    parameter_prefix="/gpu-orchestrator/dev",
+    instance_profile_name="gpu-instance-profile-dev",
     **WHERE,
-}
+)
+
+
+def spec(**changes: Any) -> HostSpec:
+    return replace(HOST, **changes)
 
 
 def adopt(stack: TerraformStack, **props: Any) -> GpuHost:
     return GpuHost(
-        stack, "gpu", **{"mode": "adopt", "name": "gpu-adapter-bootstrap-dev", "instance_ids": IDS, **COMMON, **props}
+        stack,
+        "gpu",
+        **{"mode": "adopt", "name": "gpu-adapter-bootstrap-dev", "instance_ids": IDS, "host": HOST, **props},
     )
 
 
 def created(stack: TerraformStack, **props: Any) -> GpuHost:
-    return GpuHost(stack, "gpu", **{"mode": "create", "name": "gpu-adapter-dev", **COMMON, **props})
+    return GpuHost(stack, "gpu", **{"mode": "create", "name": "gpu-adapter-dev", "host": HOST, **props})
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,8 @@ def adopted() -> tuple[GpuHost, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def launched() -> tuple[GpuHost, dict[str, Any]]:
-    host = created(fresh_stack(), instance_count=2, root_volume_gb=200)
-    return host, synth(TerraformStack.of(host))
+    built = created(fresh_stack(), instance_count=2, host=spec(root_volume_gb=200))
+    return built, synth(TerraformStack.of(built))
 
 
 # --- the rendered bootstrap ---
@@ -226,17 +234,19 @@ def test_ssm_agent_grant_reads_only_the_bootstrap_document() -> None:
         (lambda s: adopt(s, instance_ids=["i-nope"]), "instance_ids"),
         (lambda s: adopt(s, instance_ids=[IDS[0], IDS[0]]), "instance_ids"),
         (lambda s: adopt(s, instance_ids=[f"i-0{n:016x}" for n in range(21)]), "instance_ids"),
-        (lambda s: adopt(s, instance_type="p4d.24xlarge"), "instance_type"),
+        (lambda s: adopt(s, host=spec(instance_type="p4d.24xlarge")), "instance_type"),
         (lambda s: adopt(s, name="AWS-bootstrap"), "name"),
-        (lambda s: adopt(s, parameter_prefix="gpu-orchestrator/dev"), "parameter_prefix"),
-        (lambda s: adopt(s, environment="dev env"), "environment"),
-        (lambda s: adopt(s, instance_profile_name="no spaces"), "instance_profile_name"),
+        (lambda s: adopt(s, host=spec(parameter_prefix="gpu-orchestrator/dev")), "parameter_prefix"),
+        (lambda s: adopt(s, host=spec(environment="dev env")), "environment"),
+        (lambda s: adopt(s, host=spec(instance_profile_name="no spaces")), "instance_profile_name"),
+        (lambda s: adopt(s, instance_count=2), "instance_count"),
+        (lambda s: adopt(s, host=spec(root_device_name="/dev/xvda")), "root_device_name"),
         (lambda s: created(s, instance_ids=IDS), "instance_ids"),
         (lambda s: created(s, instance_count=0), "instance_count"),
         (lambda s: created(s, instance_count=21), "instance_count"),
-        (lambda s: created(s, root_volume_gb=16385), "root_volume_gb"),
-        (lambda s: created(s, instance_type="G5"), "instance_type"),
-        (lambda s: created(s, ami_parameter="ami-0123456789abcdef0"), "ami_parameter"),
+        (lambda s: created(s, host=spec(root_volume_gb=16385)), "root_volume_gb"),
+        (lambda s: created(s, host=spec(instance_type="G5")), "instance_type"),
+        (lambda s: created(s, host=spec(ami_parameter="ami-0123456789abcdef0")), "ami_parameter"),
         (lambda s: created(s, name="no spaces allowed"), "name"),
     ],
 )

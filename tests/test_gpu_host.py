@@ -136,6 +136,7 @@ def test_adopt_mode_association_installs_and_starts_the_adapter(local_aws: Any, 
 
 def test_create_mode_user_data_installs_and_starts_the_adapter(local_aws: Any, tmp_path: Path, hosts: list) -> None:
     from modules.gpu import GpuHost
+    from modules.host_template import HostSpec
     from modules.iam import Role
 
     stack = fresh_stack("gpu")
@@ -152,11 +153,13 @@ def test_create_mode_user_data_installs_and_starts_the_adapter(local_aws: Any, t
         "gpu",
         mode="create",
         name="gpu-adapter-local",
-        environment="local",
-        parameter_prefix=PREFIX,
-        region=local_aws.region,
-        account="123456789012",
-        instance_profile_name="gpu-created-profile",
+        host=HostSpec(
+            environment="local",
+            parameter_prefix=PREFIX,
+            region=local_aws.region,
+            account="123456789012",
+            instance_profile_name="gpu-created-profile",
+        ),
     )
     doc = synth(stack)
     # The role and its profile exist before the template names them (Terraform orders by reference; here by hand).
