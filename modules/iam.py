@@ -2,7 +2,8 @@
 statements from grant helpers (`queue.grant_send_messages(role)`).
 
 A role renders its statements into one inline policy. Grants merge by resource set, so a plan shows one readable
-statement per resource set instead of one per call, and the rendering is sorted so the JSON never churns.
+statement per resource set instead of one per call, and the rendering is sorted so the JSON never churns: literal
+ARNs by their text, other resources' ARNs (cdktf tokens) by where the code first names them (`TokenOrder`).
 
 A role given its `account` trusts its service only on behalf of that account (the confused-deputy keys the service
 sets, see `service_trust`); one given a `permissions_boundary` can never do more than that managed policy allows,
@@ -93,7 +94,31 @@ class Statement:
 
 
 def _one_or_sorted(values: str | tuple[str, ...]) -> str | list[str]:
-    return values if isinstance(values, str) else sorted(set(values))
+    return values if isinstance(values, str) else TokenOrder().ordered(values)
+
+
+# An unresolved cdktf string: `${TfToken[TOKEN.41]}`, alone or inside a longer string (`${TfToken[TOKEN.41]}/*`).
+TOKEN = re.compile(r"\$\{TfToken\[TOKEN\.\d+\]\}")
+
+
+class TokenOrder:
+    """Sort keys for strings that may hold cdktf tokens. A token's text numbers it by when it was minted in the
+    process (every attribute read mints one), so sorting on that text would order a policy by the history of the
+    whole synth: a change in one stack, or tests that synthesize something else first, would reorder another
+    stack's statements, a plan diff that means nothing. Here a token ranks by where it first appears in what is
+    being ordered, i.e. by the code's own grant order; literal text sorts as text."""
+
+    def __init__(self) -> None:
+        self._rank: dict[str, int] = {}
+
+    def key(self, value: str) -> str:
+        return TOKEN.sub(lambda m: f"${{token:{self._rank.setdefault(m.group(0), len(self._rank)):06d}}}", value)
+
+    def ordered(self, values: Iterable[str]) -> list[str]:
+        """`values` without repeats, sorted; tokens are ranked in the order given (first appearance)."""
+        distinct = list(dict.fromkeys(values))
+        keys = [self.key(v) for v in distinct]
+        return [v for _, v in sorted(zip(keys, distinct, strict=True))]
 
 
 def policy(statements: Iterable[Statement]) -> dict[str, Any]:
@@ -108,14 +133,21 @@ def render(document: Mapping[str, Any], *, compact: bool = False) -> str:
 
 
 def merge(statements: Iterable[Statement]) -> list[Statement]:
-    """One Allow statement per (resource set, conditions, sid), sorted by that key."""
+    """One Allow statement per (resource set, conditions, sid), sorted by that key (TokenOrder's, so the order
+    depends on these statements alone)."""
+    order = TokenOrder()
     merged: dict[tuple[tuple[str, ...], str, str], set[str]] = {}
     for st in statements:
-        key = (tuple(sorted(set(st.resources))), json.dumps(st.conditions, sort_keys=True), st.sid)
+        key = (tuple(order.ordered(st.resources)), json.dumps(st.conditions, sort_keys=True), st.sid)
         merged.setdefault(key, set()).update(st.actions)
+
+    def rank(item: tuple[tuple[tuple[str, ...], str, str], set[str]]) -> tuple[tuple[str, ...], str, str]:
+        (resources, cond, sid), _ = item
+        return tuple(order.key(r) for r in resources), order.key(cond), sid
+
     return [
         Statement(tuple(actions), resources, json.loads(cond), sid)
-        for (resources, cond, sid), actions in sorted(merged.items())
+        for (resources, cond, sid), actions in sorted(merged.items(), key=rank)
     ]
 
 

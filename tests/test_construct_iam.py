@@ -12,7 +12,7 @@ from cdktf import TerraformStack
 
 from modules.github_oidc import GithubDeployAccess
 from modules.gpu import DESCRIBE_ACTIONS, START_ACTIONS, STOP_ACTIONS, GpuInstances
-from modules.iam import Role, Statement, arn, boundary_arn, merge, policy, render, service_trust
+from modules.iam import Role, Statement, TokenOrder, arn, boundary_arn, merge, policy, render, service_trust
 from modules.props import ConstructPropError, check_range
 from tests.infra_helpers import assert_grant, fresh_stack, load, one, refusal, synth
 
@@ -62,6 +62,32 @@ def test_role_statements_merge_by_resource_set() -> None:
         {"Effect": "Allow", "Action": ["a:X", "a:Y"], "Resource": ["r1"]},
         {"Effect": "Allow", "Action": ["a:Z"], "Resource": ["r1", "r2"]},
     ]
+
+
+def test_token_resources_order_by_first_appearance_not_by_token_number() -> None:
+    # TOKEN.10 sorts before TOKEN.9 as text: the order must come from the statements, not from the numbering.
+    early, late = "${TfToken[TOKEN.9]}", "${TfToken[TOKEN.10]}"
+    merged = merge([Statement(("a:X",), (early,)), Statement(("a:Y",), (late, "arn:aws:s3:::b"))])
+    assert [st.resources for st in merged] == [(early,), (late, "arn:aws:s3:::b")]
+    assert TokenOrder().ordered([f"{late}/*", early, late, early]) == [late, f"{late}/*", early]
+
+
+def test_a_roles_policy_does_not_depend_on_tokens_minted_before_it() -> None:
+    """Every attribute read mints a numbered token; what another construct read first must not reorder a policy."""
+    from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
+
+    def policy_after(unrelated_reads: int) -> str:
+        stack = fresh_stack()
+        other = SqsQueue(stack, "other", name="other")
+        for _ in range(unrelated_reads):
+            _ = other.arn
+        queues = [SqsQueue(stack, f"q{n}", name=f"q{n}") for n in range(12)]
+        worker = Role(stack, "worker", **ROLE)
+        for n, queue in enumerate(queues):
+            worker.add((f"sqs:Action{n}",), (queue.arn,))
+        return str(one(synth(stack), "aws_iam_role_policy")["policy"])
+
+    assert policy_after(0) == policy_after(95)
 
 
 def test_prop_errors_are_one_line_naming_the_path_the_prop_and_the_limit() -> None:
