@@ -6,6 +6,8 @@ neither shares this process's interpreter lock with the client), a local Postgre
 Auth (canvas.devauth). Series are interleaved so drift hits both alike.
 - upload:   POST /images of a `--mb` MB PNG of noise (incompressible): stripped and checked as it streams to disk,
             S3 upload, two row writes; `boto3` is s3.upload_file of the same file to the same bucket (the floor).
+            `canvas_cpu_ms_per_upload`: the service process's CPU time (all threads) over the upload series, per
+            upload: steadier than wall time on a busy machine, and what a change to the service's own work moves.
 - list:     GET /images?limit=50 for a user with `--rows` images (presigning 50 URLs included); `sql` is the one
             query it runs (canvas.db.LIST_FIRST), on its own connection; EXPLAIN shows the index it uses.
 
@@ -45,6 +47,12 @@ def noise_png(mb: float) -> bytes:
     out = io.BytesIO()
     Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (Linux /proc/<pid>/stat, fields 14-15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -115,13 +123,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "CANVAS_MAX_PIXELS": str(10**8),
             "CANVAS_RECONCILE_EVERY_S": "0",
         }
-        with child([sys.executable, "-m", "canvas"], canvas_env, f"{url}/livez"):
+        with child([sys.executable, "-m", "canvas"], canvas_env, f"{url}/livez") as service:
             data = noise_png(args.mb)
             path = Path(tmp) / "noise.png"
             path.write_bytes(data)
             user, lister = str(uuid.uuid4()), str(uuid.uuid4())
             seed_rows(database_url, lister, args.rows)
             upload_s, boto_s = [], []
+            cpu_before = cpu_seconds(service.pid)
             with httpx.Client(
                 base_url=url, headers={"Authorization": f"Bearer {auth.token(user)}"}, timeout=120
             ) as api:
@@ -134,6 +143,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         answer = api.post("/images", files={"file": ("noise.png", fh, "image/png")})
                     upload_s.append(time.perf_counter() - start)
                     answer.raise_for_status()
+            upload_cpu_s = cpu_seconds(service.pid) - cpu_before
             list_ms, sql_ms = [], []
             headers = {"Authorization": f"Bearer {auth.token(lister)}"}
             with httpx.Client(base_url=url, headers=headers, timeout=30) as api, psycopg.connect(database_url) as conn:
@@ -154,6 +164,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "canvas_mb_s": round(upload_rate, 2),
                 "boto3_mb_s": round(boto_rate, 2),
                 "ratio": round(upload_rate / boto_rate, 3),
+                "canvas_cpu_ms_per_upload": round(upload_cpu_s * 1000 / args.uploads, 1),
             },
             "list": {
                 "rows": args.rows,

@@ -46,9 +46,11 @@ CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AW
 
 
 @contextmanager
-def child(argv: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 30.0) -> Iterator[None]:
-    """Run a server process until the block ends; ready once `ready_url` answers. Its output goes to a temporary
-    file (a pipe nobody drains would block a chatty server), shown only if it dies early."""
+def child(
+    argv: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends (the block gets its Popen); ready once `ready_url` answers. Its
+    output goes to a temporary file (a pipe nobody drains would block a chatty server), shown only if it dies early."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -64,7 +66,7 @@ def child(argv: list[str], env: dict[str, str], ready_url: str, timeout_s: float
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{argv} not ready after {timeout_s}s") from None
                     time.sleep(0.05)
-            yield
+            yield proc
         finally:
             proc.terminate()
             try:
