@@ -11,7 +11,7 @@ Auth (canvas.devauth). Series are interleaved so drift hits both alike.
 - list:     GET /images?limit=50 for a user with `--rows` images (presigning 50 URLs included); `sql` is the one
             query it runs (canvas.db.LIST_FIRST), on its own connection; EXPLAIN shows the index it uses.
 
-Usage: PYTHONPATH=. python bench/canvas.py [--uploads 10] [--mb 4] [--rows 10000] [--lists 300]
+Usage: PYTHONPATH=. python bench/canvas.py [--uploads 20] [--mb 4] [--rows 10000] [--lists 300]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--uploads", type=int, default=10)
+    parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--mb", type=float, default=4.0)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--lists", type=int, default=300)

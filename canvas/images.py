@@ -129,9 +129,12 @@ def strip(src: Path, dst: Path, content_type: str, *, max_pixels: int | None = N
                     if driver.done:
                         break
                 decoded = driver.end()
+            digest = out.finish()
         except MALFORMED as err:
             raise BadImage(f"malformed {content_type} container: {err}") from None
-    return Stored(dst, out.size, out.digest.hexdigest(), content_type, decoded)
+        finally:
+            out.close()
+    return Stored(dst, out.size, digest, content_type, decoded)
 
 
 class StripStream:
@@ -189,12 +192,12 @@ class StripStream:
                     raise BadImage(f"malformed {self.content_type} container: {err}") from None
             elif self._driver is not None:
                 decoded = self._driver.end()
-            self._fh.flush()
-            return Stored(self.dst, self._out.size, self._out.digest.hexdigest(), self.content_type, decoded)
+            return Stored(self.dst, self._out.size, self._out.finish(), self.content_type, decoded)
         finally:
             self.close()
 
     def close(self) -> None:
+        self._out.close()
         for fh in (self._fh, self._spool):
             if fh is not None and not fh.closed:
                 fh.close()

@@ -6,7 +6,9 @@ docstring of canvas/images.py for what is dropped and what the PNG pixel check p
 from __future__ import annotations
 
 import hashlib
+import queue
 import struct
+import threading
 from collections.abc import Callable, Generator
 from typing import BinaryIO, cast
 
@@ -18,6 +20,8 @@ from zlib_ng import zlib_ng
 InflateError = cast(type[Exception], zlib_ng.error)
 
 BLOCK = 1 << 20
+OUT_BLOCK = 1 << 20  # what Out hands its thread at a time
+OUT_QUEUE = 2  # blocks that may wait for it
 
 
 class NotAnImage(ValueError):
@@ -46,15 +50,70 @@ ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (
 
 
 class Out:
+    """The stripped copy: written to `fh` and hashed (sha256), in blocks of OUT_BLOCK bytes on a thread of its own
+    once a whole block is ready, so that hashing and writing (both let go of the interpreter lock) overlap the
+    parsing and inflating the caller does meanwhile, and the request's next chunks arriving: feeding a 4 MB noise PNG
+    through StripStream keeps the caller's thread busy 3.3-4.0 ms instead of 8.2-9.4 ms, and bench/canvas.py's
+    upload ratio went from 0.66-0.67 to 0.72-0.73 on a quiet machine (paired runs). At most OUT_QUEUE blocks wait for
+    the thread (`write` waits beyond that), so memory stays bounded whatever the file's size.
+
+    `finish` after the last write: the hex digest, with everything written and flushed; it raises what the thread
+    met (a full disk). `close` stops the thread without finishing (a refused or abandoned upload)."""
+
     def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
         self.size = 0
-        self.digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
+        self._block = bytearray()
+        self._blocks: queue.Queue[bytearray | None] = queue.Queue(maxsize=OUT_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write(self, data: bytes | memoryview) -> None:
-        self.fh.write(data)
         self.size += len(data)
-        self.digest.update(data)
+        self._block += data
+        if len(self._block) >= OUT_BLOCK:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="canvas-strip-out", daemon=True)
+                self._thread.start()
+            block, self._block = self._block, bytearray()
+            self._blocks.put(block)
+
+    def finish(self) -> str:
+        block, self._block = self._block, bytearray()
+        if self._thread is None:
+            self._consume(block)
+        else:
+            self._blocks.put(block)
+            self._stop()
+        if self._error is not None:
+            raise self._error
+        self.fh.flush()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._block = bytearray()
+        if self._thread is not None:
+            self._error = self._error or RuntimeError("closed before finish")  # the thread drops what is left
+            self._stop()
+
+    def _stop(self) -> None:
+        assert self._thread is not None
+        self._blocks.put(None)
+        self._thread.join()
+        self._thread = None
+
+    def _drain(self) -> None:
+        while (block := self._blocks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._consume(block)
+                except BaseException as err:  # raised to the caller by finish
+                    self._error = err
+
+    def _consume(self, block: bytearray) -> None:
+        self.fh.write(block)
+        self._digest.update(block)
 
 
 # A step of a stripper: ("read", n, None) is answered with the next n bytes; ("copy", n, tap) writes the next n

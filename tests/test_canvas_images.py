@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import struct
+import threading
 import time
 import uuid
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
@@ -18,7 +21,7 @@ from PIL import Image
 from canvas.auth import JwksCache, Unauthorized, Verifier, bearer_token
 from canvas.images import BadImage, NotAnImage, Stored, StripStream, check, inspect, sniff, strip
 from canvas.settings import Settings
-from canvas.strip_steps import ADAM7
+from canvas.strip_steps import ADAM7, OUT_BLOCK, Out
 from core.contract import SettingError
 from tests.test_canvas_support import HS_SECRET, AuthServer, auth_server, hs_token, jpeg_with_gps, png_bytes, token
 
@@ -223,6 +226,49 @@ BASE_ENV = {
     "ORCHESTRATOR_URL": "http://127.0.0.1:8000",
     "ORCHESTRATOR_TOKEN": "t",
 }
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "canvas-strip-out"]
+
+
+@pytest.mark.parametrize("size", [10, OUT_BLOCK - 1, OUT_BLOCK, 3 * OUT_BLOCK + 17])
+def test_the_stripped_copy_is_written_and_hashed_whole_in_order(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    with (tmp_path / "out").open("wb") as fh:
+        out = Out(fh)
+        for at in range(0, size, 65_536 + 3):  # pieces that never line up with its blocks
+            out.write(memoryview(data)[at : at + 65_536 + 3])
+        assert bool(_writer_threads()) == (size >= OUT_BLOCK)  # less than a block: written at finish, no thread
+        assert out.finish() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "out").read_bytes() == data and out.size == size and not _writer_threads()
+
+
+class _FullDisk(io.BytesIO):
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > 2 * OUT_BLOCK:
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+def test_a_failed_write_of_the_stripped_copy_is_raised_by_finish() -> None:
+    out = Out(_FullDisk())
+    for _ in range(5):
+        out.write(bytes(OUT_BLOCK))
+    with pytest.raises(OSError, match="No space left"):
+        out.finish()
+    assert not _writer_threads()
+
+
+def test_closing_an_unfinished_copy_stops_its_thread(tmp_path: Path) -> None:
+    with (tmp_path / "out").open("wb") as fh:
+        out = Out(fh)
+        for _ in range(4):
+            out.write(bytes(OUT_BLOCK))
+        assert _writer_threads()
+        out.close()
+        assert not _writer_threads()
+        out.close()  # twice is fine
 
 
 def test_settings_read_the_seeds_names_with_defaults() -> None:
