@@ -110,9 +110,12 @@ class OrchestratorApi(ResourceConstruct):
         self.log_group, self.function = logged_function(self, settings, handler=HANDLER, **wiring)
         self.arn = self.function.arn
         self.name = self.function.function_name
+        self.version = self.function.version  # what `publish` made of the current code: the admin alias's version
         self.function_url, self.alias, self.admin_function_url = self._urls()
+        self.url, self.admin_url = self.function_url.function_url, self.admin_function_url.function_url
         self.submit_policy = self._managed_policy("submit", submit_policy_name, admin=False)
         self.admin_policy = self._managed_policy("admin-policy", admin_policy_name, admin=True)
+        self.submit_policy_arn, self.admin_policy_arn = self.submit_policy.arn, self.admin_policy.arn
 
     def _code_and_wiring(self, architecture: str) -> dict[str, Any]:
         """The settings that come from the construct's own parts: the code zip and the layer. `publish` makes each
@@ -157,27 +160,6 @@ class OrchestratorApi(ResourceConstruct):
         )
 
     # -- attributes ------------------------------------------------------------------------------------------------
-    @property
-    def version(self) -> str:
-        """The version `publish` made of the current code: the one the admin alias points at."""
-        return self.function.version
-
-    @property
-    def url(self) -> str:
-        return self.function_url.function_url
-
-    @property
-    def admin_url(self) -> str:
-        return self.admin_function_url.function_url
-
-    @property
-    def submit_policy_arn(self) -> str:
-        return self.submit_policy.arn
-
-    @property
-    def admin_policy_arn(self) -> str:
-        return self.admin_policy.arn
-
     @property
     def function_arn(self) -> str:
         """The unqualified function ARN, from region, account and name: the policies read as plain text."""

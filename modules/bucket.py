@@ -94,6 +94,7 @@ class PrivateBucket(Construct):
         check_range(self, "noncurrent_days", noncurrent_days, 1, None, "S3 lifecycle NoncurrentDays")
         check_in(self, "sse_algorithm", sse_algorithm, SSE_ALGORITHMS, "S3 SSEAlgorithm")
         self.bucket = S3Bucket(self, "bucket", bucket=name, force_destroy=force_destroy)
+        self.arn, self.name = self.bucket.arn, self.bucket.bucket
         S3BucketVersioningA(
             self,
             "versioning",
@@ -186,14 +187,6 @@ class PrivateBucket(Construct):
                 )
             )
         S3BucketLifecycleConfiguration(self, "lifecycle", bucket=self.bucket.id, rule=rules)
-
-    @property
-    def arn(self) -> str:
-        return self.bucket.arn
-
-    @property
-    def name(self) -> str:
-        return self.bucket.bucket
 
     def arn_for_objects(self, prefix: str = "") -> str:
         return f"{self.bucket.arn}/{prefix}*"

@@ -158,7 +158,4 @@ class EventSource(Construct):
             function_response_types=["ReportBatchItemFailures"],
             **stream_only,
         )
-
-    @property
-    def uuid(self) -> str:
-        return self.mapping.uuid
+        self.uuid = self.mapping.uuid

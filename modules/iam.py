@@ -236,19 +236,12 @@ class Role(Construct):
             max_session_duration=max_session_duration,
             permissions_boundary=permissions_boundary,
         )
+        self.arn, self.name = self.resource.arn, self.resource.name
         self.profile = (
             IamInstanceProfile(self, "profile", name=instance_profile_name, role=self.resource.name)
             if instance_profile_name
             else None
         )
-
-    @property
-    def arn(self) -> str:
-        return self.resource.arn
-
-    @property
-    def name(self) -> str:
-        return self.resource.name
 
     def add(
         self,

@@ -117,7 +117,8 @@ class AlarmTopic(ResourceConstruct):
             deletion_window_in_days=KEY_DELETION_DAYS,
             policy=render(policy(key_policy)),
         )
-        self.topic = SnsTopic(self, "topic", name=name, kms_master_key_id=self.key.arn)
+        self.key_arn = self.key.arn
+        self.topic = SnsTopic(self, "topic", name=name, kms_master_key_id=self.key_arn)
         self.arn = self.topic.arn
         self.name = self.topic.name
         publish = Statement(PUBLISH_ACTIONS, self.arn, alarms_only, sid="CloudWatchAlarms", principal=ALARM_PRINCIPAL)
@@ -127,10 +128,6 @@ class AlarmTopic(ResourceConstruct):
             SnsTopicSubscription(self, f"email-{_digest(e)}", topic_arn=self.arn, protocol="email", endpoint=e)
             for e in emails
         ]
-
-    @property
-    def key_arn(self) -> str:
-        return self.key.arn
 
     def grant_publish(self, role: Role) -> list[Statement]:
         """Publish, with the use of the key every publisher to an encrypted topic needs."""
@@ -305,14 +302,7 @@ class OperationsDashboard(Construct):
         check_periods(self, period_seconds)
         self.body = dashboard_body(self, _rows(name, region, period_seconds, alarms, group_name))
         self.dashboard = CloudwatchDashboard(self, "dashboard", dashboard_name=name, dashboard_body=self.body)
-
-    @property
-    def arn(self) -> str:
-        return self.dashboard.dashboard_arn
-
-    @property
-    def name(self) -> str:
-        return self.dashboard.dashboard_name
+        self.arn, self.name = self.dashboard.dashboard_arn, self.dashboard.dashboard_name
 
 
 def _rows(name: str, region: str, period: int, alarms: OperationsAlarms, group: str | None) -> list[list[Any]]:

@@ -93,36 +93,14 @@ class TaskQueue(Construct):
             queue_url=self.dlq.url,
             redrive_allow_policy=render({"redrivePermission": "byQueue", "sourceQueueArns": [self.queue.arn]}),
         )
+        self.arn, self.url, self.name = self.queue.arn, self.queue.url, self.queue.name
+        self.dlq_arn, self.dlq_url, self.dlq_name = self.dlq.arn, self.dlq.url, self.dlq.name
 
     def _check_durations(self, visibility: int, wait: int, retention: int, dlq_retention: int) -> None:
         check_range(self, "visibility_timeout_seconds", visibility, 0, MAX_VISIBILITY_SECONDS, "SQS VisibilityTimeout")
         check_range(self, "receive_wait_seconds", wait, 0, MAX_WAIT_SECONDS, "SQS ReceiveMessageWaitTime")
         for prop, seconds in (("retention_seconds", retention), ("dlq_retention_seconds", dlq_retention)):
             check_range(self, prop, seconds, MIN_RETENTION_SECONDS, MAX_RETENTION_SECONDS, "SQS MessageRetentionPeriod")
-
-    @property
-    def arn(self) -> str:
-        return self.queue.arn
-
-    @property
-    def url(self) -> str:
-        return self.queue.url
-
-    @property
-    def name(self) -> str:
-        return self.queue.name
-
-    @property
-    def dlq_arn(self) -> str:
-        return self.dlq.arn
-
-    @property
-    def dlq_name(self) -> str:
-        return self.dlq.name
-
-    @property
-    def dlq_url(self) -> str:
-        return self.dlq.url
 
     def grant(self, grantee: Role, *actions: str, on: Literal["queue", "dlq", "both"] = "queue") -> list[Statement]:
         """`actions` (sqs:*) on the task queue, the dead-letter queue, or both in one statement."""

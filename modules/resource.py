@@ -4,6 +4,11 @@ AWS CDK's L2s give every resource construct `grant(grantee, *actions)` beside it
 once. A subclass names its service (`SERVICE`, the IAM action prefix) and sets `arn` (and `name`, where the
 resource has one) as soon as it has created its resource; its named grants (`grant_publish`, ...) call `grant()`
 with their least-privilege action sets.
+
+Every construct here reads each attribute of its resources once, into a plain attribute (`self.arn =
+self.queue.arn`), rather than behind a property: each read of a cdktf attribute mints a new token, and a role
+merges statements by their resources' text (modules/iam.py merge), so two grants on one queue become one statement
+only when they name it by the same token.
 """
 
 from __future__ import annotations

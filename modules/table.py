@@ -62,14 +62,7 @@ class RetainedTable(Construct):
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True),
             **table,
         )
-
-    @property
-    def arn(self) -> str:
-        return self.table.arn
-
-    @property
-    def name(self) -> str:
-        return self.table.name
+        self.arn, self.name = self.table.arn, self.table.name
 
 
 class TaskTable(RetainedTable):
@@ -102,18 +95,15 @@ class TaskTable(RetainedTable):
             stream_view_type="NEW_AND_OLD_IMAGES",
         )
         self.index_name = STATUS_INDEX
-
-    @property
-    def stream_arn(self) -> str:
-        return self.table.stream_arn
+        self.stream_arn = self.table.stream_arn
 
     def grant_stream_read(self, role: Role) -> list[Statement]:
         """Read the table's stream (any stream of it: a re-enabled stream gets a new label)."""
-        return [role.add(STREAM_READ_ACTIONS, [f"{self.table.arn}/stream/*"])]
+        return [role.add(STREAM_READ_ACTIONS, [f"{self.arn}/stream/*"])]
 
     @property
     def index_arn(self) -> str:
-        return f"{self.table.arn}/index/{STATUS_INDEX}"
+        return f"{self.arn}/index/{STATUS_INDEX}"
 
     def grant(self, grantee: Role, *actions: str) -> list[Statement]:
         """Item actions (dynamodb:*) on the table ARN; Query only on the index ARN (nothing queries the base

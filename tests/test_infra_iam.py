@@ -212,6 +212,17 @@ def test_star_only_where_aws_allows_nothing_narrower(synthesized: Any) -> None:
                 assert not any(a.endswith(":*") or a == "*" for a in statement["Action"])
 
 
+def test_each_role_names_each_resource_set_in_one_statement(synthesized: Any) -> None:
+    """Grants on the same resources merge (modules/iam.py merge), however many grants and reads of its ARN led
+    there: a plan shows one statement per resource set."""
+    for env in ("local", "local-fleet", "prod"):
+        doc = load(synthesized(env))[IAM]
+        for role in doc["resource"]["aws_iam_role"].values():
+            statements = policy_statements(doc, role["name"])
+            keys = [json.dumps([st["Resource"], st.get("Condition"), st.get("Sid")]) for st in statements]
+            assert len(keys) == len(set(keys)), (env, role["name"], statements)
+
+
 def test_start_and_stop_name_every_configured_gpu_and_nothing_else(synthesized: Any) -> None:
     doc = load(synthesized("prod"))[IAM]
     for statement in policy_statements(doc, "lambda-gpu-shutdown-role-prod"):
