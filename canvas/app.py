@@ -60,13 +60,19 @@ class TaskRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-def deps_of(request: Request) -> Deps:
+def app_deps(request: Request) -> Deps:
     found: Deps = request.app.state.deps
     return found
 
 
+async def deps_of(request: Request) -> Deps:
+    """Async, as it only reads app state: FastAPI runs a plain `def` dependency on a worker thread."""
+    return app_deps(request)
+
+
 def user_of(request: Request) -> User:
-    deps = deps_of(request)
+    """A plain `def`, so on a worker thread: a token naming an unknown key refetches the JWKS (canvas/auth.py)."""
+    deps = app_deps(request)
     try:
         return deps.verifier.verify(bearer_token(request.headers.get("authorization")))
     except Unauthorized as err:

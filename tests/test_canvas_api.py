@@ -7,7 +7,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +76,17 @@ def test_upload_get_download_and_delete(canvas_stack: Stack) -> None:
         )
         assert state == "deleted" and deleted_at is not None
         assert api.delete(f"/images/{image['id']}").status_code == 404
+
+
+def test_an_uploads_working_folder_is_gone_by_the_answer_stored_or_refused(
+    canvas_stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the service runs in this process (a thread)
+    with client(canvas_stack, str(uuid.uuid4())) as api:
+        assert upload(api, b"plain text, not an image", "x.png").status_code == 415
+        assert list(tmp_path.iterdir()) == []
+        assert upload(api, png_bytes()).status_code == 201
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_listing_is_the_callers_own_newest_first_and_paged(canvas_stack: Stack) -> None:
