@@ -106,7 +106,7 @@ class PrivateBucket(Construct):
         self._policy_statements = [
             Statement(
                 "s3:*",
-                (self.bucket.arn, f"{self.bucket.arn}/*"),
+                (self.arn, f"{self.arn}/*"),
                 {"Bool": {"aws:SecureTransport": "false"}},
                 sid="DenyInsecureTransport",
                 effect="Deny",
@@ -189,7 +189,7 @@ class PrivateBucket(Construct):
         S3BucketLifecycleConfiguration(self, "lifecycle", bucket=self.bucket.id, rule=rules)
 
     def arn_for_objects(self, prefix: str = "") -> str:
-        return f"{self.bucket.arn}/{prefix}*"
+        return f"{self.arn}/{prefix}*"
 
     def grant(self, grantee: Role, *actions: str, prefix: str | None = "") -> list[Statement]:
         """`actions` (s3:*) on the objects under `prefix` ("" for every object), or with prefix=None on the bucket
