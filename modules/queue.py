@@ -13,6 +13,7 @@ from modules.iam import Role, Statement, render
 from modules.props import QUEUE_NAME, QUEUE_NAME_RULE, check_actions, check_pattern, check_range
 
 SEND_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes")
+SEND_MESSAGE_ACTIONS = ("sqs:SendMessage",)  # a fresh message alone (a requeue, a delayed retry): no depth read
 CONSUME_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes")
 READ_DEPTH_ACTIONS = ("sqs:GetQueueAttributes",)
 # The adapter's dead-letter path: a poison message or a last failed attempt is moved to the DLQ at once (send), and

@@ -36,7 +36,7 @@ from modules.gpu import (
 from modules.iam import Role, arn
 from modules.layout import API, ARTIFACTS, DYNAMODB, GPU, IAM, LAMBDA, SQS
 from modules.program_env import gpu_targets, host_records, idle_rule, price, runtime_environment, task_store
-from modules.queue import DAY, TaskQueue
+from modules.queue import DAY, SEND_MESSAGE_ACTIONS, TaskQueue
 from modules.rollout import AdapterRelease
 from modules.stacks_events import EventsRoles
 from modules.table import HostTable, TaskTable
@@ -48,7 +48,6 @@ SUBMIT_POLICY, ADMIN_POLICY = "gpu-orchestrator-submit", "gpu-orchestrator-admin
 CANVAS_POLICY = "gpu-orchestrator-canvas"
 ACCESS_LOG_DAYS = 365
 CONTROLLER_INVOKE = ("lambda:InvokeFunction",)
-SEND = ("sqs:SendMessage",)
 
 
 class SqsStack(EnvironmentStack):
@@ -195,7 +194,7 @@ class IamStack(EnvironmentStack):
         # A stop hands its task back with a fresh message, so a stop never uses up a receive meant for failures.
         # The item stays the only authority: a message for a task that is not QUEUED, or not its current message,
         # runs nothing, so sending adds no way to run work that was not submitted.
-        queue.grant(role, "sqs:SendMessage")
+        queue.grant(role, *SEND_MESSAGE_ACTIONS)
         queue.grant_dead_letter_handling(role)
         table.grant_worker(role)
         table.grant_index_read(role)  # its own idle check: any task RUNNING or QUEUED?
@@ -229,7 +228,7 @@ class IamStack(EnvironmentStack):
         queue.grant_read_depth(role)
         table.grant_index_read(role)
         # A stuck worker's tasks go back to the queue: a fresh message, then the item RUNNING -> QUEUED.
-        queue.grant(role, *SEND)
+        queue.grant(role, *SEND_MESSAGE_ACTIONS)
         table.grant_worker(role)
         grant_logs(role, **self._where, function_name=self.name_of(SHUTDOWN_FUNCTION))
         grant_dead_letter(role, **self._where, queue_name=self.name_of(SHUTDOWN_DLQ))

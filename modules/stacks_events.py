@@ -24,7 +24,7 @@ from modules.function import FunctionSettings, PythonFunction, grant_logs, packa
 from modules.iam import Role, arn
 from modules.layout import ALARM, EVENTS
 from modules.observability import AlarmTopic, OperationsAlarms, OperationsDashboard
-from modules.queue import DAY, TaskQueue
+from modules.queue import DAY, SEND_MESSAGE_ACTIONS, TaskQueue
 from modules.table import TaskTable
 
 EVENT_BUS = "gpu-orchestrator-tasks"
@@ -114,9 +114,6 @@ class EventsStack(EnvironmentStack):
         self.output("WebhookDLQUrl", self.webhook_queue.dlq_url, "Webhook deliveries whose function kept failing")
 
 
-SEND = ("sqs:SendMessage",)
-
-
 @dataclass(frozen=True, kw_only=True)
 class EventsRoles:
     """The events layer's two roles (made by the iam stack): `events` (the stream function) and `webhooks`."""
@@ -143,7 +140,8 @@ def _events_role(make_role: Callable[..., Role], config: EnvironmentConfig, tabl
     )
     table.grant_stream_read(role)
     role.add(("events:PutEvents",), [bus_arn(config.name_of(EVENT_BUS), **where)])
-    role.add(SEND, [arn("sqs", config.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)])
+    queues = [arn("sqs", config.name_of(q), **where) for q in (WEBHOOK_QUEUE, EVENTS_FAILED_QUEUE)]
+    role.add(SEND_MESSAGE_ACTIONS, queues)
     grant_logs(role, **where, function_name=config.name_of(EVENTS_FUNCTION))
     return role
 
@@ -160,7 +158,7 @@ def _webhooks_role(make_role: Callable[..., Role], config: EnvironmentConfig, ta
     )
     queue = arn("sqs", config.name_of(WEBHOOK_QUEUE), **where)
     # What the SQS event source mapping needs of the function's role, plus SendMessage for a delayed retry.
-    role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND), [queue])
+    role.add(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *SEND_MESSAGE_ACTIONS), [queue])
     table.grant(role, "dynamodb:GetItem", "dynamodb:UpdateItem")
     secret = secret_arn(config.name_of(SIGNING_SECRET), **where)
     role.add(("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"), [secret])
