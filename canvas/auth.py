@@ -36,6 +36,11 @@ class Unauthorized(Exception):
     """The token is missing, malformed, forged, expired or for another project: HTTP 401."""
 
 
+class KeysNeedFetch(Exception):
+    """The cached key set cannot answer without a fetch (or one is under way): verify again where blocking is
+    allowed."""
+
+
 @dataclass(frozen=True)
 class User:
     id: str  # the token's `sub`: a UUID in canonical form
@@ -70,16 +75,24 @@ class JwksCache:
         self._fetched_at = float("-inf")
         self.fetches = 0
 
-    def keys_for(self, kid: str | None) -> KeySet:
-        with self._lock:
+    def keys_for(self, kid: str | None, *, may_fetch: bool = True) -> KeySet:
+        """The key set to check a token naming `kid` against. `may_fetch=False` (on the event loop) never blocks:
+        it raises KeysNeedFetch instead of fetching, or of waiting for a fetch another thread is making."""
+        if not self._lock.acquire(blocking=may_fetch):
+            raise KeysNeedFetch(self.url)
+        try:
             now = self._clock()
             stale = now - self._fetched_at > self.max_age_s
             unknown = kid is not None and kid not in self._kids
             if self._keys is None or stale or (unknown and now - self._fetched_at > self.min_refetch_s):
+                if not may_fetch:
+                    raise KeysNeedFetch(self.url)
                 self._refresh(now)
             if self._keys is None:
                 raise Unauthorized("the project's signing keys could not be fetched")
             return self._keys
+        finally:
+            self._lock.release()
 
     def _refresh(self, now: float) -> None:
         try:
@@ -108,7 +121,8 @@ class Verifier:
         self.secret = OctKey.import_key(secret) if secret else None
         self._clock = clock
 
-    def verify(self, token: str) -> User:
+    def verify(self, token: str, *, may_fetch: bool = True) -> User:
+        """The token's user. `may_fetch=False`: raise KeysNeedFetch rather than block on the JWKS endpoint."""
         header = _header(token)
         alg = header.get("alg")
         try:
@@ -118,7 +132,8 @@ class Verifier:
                 decoded = jwt.decode(token, self.secret, algorithms=["HS256"])
             elif alg in ASYMMETRIC:
                 kid = header.get("kid")
-                decoded = jwt.decode(token, self.jwks.keys_for(kid if isinstance(kid, str) else None), algorithms=[alg])
+                keys = self.jwks.keys_for(kid if isinstance(kid, str) else None, may_fetch=may_fetch)
+                decoded = jwt.decode(token, keys, algorithms=[alg])
             else:
                 raise Unauthorized(f"unsupported token algorithm {alg!r}")
             registry = jwt.JWTClaimsRegistry(

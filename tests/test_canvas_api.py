@@ -130,6 +130,17 @@ def test_requests_without_a_valid_token_are_401(canvas_stack: Stack, how: str) -
     assert rows(canvas_stack, "select count(*) from canvas_images where owner = %s", user) == [(0,)]
 
 
+def test_a_token_from_a_rotated_key_is_accepted_after_one_refetch(canvas_stack: Stack) -> None:
+    """The event loop cannot fetch (canvas.app.user_of): a kid the cached set lacks is checked on a worker thread."""
+    user = str(uuid.uuid4())
+    with client(canvas_stack, user) as api:
+        assert api.get("/images").status_code == 200
+    canvas_stack.auth.rotate()
+    with client(canvas_stack, user) as api:
+        assert api.get("/images").status_code == 200
+        assert upload(api, png_bytes()).status_code == 201
+
+
 def test_refusals_leave_nothing_behind(canvas_stack: Stack) -> None:
     user = str(uuid.uuid4())
     with client(canvas_stack, user) as api:

@@ -18,7 +18,7 @@ import pytest
 from joserfc.jwk import ECKey
 from PIL import Image
 
-from canvas.auth import JwksCache, Unauthorized, Verifier, bearer_token
+from canvas.auth import JwksCache, KeysNeedFetch, Unauthorized, Verifier, bearer_token
 from canvas.images import BadImage, NotAnImage, Stored, StripStream, check, inspect, sniff, strip
 from canvas.settings import Settings
 from canvas.strip_steps import ADAM7, OUT_BLOCK, Out
@@ -336,6 +336,27 @@ def test_tokens_verify_against_the_projects_jwks_and_follow_rotation(auth_server
     auth_server.rotate()  # a new signing key: tokens name a kid the cached set lacks
     assert check.verify(token(auth_server, user)).id == user
     assert check.jwks.fetches == fetched + 1
+
+
+def test_a_check_that_may_not_fetch_never_blocks(auth_server: AuthServer) -> None:
+    """The event loop's check (canvas.app.user_of): answered from the cache, or KeysNeedFetch, never a fetch or a
+    wait on another thread's fetch."""
+    check = verifier(auth_server)
+    user = str(uuid.uuid4())
+    with pytest.raises(KeysNeedFetch):  # nothing cached yet
+        check.verify(token(auth_server, user), may_fetch=False)
+    assert check.jwks.fetches == 0
+    assert check.verify(token(auth_server, user)).id == user
+    assert check.verify(token(auth_server, user), may_fetch=False).id == user
+    auth_server.rotate()
+    with pytest.raises(KeysNeedFetch):  # a kid the cached set lacks
+        check.verify(token(auth_server, user), may_fetch=False)
+    assert check.jwks.fetches == 1
+    assert check.verify(token(auth_server, user)).id == user
+    with check.jwks._lock, pytest.raises(KeysNeedFetch):  # another thread holds the lock: it is fetching
+        check.verify(token(auth_server, user), may_fetch=False)
+    with pytest.raises(Unauthorized):  # an expired token is refused as before, without a fetch
+        check.verify(token(auth_server, user, exp_in=-120), may_fetch=False)
 
 
 @pytest.mark.parametrize("problem", ["expired", "audience", "issuer", "forged", "sub", "hs256_wrong", "alg_none"])
