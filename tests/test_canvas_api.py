@@ -271,3 +271,26 @@ def test_the_schema_is_versioned_and_a_changed_migration_stops_the_start(canvas_
         (changed / path.name).write_text(path.read_text() + ("\n-- edited\n" if path.name.startswith("0002") else ""))
     with psycopg.connect(canvas_stack.database_url) as conn, pytest.raises(MigrationError, match="0002"):
         migrate(conn, changed)
+
+
+def test_a_failing_migration_leaves_nothing_on_the_services_autocommit_connections(
+    canvas_stack: Stack, tmp_path: Any
+) -> None:
+    """The pool's connections autocommit (canvas.db.open_pool); each migration is still one transaction."""
+    import shutil
+
+    from canvas.db import MIGRATIONS, MigrationError, migrate, open_pool
+
+    broken = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, broken)
+    (broken / "9999_broken.sql").write_text("create table canvas_probe_half (x int);\nselect 1 / 0;\n")
+    pool = open_pool(canvas_stack.database_url, max_size=1)
+    try:
+        with pool.connection() as conn:
+            assert conn.autocommit
+            with pytest.raises(MigrationError, match="9999_broken"):
+                migrate(conn, broken)
+    finally:
+        pool.close()
+    assert rows(canvas_stack, "select to_regclass('canvas_probe_half')") == [(None,)]
+    assert rows(canvas_stack, "select count(*) from canvas_schema_migrations where version = '9999_broken'") == [(0,)]
