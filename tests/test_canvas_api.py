@@ -63,6 +63,7 @@ def test_upload_get_download_and_delete(canvas_stack: Stack) -> None:
         body = httpx.get(got["url"], timeout=10).content
         assert len(body) == image["bytes"] and b"CameraMaker" not in body
         assert hashlib.sha256(body).hexdigest() == image["sha256"]  # computed as the upload streamed in
+        assert httpx.get(image["url"], timeout=10).content == body  # the upload answer carries a working URL too
         with Image.open(io.BytesIO(body)) as stored:
             assert not stored.getexif().get_ifd(0x8825)  # no GPS in what was stored
         (key,) = [k for k in objects(canvas_stack) if image["id"] in k]
