@@ -67,3 +67,36 @@ def test_reserved_lambda_environment_keys_are_refused() -> None:
             region="us-east-1",
             account="123456789012",
         )
+
+
+def test_the_core_import_scan_is_kept_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """modules.assets._ImportsCache: a file is parsed once per content; an edit, a cache of other code (salt) or
+    a cache that does not parse all mean a fresh scan."""
+    import ast
+
+    from modules import assets
+
+    parsed: list[str] = []
+    real_parse = ast.parse
+
+    def counting_parse(text: str, filename: str = "<unknown>", *args: object, **kw: object) -> ast.Module:
+        parsed.append(filename)
+        return real_parse(text, filename)
+
+    monkeypatch.setattr(assets.ast, "parse", counting_parse)
+    program = tmp_path / "program.py"
+    program.write_text("from core import store\n\ndef late():\n    from core.message import TaskMessage\n")
+    cache_file = tmp_path / "cache" / "core-imports.json"
+
+    first = assets._ImportsCache(cache_file)
+    assert first.get(program, inside_core=False) == {"store", "message"}
+    first.save()
+    again = assets._ImportsCache(cache_file)
+    assert again.get(program, inside_core=False) == {"store", "message"} and len(parsed) == 1  # from the cache
+    program.write_text("import core.hosts\n")
+    assert again.get(program, inside_core=False) == {"hosts"} and len(parsed) == 2  # new content, new scan
+
+    for broken in ("not json", '{"salt": "of other code", "entries": {}}'):
+        cache_file.write_text(broken)
+        assert assets._ImportsCache(cache_file).get(program, inside_core=False) == {"hosts"}
+    assert len(parsed) == 4
