@@ -34,10 +34,20 @@ def fail(scope: IConstruct | str, prop: str, value: Any, problem: str) -> NoRetu
     raise ConstructPropError(scope, prop, f"{prop}={value!r} {problem}")
 
 
+# cdktf encodes an unresolved string as text holding this marker (`${TfToken[TOKEN.9]}`, a list's `#{TfToken[...]}`)
+# and an unresolved number as a float. Text without it, and ints, are known without asking the jsii runtime: a round
+# trip each, 172 of them per synth. tests/test_props.py holds the pinned cdktf to this.
+TOKEN_MARKER = "TfToken["
+
+
 def _known(value: Any) -> bool:
     if value is None:
         return False
-    return not isinstance(value, str | int | float) or not Token.is_unresolved(value)
+    if isinstance(value, str):
+        return TOKEN_MARKER not in value or not Token.is_unresolved(value)
+    if isinstance(value, float) or isinstance(value, list) and len(value) == 1 and TOKEN_MARKER in str(value[0]):
+        return not Token.is_unresolved(value)
+    return True  # an int (a number token is never one), another list, a mapping
 
 
 def check(scope: IConstruct | str, prop: str, value: Any, ok: bool, problem: str) -> None:
