@@ -60,21 +60,6 @@ import re
 from collections.abc import Sequence
 
 from cdktf import TerraformResourceLifecycle, Token
-from cdktf_cdktf_provider_aws.autoscaling_group import (
-    AutoscalingGroup,
-    AutoscalingGroupInitialLifecycleHook,
-    AutoscalingGroupLaunchTemplate,
-    AutoscalingGroupMixedInstancesPolicy,
-    AutoscalingGroupMixedInstancesPolicyInstancesDistribution,
-    AutoscalingGroupMixedInstancesPolicyLaunchTemplate,
-    AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification,
-    AutoscalingGroupMixedInstancesPolicyLaunchTemplateOverride,
-    AutoscalingGroupTag,
-    AutoscalingGroupWarmPool,
-    AutoscalingGroupWarmPoolInstanceReusePolicy,
-)
-from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabilityZones
-from cdktf_cdktf_provider_aws.data_aws_subnet import DataAwsSubnet
 from constructs import Construct
 
 from modules.config import INSTANCE_TYPE, MAX_SPOT_TYPES, RANGES, SUBNET_ID, EnvironmentConfig
@@ -248,6 +233,14 @@ class GpuFleet(Construct):
         self.script = render_bootstrap(
             environment=host.environment, parameter_prefix=host.parameter_prefix, region=host.region
         )
+        # Imported here: only fleet mode builds a group, so the other modes' synths never load these bindings.
+        from cdktf_cdktf_provider_aws.autoscaling_group import (
+            AutoscalingGroup,
+            AutoscalingGroupInitialLifecycleHook,
+            AutoscalingGroupTag,
+        )
+        from cdktf_cdktf_provider_aws.data_aws_subnet import DataAwsSubnet
+
         vpc_id = DataAwsSubnet(self, "subnet", id=subnet_ids[0]).vpc_id if subnet_ids else None
         template = HostTemplate(self, name=name, host=host, user_data=self.script, vpc_id=vpc_id)
         self.launch_template, self.security_group = template.launch_template, template.security_group
@@ -304,10 +297,18 @@ class GpuFleet(Construct):
         default VPC's subnets there)."""
         if subnet_ids:
             return {"vpc_zone_identifier": list(subnet_ids)}
+        from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabilityZones
+
         zones = DataAwsAvailabilityZones(self, "zones", state="available")
         return {"availability_zones": Token.as_list(zones.names)}
 
     def _on_demand(self, version: str) -> dict[str, object]:
+        from cdktf_cdktf_provider_aws.autoscaling_group import (
+            AutoscalingGroupLaunchTemplate,
+            AutoscalingGroupWarmPool,
+            AutoscalingGroupWarmPoolInstanceReusePolicy,
+        )
+
         return {
             "launch_template": AutoscalingGroupLaunchTemplate(id=self.launch_template.id, version=version),
             "warm_pool": AutoscalingGroupWarmPool(
@@ -318,6 +319,14 @@ class GpuFleet(Construct):
         }
 
     def _spot(self, version: str, instance_types: Sequence[str]) -> dict[str, object]:
+        from cdktf_cdktf_provider_aws.autoscaling_group import (
+            AutoscalingGroupMixedInstancesPolicy,
+            AutoscalingGroupMixedInstancesPolicyInstancesDistribution,
+            AutoscalingGroupMixedInstancesPolicyLaunchTemplate,
+            AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification,
+            AutoscalingGroupMixedInstancesPolicyLaunchTemplateOverride,
+        )
+
         specification = AutoscalingGroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecification(
             launch_template_id=self.launch_template.id, version=version
         )

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from cdktf import TerraformResourceLifecycle, Token
-from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
 from cdktf_cdktf_provider_aws.ssm_association import SsmAssociation, SsmAssociationTargets
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
@@ -27,6 +27,9 @@ from modules.config import INSTANCE_ID, ROOT, EnvironmentConfig
 from modules.host_template import ENVIRONMENT_TAG, USER_DATA_LIMIT, HostSpec, HostTemplate
 from modules.iam import Role, Statement, arn, render
 from modules.props import check, check_actions, check_in, check_pattern, check_range, fail
+
+if TYPE_CHECKING:
+    from cdktf_cdktf_provider_aws.instance import Instance
 
 __all__ = ["ENVIRONMENT_TAG", "USER_DATA_LIMIT"]  # re-exported: the hosts' tag and EC2's user data limit
 
@@ -323,6 +326,9 @@ class GpuHost(Construct):
         (https://registry.terraform.io/providers/hashicorp/aws/latest/docs/resources/ec2_instance_state). A later
         template version (a new AMI or script) reaches new hosts only: ignore_changes keeps Terraform from replacing a
         host, and its disk, for it; a running host gets new releases from the bundle anyway (adapter/README.md)."""
+        # Imported here: only create mode builds instances, so the other modes' synths never load these bindings.
+        from cdktf_cdktf_provider_aws.instance import Instance, InstanceLaunchTemplate
+
         return Instance(
             self,
             f"instance-{n}",

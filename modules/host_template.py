@@ -11,23 +11,18 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
-from cdktf_cdktf_provider_aws.launch_template import (
-    LaunchTemplate,
-    LaunchTemplateBlockDeviceMappings,
-    LaunchTemplateBlockDeviceMappingsEbs,
-    LaunchTemplateIamInstanceProfile,
-    LaunchTemplateMetadataOptions,
-    LaunchTemplateTagSpecifications,
-)
-from cdktf_cdktf_provider_aws.security_group import SecurityGroup, SecurityGroupEgress
 from constructs import Construct
 
 from modules.config import DEFAULT_AMI_PARAMETER, INSTANCE_TYPE, PARAMETER_NAME, EnvironmentConfig
 from modules.iam import PROFILE_NAME
 from modules.props import check, check_pattern, check_range
 from modules.rollout import PARAMETER_PREFIX
+
+if TYPE_CHECKING:
+    from cdktf_cdktf_provider_aws.launch_template import LaunchTemplateBlockDeviceMappings
+    from cdktf_cdktf_provider_aws.security_group import SecurityGroupEgress
 
 # The tag that marks an environment's created instances (and their volumes). StartInstances and StopInstances take
 # the instance resource with the aws:ResourceTag/${TagKey} condition key (Service Authorization Reference, Amazon EC2:
@@ -128,6 +123,16 @@ class HostTemplate:
         check_pattern(scope, "name", name, HOST_NAME, HOST_NAME_RULE)
         size = len(user_data.encode())
         check(scope, "user_data", size, size <= USER_DATA_LIMIT, f"bytes exceed EC2's {USER_DATA_LIMIT} (user data)")
+        # Imported here: only create and fleet mode build a template, so adopt-mode synths never load these bindings.
+        from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
+        from cdktf_cdktf_provider_aws.launch_template import (
+            LaunchTemplate,
+            LaunchTemplateIamInstanceProfile,
+            LaunchTemplateMetadataOptions,
+            LaunchTemplateTagSpecifications,
+        )
+        from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+
         tags = {ENVIRONMENT_TAG: host.environment}
         self.security_group = SecurityGroup(
             scope,
@@ -166,6 +171,8 @@ def _https_out() -> SecurityGroupEgress:
     """Egress 443/tcp anywhere: the hosts reach SSM, S3, SQS and DynamoDB over their public HTTPS endpoints (DNS, IMDS
     and NTP at 169.254.169.x are not filtered by security groups). Inline rules list every attribute: Terraform's
     JSON form of these blocks has no defaults."""
+    from cdktf_cdktf_provider_aws.security_group import SecurityGroupEgress
+
     return SecurityGroupEgress(
         description="HTTPS to AWS endpoints",
         protocol="tcp",
@@ -180,6 +187,11 @@ def _https_out() -> SecurityGroupEgress:
 
 
 def _root_volume(device: str, size_gb: int) -> LaunchTemplateBlockDeviceMappings:
+    from cdktf_cdktf_provider_aws.launch_template import (
+        LaunchTemplateBlockDeviceMappings,
+        LaunchTemplateBlockDeviceMappingsEbs,
+    )
+
     ebs = LaunchTemplateBlockDeviceMappingsEbs(
         volume_size=size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
     )
