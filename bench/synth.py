@@ -5,7 +5,8 @@ put back afterwards), and the same through the stock `import cdktf_cdktf_provide
 
     .venv/bin/python bench/synth.py [--repeat 3] [--env local]
 
-Prints each time (best of --repeat) in seconds and as a ratio to the floor. The synthesized trees are compared
+Prints each time (best of --repeat) in seconds and as a ratio to the floor; the floor and the warm synth are run in
+turns, so drift on a shared machine moves both alike. The synthesized trees are compared
 byte for byte: warm against stock (the provider import path changes nothing) and warm against cold (a layer built
 afresh is the cached one). A cold repeat runs pip against the package index (modules/layer.py).
 """
@@ -93,11 +94,12 @@ def main() -> int:
         out = {name: Path(tmp) / name for name in ("floor", "warm", "cold", "stock")}
         synth = [sys.executable, "main.py"]
         env = {**ENV, "ENV": args.env}
-        floor = best([sys.executable, "-c", FLOOR, str(out["floor"])], ENV, args.repeat)
-        subprocess.run(
-            synth, cwd=ROOT, env={**env, "CDKTF_OUTDIR": str(out["warm"])}, check=True, stdout=subprocess.DEVNULL
-        )
-        warm = best(synth, {**env, "CDKTF_OUTDIR": str(out["warm"])}, args.repeat)  # the run above warmed the cache
+        floor_cmd = [sys.executable, "-c", FLOOR, str(out["floor"])]
+        warm_env = {**env, "CDKTF_OUTDIR": str(out["warm"])}
+        subprocess.run(synth, cwd=ROOT, env=warm_env, check=True, stdout=subprocess.DEVNULL)  # warms the cache
+        # Floor and warm synth alternate, so a machine that slows down or speeds up meanwhile moves both alike.
+        pairs = [(timed(floor_cmd, ENV), timed(synth, warm_env)) for _ in range(args.repeat)]
+        floor, warm = min(f for f, _ in pairs), min(w for _, w in pairs)
         with layer_cache_aside(Path(tmp)) as empty_cache:
             cold = best(synth, {**env, "CDKTF_OUTDIR": str(out["cold"])}, args.repeat, before=empty_cache)
         stock = best(
