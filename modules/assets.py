@@ -66,7 +66,7 @@ class _ImportsCache:
     """What `_scan_core_imports` found per file, kept by content in build/assets: parsing every program and core file
     took about 170 ms of each synth, and the answer depends only on the file's bytes, whether it sits inside core,
     and this module's own code (an edit here starts a fresh cache). A missing or unreadable cache is rebuilt; it is
-    written whole to a temporary file, then renamed, so concurrent synths never read half of one."""
+    written atomically, so concurrent synths never read half of one."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -89,9 +89,7 @@ class _ImportsCache:
         if not self.dirty or self.entries is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"salt": self.salt, "entries": self.entries}, sort_keys=True))
-        tmp.replace(self.path)
+        write_text_atomically(self.path, json.dumps({"salt": self.salt, "entries": self.entries}, sort_keys=True))
         self.dirty = False
 
     def _load(self) -> dict[str, list[str]]:
@@ -149,6 +147,14 @@ def core_sources(program_dirs: Iterable[Path]) -> list[tuple[Path, str]]:
         ["__init__.py"] + [f"{n}.py" for n in sorted(seen)] + [d for n in sorted(seen) for d in _DATA_FILES.get(n, ())]
     )
     return [(ROOT, f"{SHARED_PACKAGE}/{f}") for f in files]
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write whole or not at all: to a temporary file beside `path` (per process, so concurrent synths never share
+    one), then renamed over it, so a reader never sees half of it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def build_zip(out: Path, sources: Iterable[tuple[Path, str]]) -> bytes:

@@ -39,7 +39,7 @@ from cdktf import AssetType, TerraformAsset
 from cdktf_cdktf_provider_aws.lambda_layer_version import LambdaLayerVersion
 from constructs import Construct
 
-from modules.assets import Bundle, build_zip
+from modules.assets import Bundle, build_zip, write_text_atomically
 from modules.config import ROOT
 from modules.function import PYTHON_RUNTIME
 from modules.props import check_in, check_pattern
@@ -87,9 +87,7 @@ def hashed(path: Path) -> Bundle:
         digest = b""
     if len(digest) != hashlib.sha256().digest_size:
         digest = hashlib.sha256(path.read_bytes()).digest()
-        tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(digest.hex() + "\n")
-        os.replace(tmp, sidecar)
+        write_text_atomically(sidecar, digest.hex() + "\n")
     return Bundle(path, digest.hex(), base64.b64encode(digest).decode())
 
 
