@@ -45,7 +45,9 @@ def _known(value: Any) -> bool:
         return False
     if isinstance(value, str):
         return TOKEN_MARKER not in value or not Token.is_unresolved(value)
-    if isinstance(value, float) or isinstance(value, list) and len(value) == 1 and TOKEN_MARKER in str(value[0]):
+    if isinstance(value, float):
+        return not Token.is_unresolved(value)
+    if isinstance(value, list) and len(value) == 1 and TOKEN_MARKER in str(value[0]):  # a list token
         return not Token.is_unresolved(value)
     return True  # an int (a number token is never one), another list, a mapping
 

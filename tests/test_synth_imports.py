@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from modules.config import ROOT
+
 OTHER_MODES = {
     "autoscaling_group",  # fleet
     "data_aws_availability_zones",
@@ -32,7 +33,7 @@ print(" ".join(sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith("
 
 
 def test_an_adopt_mode_synth_loads_no_other_modes_bindings(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # conftest.py already silences jsii's Node banner
     done = subprocess.run(
         [sys.executable, "-c", COMPOSE_AND_LIST, str(tmp_path)],
         cwd=ROOT,
