@@ -23,7 +23,7 @@ from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from constructs import Construct
 
-from modules.props import check, check_actions, check_pattern, check_range, fail
+from modules.props import TOKEN, check, check_actions, check_pattern, check_range, fail
 
 POLICY_VERSION = "2012-10-17"
 # IAM and STS quotas (IAM User Guide, reference_iam-quotas): role names up to 64 characters, instance profile names up
@@ -95,10 +95,6 @@ class Statement:
 
 def _one_or_sorted(values: str | tuple[str, ...]) -> str | list[str]:
     return values if isinstance(values, str) else TokenOrder().ordered(values)
-
-
-# An unresolved cdktf string: `${TfToken[TOKEN.41]}`, alone or inside a longer string (`${TfToken[TOKEN.41]}/*`).
-TOKEN = re.compile(r"\$\{TfToken\[TOKEN\.\d+\]\}")
 
 
 class TokenOrder:

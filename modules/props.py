@@ -34,10 +34,12 @@ def fail(scope: IConstruct | str, prop: str, value: Any, problem: str) -> NoRetu
     raise ConstructPropError(scope, prop, f"{prop}={value!r} {problem}")
 
 
-# cdktf encodes an unresolved string as text holding this marker (`${TfToken[TOKEN.9]}`, a list's `#{TfToken[...]}`)
-# and an unresolved number as a float. Text without it, and ints, are known without asking the jsii runtime: a round
-# trip each, 172 of them per synth. tests/test_props.py holds the pinned cdktf to this.
+# How cdktf encodes what only Terraform knows, in one place: an unresolved string is text holding TOKEN_MARKER
+# (`${TfToken[TOKEN.9]}`, alone or inside longer text, as TOKEN matches it; a list's `#{TfToken[...]}`), an unresolved
+# number a float. Text without the marker, and ints, are known without asking the jsii runtime: a round trip each,
+# 172 of them per synth. tests/test_props.py holds the pinned cdktf to this; modules/iam.py orders tokens by TOKEN.
 TOKEN_MARKER = "TfToken["
+TOKEN = re.compile(r"\$\{TfToken\[TOKEN\.\d+\]\}")
 
 
 def _known(value: Any) -> bool:
